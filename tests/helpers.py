@@ -1,0 +1,48 @@
+"""Test helpers shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+
+import mlflow
+import torch
+
+from labelloop import modeling, registry
+from labelloop.settings import Settings
+from labelloop.tasks import task_from_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def register_untrained_version(settings: Settings, seed: int = 0, champion: bool = True) -> str:
+    """Register the base MiniLM with a seeded random head as a ready version (no training).
+
+    Fast (a few seconds), real registry entries: enough for serving and annotation tests that
+    need *a* model and can tell versions apart by their outputs.
+    """
+    task = task_from_settings(settings)
+    base = modeling.resolve_base_model(settings.model.base)
+    torch.manual_seed(seed)
+    model = modeling.load_base_classifier(base, task)
+    tokenizer = modeling.load_tokenizer(base)
+    with tempfile.TemporaryDirectory() as tmp:
+        modeling.save_bundle(model, tokenizer, Path(tmp) / "bundle", {
+            "task": task.to_dict(), "max_length": settings.model.max_length,
+            "base_model": settings.model.base, "dataset_digest": f"untrained-seed-{seed}",
+            "method": "none",
+        })
+        experiment_id = registry.ensure_experiment(settings)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"untrained-{seed}") as run:
+            mlflow.log_artifacts(str(Path(tmp) / "bundle"), registry.BUNDLE_ARTIFACT_PATH)
+    mv = registry.register_bundle(settings, run.info.run_id)
+    if champion:
+        registry.set_champion(settings, mv.version)
+    return mv.version
