@@ -118,6 +118,13 @@ class ServingSettings(_Section):
     ls_basic_auth_password: str = Field("", repr=False)
     webhook_secret: str = Field("", repr=False)
     admin_token: str = Field("", repr=False)
+    # Runtime knobs of the BentoML service (services/service.py).
+    device: str = "auto"
+    workers: int = Field(1, gt=0)
+    threads: int = Field(4, gt=0)
+    request_timeout_s: float = Field(120.0, gt=0.0)
+    inference_batch_size: int = Field(256, gt=0)
+    prediction_log_queue_rows: int = Field(50_000, gt=0)
 
 
 class StudioSettings(_Section):
