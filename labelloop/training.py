@@ -1,0 +1,142 @@
+"""Fine-tuning: a plain PyTorch loop over a Hugging Face encoder, LoRA (PEFT) or full.
+
+A hand-rolled loop rather than `transformers.Trainer`: it is short enough to read top to bottom,
+starts in a fraction of the time (which matters for the small, frequent retrains of the feedback
+loop), and tokenizes once up front so the GPU is never waiting on the tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from labelloop import modeling
+from labelloop.settings import ModelSettings, TrainingSettings
+from labelloop.tasks import ClassificationTask
+
+# Called every `log_every_steps` with (step, {"train_loss": ..., "learning_rate": ...}).
+LogFn = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    tokenizer: object
+    base_model: str
+    steps: int
+    samples_seen: int
+    train_seconds: float
+    final_loss: float
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _apply_lora(model, task: ClassificationTask, cfg: TrainingSettings):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+    )
+    return get_peft_model(model, config)
+
+
+def fine_tune(
+    train: pd.DataFrame,
+    task: ClassificationTask,
+    model_cfg: ModelSettings,
+    cfg: TrainingSettings,
+    on_log: Optional[LogFn] = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune `model_cfg.base` on `train` (columns text, label) and return the trained model."""
+    if train.empty:
+        raise ValueError("no training rows")
+    seed_everything(cfg.seed)
+    base = modeling.resolve_base_model(model_cfg.base)
+    device = modeling.pick_device(cfg.device)
+    tokenizer = modeling.load_tokenizer(base)
+    model = modeling.load_base_classifier(base, task)
+    if cfg.method == "lora":
+        model = _apply_lora(model, task, cfg)
+    model.to(device)
+
+    # Tokenize once; batches are padded on the fly to their own longest text.
+    encoded = tokenizer(list(train["text"]), truncation=True, max_length=model_cfg.max_length)
+    input_ids = encoded["input_ids"]
+    labels = torch.tensor([task.encode_label(lab) for lab in train["label"]])
+    n = len(input_ids)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, int(cfg.warmup_ratio * total_steps), total_steps
+    )
+    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    pad_id = tokenizer.pad_token_id or 0
+    generator = torch.Generator().manual_seed(cfg.seed)
+
+    model.train()
+    step, seen, loss_value, running = 0, 0, float("nan"), []
+    bar = tqdm(total=total_steps, desc=f"fine-tune ({cfg.method}, {device.type})",
+               unit="step", disable=not progress)
+    start = time.perf_counter()
+    while step < total_steps:
+        for batch_idx in torch.randperm(n, generator=generator).split(cfg.batch_size):
+            if step >= total_steps:
+                break
+            rows = [input_ids[i] for i in batch_idx.tolist()]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, r in enumerate(rows):
+                ids[j, : len(r)] = torch.tensor(r)
+                mask[j, : len(r)] = 1
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                            labels=labels[batch_idx].to(device))
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += len(rows)
+            running.append(out.loss.detach())
+            if step % cfg.log_every_steps == 0 or step == total_steps:
+                loss_value = float(torch.stack(running).mean())
+                running.clear()
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if on_log is not None:
+                    on_log(step, {"train_loss": loss_value,
+                                  "learning_rate": scheduler.get_last_lr()[0]})
+            bar.update(1)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    bar.close()
+    model.eval()
+    return TrainResult(model=model, tokenizer=tokenizer, base_model=model_cfg.base, steps=step,
+                       samples_seen=seen, train_seconds=elapsed, final_loss=loss_value)

@@ -1,0 +1,84 @@
+"""Thin runners behind the CLI: validate up front, run a pipeline, print what came out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import labelloop  # noqa: F401
+from labelloop import data, registry
+from labelloop.modeling import resolve_base_model
+from labelloop.settings import Settings, load_settings
+from labelloop.tasks import task_from_settings
+
+
+def validate_inputs(settings: Settings) -> None:
+    """Fail fast, with one clear message, on anything that would break training later."""
+    resolve_base_model(settings.model.base)
+    data.load_labelled(settings.dataset, task_from_settings(settings))
+
+
+def _step_output(run, step: str, name: str) -> Any:
+    return run.steps[step].outputs[name][0].load()
+
+
+def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
+                 include_human_labels: bool = False) -> int:
+    from zenml import Model
+
+    from pipelines.stack import ensure_stack
+    from pipelines.training import training
+
+    settings = load_settings(config, overrides=overrides)
+    validate_inputs(settings)
+    ensure_stack(settings)
+    removed = registry.cleanup_pending(settings)
+    if removed:
+        print(f"removed unfinished model version(s) left by an interrupted run: {removed}")
+    run = training.with_options(model=Model(name=settings.registry.model_name))(
+        config=str(config) if config else None, overrides=overrides,
+        include_human_labels=include_human_labels,
+    )
+    metrics = _step_output(run, "evaluate_model", "metrics")
+    decision = _step_output(run, "promote_model", "promotion_decision")
+    print_summary(settings, metrics, decision)
+    return 0
+
+
+def print_summary(settings: Settings, metrics: dict, decision: dict) -> None:
+    print("\n=== labelloop training result ===")
+    print(f"test accuracy  {metrics['accuracy']:.4f}")
+    print(f"test macro-F1  {metrics['macro_f1']:.4f}")
+    for label in task_from_settings(settings).labels:
+        print(f"  F1 {label:<10} {metrics[f'f1_{label}']:.4f}")
+    print(f"registered     {settings.registry.model_name} version {decision['challenger_version']}")
+    print(f"promotion      {'promoted to champion' if decision['promote'] else 'not promoted'}: "
+          f"{decision['reason']}")
+    show_status(settings=settings)
+
+
+def show_status(config: Optional[str] = None, settings: Optional[Settings] = None) -> int:
+    settings = settings or load_settings(config)
+    champion = registry.get_champion(settings)
+    print(f"registry       {settings.tracking_uri}")
+    versions = registry.list_versions(settings)
+    if not versions:
+        print("  no model versions yet: run `labelloop train`")
+        return 0
+    for mv in versions:
+        mark = f"  <- {settings.registry.champion_alias}" if champion and champion.version == mv.version else ""
+        metric = mv.tags.get(f"test_{settings.promotion.metric}", "?")
+        print(f"  version {mv.version:>3}  {mv.tags.get(registry.STATUS_TAG, '?'):<7} "
+              f"test {settings.promotion.metric} {metric}{mark}")
+    return 0
+
+
+def run_feedback(config: Optional[str] = None, project: Optional[int] = None,
+                 reason: str = "cli") -> int:
+    from pipelines.feedback import run_feedback_pipeline
+
+    return run_feedback_pipeline(config, project=project, reason=reason)
+
+
+if __name__ == "__main__":
+    print(json.dumps({"status": show_status()}))

@@ -1,0 +1,29 @@
+"""Step: score the new model on the frozen test split and log metrics, pictures and tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import pandas as pd
+from zenml import step
+
+from labelloop import evaluation
+from labelloop.modeling import Classifier
+from pipelines.stack import TRACKER_NAME
+from pipelines.steps.common import settings_for
+
+
+@step(experiment_tracker=TRACKER_NAME)
+def evaluate_model(
+    model_bundle: Path,
+    test: pd.DataFrame,
+    config: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+) -> Annotated[dict, "metrics"]:
+    settings = settings_for(config, overrides)
+    classifier = Classifier(model_bundle, device=settings.training.device)
+    result = evaluation.evaluate_classifier(classifier, test, settings.evaluation.batch_size)
+    evaluation.log_to_mlflow(result, settings.evaluation.sample_predictions)
+    print("evaluation on the frozen test split:\n" + result.summary())
+    return result.metrics

@@ -1,0 +1,56 @@
+"""Step: fine-tune the base model (LoRA or full) and hand on a self-contained model bundle."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import mlflow
+import pandas as pd
+from zenml import step
+
+from labelloop import data, modeling, training
+from labelloop.tasks import task_from_settings
+from pipelines.stack import TRACKER_NAME
+from pipelines.steps.common import settings_for
+
+
+@step(experiment_tracker=TRACKER_NAME)
+def fine_tune(
+    train: pd.DataFrame,
+    config: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+) -> Annotated[Path, "model_bundle"]:
+    settings = settings_for(config, overrides)
+    task = task_from_settings(settings)
+    cfg = settings.training
+    mlflow.log_params({
+        "base_model": settings.model.base, "method": cfg.method, "epochs": cfg.epochs,
+        "max_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
+        "batch_size": cfg.batch_size, "max_length": settings.model.max_length,
+        "lora_r": cfg.lora.r if cfg.method == "lora" else None, "train_rows": len(train),
+        "dataset": settings.dataset.path, "labels": ",".join(task.labels),
+    })
+
+    def log(step_no: int, values: dict[str, float]) -> None:
+        mlflow.log_metrics(values, step=step_no)
+
+    result = training.fine_tune(train, task, settings.model, cfg, on_log=log)
+    mlflow.log_metrics({
+        "train_seconds": result.train_seconds,
+        "train_samples_per_second": result.samples_per_second,
+    })
+    out = Path(tempfile.mkdtemp(prefix="labelloop-bundle-")) / "bundle"
+    modeling.save_bundle(result.model, result.tokenizer, out, {
+        "task": task.to_dict(),
+        "base_model": settings.model.base,
+        "max_length": settings.model.max_length,
+        "method": cfg.method,
+        "dataset": settings.dataset.path,
+        "dataset_digest": data.digest(train),
+        "train_rows": len(train),
+    })
+    print(f"fine-tune: {result.steps} steps, {result.samples_per_second:.1f} samples/s, "
+          f"{result.train_seconds:.1f}s, final loss {result.final_loss:.4f}")
+    return out

@@ -1,0 +1,44 @@
+"""Step: log the bundle to the MLflow run and register it as a new model version.
+
+Registration is two-phase (see labelloop.registry): the version is `ready` only once its bundle
+has been read back, so a crash here never leaves a usable-looking half version.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import mlflow
+from zenml import log_metadata, step
+
+from labelloop import registry
+from labelloop.modeling import read_bundle_meta
+from pipelines.stack import TRACKER_NAME
+from pipelines.steps.common import settings_for
+
+
+@step(experiment_tracker=TRACKER_NAME)
+def register_model(
+    model_bundle: Path,
+    metrics: dict,
+    config: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+) -> Annotated[str, "model_version"]:
+    settings = settings_for(config, overrides)
+    meta = read_bundle_meta(model_bundle)
+    run = mlflow.active_run()
+    mlflow.log_artifacts(str(model_bundle), registry.BUNDLE_ARTIFACT_PATH)
+    mv = registry.register_bundle(settings, run.info.run_id, tags={
+        "task": meta["task"]["name"],
+        "base_model": meta["base_model"],
+        "dataset_digest": meta["dataset_digest"],
+        "method": meta["method"],
+        f"test_{settings.promotion.metric}": f"{metrics[settings.promotion.metric]:.6f}",
+    })
+    log_metadata({
+        "mlflow_model_name": mv.name, "mlflow_model_version": mv.version,
+        "mlflow_run_id": run.info.run_id, **{f"test_{k}": v for k, v in metrics.items()},
+    }, infer_model=True)
+    print(f"registered {mv.name} version {mv.version} (run {run.info.run_id})")
+    return str(mv.version)

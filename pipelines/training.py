@@ -1,0 +1,33 @@
+"""ZenML pipeline `training`: load -> split -> fine-tune -> evaluate -> register -> promote.
+
+Run it with `labelloop train --config configs/default.yaml`, or with ZenML directly:
+`zenml pipeline run pipelines.training.training --config configs/pipelines/training.yaml`
+(after `python -m pipelines.stack` has set up the stack once).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from zenml import Model, pipeline
+
+from labelloop.modeling import resolve_base_model
+from labelloop.settings import RegistrySettings, load_settings
+from pipelines.steps.evaluate import evaluate_model
+from pipelines.steps.fine_tune import fine_tune
+from pipelines.steps.load_data import load_data
+from pipelines.steps.promote import promote_model
+from pipelines.steps.register import register_model
+
+
+@pipeline(model=Model(name=RegistrySettings().model_name))
+def training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
+             include_human_labels: bool = False) -> None:
+    # Runs when the pipeline is compiled: a bad config or base model fails before any step.
+    settings = load_settings(config, overrides=overrides)
+    resolve_base_model(settings.model.base)
+    train, test = load_data(config, overrides, include_human_labels)
+    bundle = fine_tune(train, config, overrides)
+    metrics = evaluate_model(bundle, test, config, overrides)
+    version = register_model(bundle, metrics, config, overrides)
+    promote_model(version, metrics, test, config, overrides)
