@@ -24,10 +24,8 @@ def _step_output(run, step: str, name: str) -> Any:
 
 def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
                  include_human_labels: bool = False) -> int:
-    from zenml import Model
-
     from pipelines.stack import ensure_stack
-    from pipelines.training import training
+    from pipelines.training import pipeline_options, training
 
     settings = load_settings(config, overrides=overrides)
     validate_inputs(settings)
@@ -35,7 +33,7 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
     removed = registry.cleanup_pending(settings)
     if removed:
         print(f"removed unfinished model version(s) left by an interrupted run: {removed}")
-    run = training.with_options(model=Model(name=settings.registry.model_name))(
+    run = training.with_options(**pipeline_options(settings.registry))(
         config=str(config) if config else None, overrides=overrides,
         include_human_labels=include_human_labels,
     )

@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from zenml import Model, pipeline
+from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
+    MLFlowExperimentTrackerSettings,
+)
 
 from labelloop.modeling import resolve_base_model
 from labelloop.settings import RegistrySettings, load_settings
@@ -20,7 +23,16 @@ from pipelines.steps.promote import promote_model
 from pipelines.steps.register import register_model
 
 
-@pipeline(model=Model(name=RegistrySettings().model_name))
+def pipeline_options(registry_settings: RegistrySettings) -> dict[str, Any]:
+    """Model name and MLflow experiment come from the project settings (one source of truth)."""
+    return {
+        "model": Model(name=registry_settings.model_name),
+        "settings": {"experiment_tracker": MLFlowExperimentTrackerSettings(
+            experiment_name=registry_settings.experiment)},
+    }
+
+
+@pipeline(**pipeline_options(RegistrySettings()))
 def training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
              include_human_labels: bool = False) -> None:
     # Runs when the pipeline is compiled: a bad config or base model fails before any step.

