@@ -125,6 +125,7 @@ class ServingSettings(_Section):
     request_timeout_s: float = Field(120.0, gt=0.0)
     inference_batch_size: int = Field(256, gt=0)
     prediction_log_queue_rows: int = Field(50_000, gt=0)
+    ls_max_tasks_per_request: int = Field(100_000, gt=0)
 
 
 class StudioSettings(_Section):

@@ -1,0 +1,336 @@
+"""Label Studio ML backend, spoken directly (no `label-studio-ml` package), as LS 1.23 calls it.
+
+Mounted by services/service.py under `/ls`, so Label Studio's "Model URL" is
+`http://<host>:<port>/ls`. Endpoints (paths relative to the mount):
+
+| call           | auth                                        | what it does                              |
+| -------------- | ------------------------------------------- | ----------------------------------------- |
+| GET  /health   | HTTP Basic                                  | `{"status": "UP", "model_version": ...}`  |
+| POST /setup    | HTTP Basic                                  | checks the label config, answers version  |
+| POST /predict  | HTTP Basic                                  | one result per task, in task order        |
+| POST /webhook  | `X-Labelloop-Secret` header OR HTTP Basic   | hands the event to annotation.webhook     |
+| GET  /versions | HTTP Basic                                  | registry versions, current one first      |
+
+The label config decides the output: the `<Choices>` tag whose labels equal the model's label set
+gives `from_name`/`to_name`, and the `<Text value="$key">` it points at names the task data key.
+A config whose labels differ from the model's is refused with a 422 naming the difference.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from services.runtime import BadRequest, LoadedModel, predict_with, secret_equals
+
+logger = logging.getLogger("labelloop.serving.ls")
+
+SECRET_HEADER = "X-Labelloop-Secret"
+PASSWORD_ENV = "LABELLOOP__SERVING__LS_BASIC_AUTH_PASSWORD"
+WEBHOOK_SECRET_ENV = "LABELLOOP__SERVING__WEBHOOK_SECRET"
+
+
+class LabelConfigError(BadRequest):
+    """A label config that does not fit the served model."""
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ---- label config -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChoicesControl:
+    from_name: str
+    to_name: str
+    data_key: str
+    labels: tuple[str, ...]
+    choice: str = "single"  # LS `choice` attribute: single, single-radio or multiple
+
+
+def parse_label_config(xml: str) -> list[ChoicesControl]:
+    """All `<Choices>` controls of a label config, each resolved to the `<Text>` it labels."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise LabelConfigError("the label config is empty")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise LabelConfigError(f"the label config is not valid XML: {exc}") from None
+    texts: dict[str, str] = {}
+    for el in root.iter():
+        if el.tag in ("Text", "HyperText", "Paragraphs") and el.get("name"):
+            value = el.get("value", "")
+            if el.tag == "Text" and value.startswith("$") and len(value) > 1:
+                texts[el.get("name")] = value[1:]
+            else:
+                texts.setdefault(el.get("name"), "")
+    controls = []
+    for el in root.iter("Choices"):
+        name, to_name = el.get("name"), el.get("toName")
+        if not name or not to_name:
+            raise LabelConfigError("a <Choices> tag lacks its 'name' or 'toName' attribute")
+        target = to_name.split(",")[0].strip()
+        if target not in texts:
+            raise LabelConfigError(
+                f"<Choices name={name!r}> points at toName={target!r}, which is no <Text> tag "
+                f"of the config (found: {sorted(texts) or 'none'})"
+            )
+        if not texts[target]:
+            raise LabelConfigError(
+                f"<Text name={target!r}> has no value=\"$key\"; the model reads plain text from "
+                "a task data key"
+            )
+        labels = tuple(c.get("value") for c in el.iter("Choice") if c.get("value") is not None)
+        controls.append(ChoicesControl(name, target, texts[target], labels,
+                                       el.get("choice", "single")))
+    if not controls:
+        raise LabelConfigError(
+            "the label config has no <Choices> tag; this backend serves text classification "
+            "(<Text name=... value=\"$key\"/> with <Choices name=... toName=...>)"
+        )
+    return controls
+
+
+def select_control(
+    controls: Sequence[ChoicesControl], model_labels: Sequence[str],
+    from_name: Optional[str] = None,
+) -> ChoicesControl:
+    """The control to predict for: `from_name` if given, else the one matching the labels."""
+    if from_name is not None:
+        found = [c for c in controls if c.from_name == from_name]
+        if not found:
+            raise LabelConfigError(
+                f"unknown from_name {from_name!r}; the label config's <Choices> are "
+                f"{[c.from_name for c in controls]}"
+            )
+        candidates = found
+    else:
+        candidates = list(controls)
+    want = set(model_labels)
+    for c in candidates:
+        if set(c.labels) == want:
+            return c
+    c = candidates[0]
+    missing, extra = sorted(want - set(c.labels)), sorted(set(c.labels) - want)
+    raise LabelConfigError(
+        f"label mismatch: <Choices name={c.from_name!r}> has labels {list(c.labels)} but the "
+        f"served model predicts {list(model_labels)} (missing from config: {missing}; not known "
+        f"to the model: {extra}). Fix the project's label config or serve a model for these labels"
+    )
+
+
+def task_texts(tasks: Any, data_key: str, max_chars: int) -> list[str]:
+    """The text of each task, in order; a missing or non-text data key is a 422."""
+    if not isinstance(tasks, list):
+        raise BadRequest("'tasks' must be a list of Label Studio tasks")
+    out = []
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise BadRequest(f"tasks[{i}] has no 'data' object")
+        data = task["data"]
+        tid = task.get("id", i)
+        if data_key not in data:
+            raise BadRequest(
+                f"task {tid} has no data key {data_key!r} (the label config reads ${data_key}); "
+                f"its keys are {sorted(data)}"
+            )
+        text = data[data_key]
+        if not isinstance(text, str):
+            raise BadRequest(f"task {tid}: data[{data_key!r}] is a {type(text).__name__}, "
+                             "expected text")
+        out.append(text[:max_chars])
+    return out
+
+
+def build_results(
+    control: ChoicesControl, predictions: Sequence[dict], model_version: str
+) -> list[dict]:
+    """One LS prediction per task: a single `choices` region plus score and version."""
+    return [
+        {
+            "result": [{
+                "from_name": control.from_name,
+                "to_name": control.to_name,
+                "type": "choices",
+                "value": {"choices": [p["label"]]},
+                "score": p["score"],
+            }],
+            "score": p["score"],
+            "model_version": model_version,
+        }
+        for p in predictions
+    ]
+
+
+# ---- auth -------------------------------------------------------------------------------
+
+def basic_auth_ok(header: Optional[str], user: str, password: str) -> bool:
+    if not header or not header.lower().startswith("basic "):
+        return False
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return False
+    given_user, sep, given_pw = decoded.partition(":")
+    if not sep:
+        return False
+    # evaluate both comparisons: no early exit that leaks which part was wrong
+    ok_user = secret_equals(given_user, user)
+    ok_pw = secret_equals(given_pw, password)
+    return ok_user and ok_pw
+
+
+def check_basic(request: Request, user: str, password: str) -> None:
+    if not password:
+        raise AuthError(403, f"Label Studio backend auth is not configured: set {PASSWORD_ENV} "
+                             "(serving.ls_basic_auth_password); every call is refused until then")
+    header = request.headers.get("authorization")
+    if not header:
+        raise AuthError(401, "HTTP Basic auth required (configure it in Label Studio's model "
+                             "connection: Basic Authentication user and password)")
+    if not basic_auth_ok(header, user, password):
+        raise AuthError(401, "invalid Basic auth credentials")
+
+
+def check_webhook(request: Request, secret: str, user: str, password: str) -> None:
+    """Secret header (LS project webhooks) OR valid Basic auth (START_TRAINING from the ML connector)."""
+    given = request.headers.get(SECRET_HEADER)
+    if given is not None:
+        if not secret:
+            raise AuthError(403, f"webhook secret is not configured: set {WEBHOOK_SECRET_ENV} "
+                                 "(serving.webhook_secret)")
+        if secret_equals(given, secret):
+            return
+        raise AuthError(403, f"wrong {SECRET_HEADER}")
+    if password and basic_auth_ok(request.headers.get("authorization"), user, password):
+        return
+    if not secret and not password:
+        raise AuthError(403, f"webhook auth is not configured: set {WEBHOOK_SECRET_ENV} "
+                             f"(and/or {PASSWORD_ENV})")
+    raise AuthError(401, f"send the {SECRET_HEADER} header (webhook secret) or HTTP Basic auth")
+
+
+# ---- app --------------------------------------------------------------------------------
+
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Basic realm="labelloop"'} if status == 401 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _json_body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw:
+        raise BadRequest("empty request body; expected a JSON object", status=400)
+    import json
+
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}", status=400) from None
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object", status=400)
+    return body
+
+
+def create_app(get_state: Callable[[], Any]) -> FastAPI:
+    """The backend app. `get_state()` returns an object with `.settings`, `.holder` (ModelHolder),
+    `.plog` (PredictionLog) and `.versions()`."""
+    app = FastAPI(title="labelloop Label Studio ML backend", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_: Request, exc: BadRequest):
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(AuthError)
+    async def _auth(_: Request, exc: AuthError):
+        return _error(exc.status, exc.message)
+
+    def basic(request: Request):
+        state = get_state()
+        s = state.settings.serving
+        check_basic(request, s.ls_basic_auth_user, s.ls_basic_auth_password)
+        return state
+
+    @app.get("/health")
+    @app.get("/")
+    async def health(request: Request):
+        state = basic(request)
+        return {"status": "UP", "model_class": "labelloop",
+                "model_version": state.holder.current.version}
+
+    @app.post("/setup")
+    async def setup(request: Request):
+        state = basic(request)
+        body = await _json_body(request)
+        model: LoadedModel = state.holder.current
+        schema = body.get("schema")
+        if schema:
+            select_control(parse_label_config(schema), model.labels)
+        return {"model_version": model.version}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        state = basic(request)
+        body = await _json_body(request)
+        if "tasks" not in body:
+            raise BadRequest("missing 'tasks'")
+        config = body.get("label_config")
+        if not config:
+            raise BadRequest("missing 'label_config' (the project's labeling XML)")
+        model: LoadedModel = state.holder.current  # one version for the whole call
+        params = body.get("params") or {}
+        from_name = params.get("from_name") if isinstance(params, dict) else None
+        control = select_control(parse_label_config(config), model.labels, from_name)
+        cfg = state.settings.serving
+        tasks = body["tasks"]
+        if isinstance(tasks, list) and len(tasks) > cfg.ls_max_tasks_per_request:
+            raise BadRequest(f"{len(tasks)} tasks in one call; the maximum is "
+                             f"{cfg.ls_max_tasks_per_request} "
+                             "(serving.ls_max_tasks_per_request)", status=413)
+        texts = task_texts(tasks, control.data_key, cfg.max_text_chars)
+        if not texts:
+            return {"results": [], "model_version": model.version}
+        preds = await run_in_threadpool(predict_with, model, texts, cfg.inference_batch_size)
+        state.plog.record(texts, preds, model.version, source="ls")
+        return {"results": build_results(control, preds, model.version),
+                "model_version": model.version}
+
+    @app.post("/webhook")
+    async def webhook(request: Request):
+        state = get_state()
+        s = state.settings.serving
+        check_webhook(request, s.webhook_secret, s.ls_basic_auth_user, s.ls_basic_auth_password)
+        body = await _json_body(request)
+        action = body.get("action")
+        if not isinstance(action, str) or not action:
+            raise BadRequest("missing 'action' (e.g. START_TRAINING, ANNOTATION_CREATED)",
+                             status=400)
+        try:
+            from annotation.webhook import handle_event
+        except ImportError as exc:
+            logger.error("annotation.webhook is not importable: %s", exc)
+            return _error(503, "the feedback path (annotation.webhook) is not available")
+        try:
+            answer = await run_in_threadpool(handle_event, state.settings, body)
+        except ValueError as exc:
+            raise BadRequest(f"rejected webhook payload: {exc}", status=400) from None
+        return {"status": "ok", "action": action, **(answer or {})}
+
+    @app.get("/versions")
+    async def versions(request: Request):
+        state = basic(request)
+        return {"versions": await run_in_threadpool(state.versions)}
+
+    return app

@@ -1,0 +1,201 @@
+"""Serving runtime without any web framework: the loaded champion, hot reload, input checks.
+
+`ModelHolder.current` is an immutable `LoadedModel(version, classifier, ...)`. Readers grab it
+once per batch, so every prediction of a batch comes from one version and names it. Reloading
+builds the new `Classifier` completely (weights loaded, one warm-up forward pass) before the
+single attribute assignment that swaps it in; requests in flight keep the pair they grabbed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from labelloop import registry
+from labelloop.modeling import Classifier
+from labelloop.settings import Settings
+
+logger = logging.getLogger("labelloop.serving")
+
+
+class NoChampionError(RuntimeError):
+    """There is no model to serve yet."""
+
+
+class BadRequest(ValueError):
+    """Client input that cannot be served; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str
+    classifier: Classifier
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.classifier.labels
+
+    def metadata(self, settings: Settings) -> dict[str, Any]:
+        meta = self.classifier.meta
+        return {
+            "model_name": settings.registry.model_name,
+            "model_version": self.version,
+            "alias": settings.registry.champion_alias,
+            "labels": self.labels,
+            "task": self.classifier.task.to_dict(),
+            "base_model": meta.get("base_model"),
+            "dataset_digest": meta.get("dataset_digest"),
+            "method": meta.get("method"),
+            "max_length": self.classifier.max_length,
+            "created_at": meta.get("created_at"),
+            "device": str(self.classifier.device),
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+        }
+
+
+def no_champion_message(settings: Settings) -> str:
+    return (
+        f"no '{settings.registry.champion_alias}' version of model "
+        f"'{settings.registry.model_name}' in the MLflow registry at {settings.tracking_uri}; "
+        "run `labelloop train` first (or set LABELLOOP__REGISTRY__TRACKING_URI to the registry "
+        "that holds it)"
+    )
+
+
+def load_version(settings: Settings, version: str) -> LoadedModel:
+    bundle = registry.fetch_bundle(settings, version)
+    clf = Classifier(bundle, device=settings.serving.device, version=str(version))
+    clf.predict(["warm-up"])  # first call allocates; do it before anyone waits on it
+    return LoadedModel(version=str(version), classifier=clf)
+
+
+class ModelHolder:
+    """Holds the serving model; swaps it atomically when the champion alias moves."""
+
+    def __init__(self, settings: Settings, loader: Callable[[Settings, str], LoadedModel] = load_version):
+        self.settings = settings
+        self._loader = loader
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: Optional[threading.Thread] = None
+        self.last_check: Optional[float] = None
+        self.last_error: Optional[str] = None
+        self.reloads = 0
+        champion = registry.get_champion(settings)
+        if champion is None:
+            raise NoChampionError(no_champion_message(settings))
+        self.current: LoadedModel = loader(settings, str(champion.version))
+        logger.info("serving %s version %s", settings.registry.model_name, self.current.version)
+
+    def check(self) -> dict[str, Any]:
+        """Look up the champion; load and swap in a new one if it moved. Thread-safe."""
+        with self._reload_lock:
+            previous = self.current.version
+            self.last_check = time.time()
+            champion = registry.get_champion(self.settings)
+            if champion is None:
+                # alias removed: keep serving what we have rather than going dark
+                self.last_error = "champion alias not found; keeping the loaded version"
+                return {"previous": previous, "current": previous, "changed": False,
+                        "warning": self.last_error}
+            target = str(champion.version)
+            if target == previous:
+                self.last_error = None
+                return {"previous": previous, "current": previous, "changed": False}
+            logger.info("champion moved %s -> %s: loading", previous, target)
+            new = self._loader(self.settings, target)  # fully loaded before the swap
+            self.current = new  # single reference assignment: atomic for readers
+            self.reloads += 1
+            self.last_error = None
+            logger.info("now serving version %s", target)
+            return {"previous": previous, "current": target, "changed": True}
+
+    def start_polling(self, interval_s: float) -> None:
+        if interval_s <= 0 or self._poller is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.check()
+                except Exception as exc:  # noqa: BLE001 - keep serving the old model
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    logger.warning("champion poll failed (still serving %s): %s",
+                                   self.current.version, self.last_error)
+
+        self._poller = threading.Thread(target=loop, name="champion-poller", daemon=True)
+        self._poller.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+# ---- input checks (shared by /classify and the Label Studio backend) ------------------------
+
+def clean_texts(texts: Sequence[Any], settings: Settings, what: str = "texts") -> list[str]:
+    """Validate texts; returns the texts to feed the model (possibly truncated)."""
+    cfg = settings.serving
+    if len(texts) == 0:
+        raise BadRequest(f"'{what}' is empty: send at least one text")
+    if len(texts) > cfg.max_texts_per_request:
+        raise BadRequest(
+            f"{len(texts)} texts in one request; the maximum is {cfg.max_texts_per_request} "
+            "(serving.max_texts_per_request)", status=413,
+        )
+    out: list[str] = []
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise BadRequest(f"{what}[{i}] is a {type(t).__name__}, expected a string")
+        if not t.strip():
+            raise BadRequest(f"{what}[{i}] is empty or only whitespace")
+        if len(t) > cfg.max_text_chars:
+            if cfg.oversize_text == "reject":
+                raise BadRequest(
+                    f"{what}[{i}] has {len(t)} characters; the maximum is {cfg.max_text_chars} "
+                    "(serving.max_text_chars, serving.oversize_text=reject)", status=413,
+                )
+            # The model reads at most max_length tokens anyway; cut long before tokenizing.
+            t = t[:cfg.max_text_chars]
+        out.append(t)
+    return out
+
+
+def parse_classify_body(body: Any, settings: Settings) -> tuple[list[str], bool]:
+    """`{"text": str}` or `{"texts": [str, ...]}` -> (texts, single)."""
+    if not isinstance(body, dict):
+        raise BadRequest('expected a JSON object: {"text": "..."} or {"texts": ["...", ...]}')
+    unknown = set(body) - {"text", "texts"}
+    if unknown:
+        raise BadRequest(f"unknown field(s) {sorted(unknown)}; send 'text' or 'texts'")
+    has_text, has_texts = body.get("text") is not None, body.get("texts") is not None
+    if has_text == has_texts:
+        raise BadRequest('send exactly one of "text" (a string) or "texts" (a list of strings)')
+    if has_text:
+        return clean_texts([body["text"]], settings, what="text"), True
+    texts = body["texts"]
+    if not isinstance(texts, list):
+        raise BadRequest(f"'texts' must be a list of strings, got {type(texts).__name__}")
+    return clean_texts(texts, settings), False
+
+
+def predict_with(model: LoadedModel, texts: Sequence[str], batch_size: int = 256) -> list[dict]:
+    return [p.to_dict() for p in model.classifier.predict(texts, batch_size=batch_size)]
+
+
+# ---- secrets -----------------------------------------------------------------------------
+
+def secret_equals(given: Optional[str], expected: str) -> bool:
+    """Constant-time comparison; an empty expected secret never matches."""
+    if not expected or given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))

@@ -1,0 +1,204 @@
+"""The labelloop BentoML service: the MLflow `champion` behind HTTP, plus a Label Studio ML backend.
+
+Run it from the repository root with `bentoml serve` (bentofile.yaml names this class) or
+`labelloop serve`. Settings come from `labelloop.settings.load_settings()`: $LABELLOOP_CONFIG and
+LABELLOOP__SECTION__KEY environment variables (e.g. LABELLOOP__SERVING__ADMIN_TOKEN).
+
+Routes:
+  POST /classify          {"text": "..."} or {"texts": [...]} -> predictions + model_version
+  POST /classify_batch    internal: the adaptive-batching entry point /classify goes through
+  GET  /metadata          model name, version, labels, task, base model, dataset digest
+  POST /admin/reload      check the registry now (Authorization: Bearer <serving.admin_token>)
+  GET  /healthz /livez    BentoML liveness;  GET /readyz: ready once the champion is loaded
+  /ls/...                 Label Studio ML backend (services/ls_backend.py)
+"""
+
+from __future__ import annotations
+
+import labelloop  # noqa: F401  (telemetry off, HF offline: before anything else is imported)
+
+import logging
+import time
+import typing as t
+
+import bentoml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from labelloop import registry
+from labelloop.prediction_log import PredictionLog
+from labelloop.settings import Settings, load_settings
+from services import ls_backend
+from services.runtime import (
+    BadRequest,
+    ModelHolder,
+    NoChampionError,
+    parse_classify_body,
+    predict_with,
+    secret_equals,
+)
+
+logger = logging.getLogger("labelloop.serving")
+
+# Read once at import: BentoML needs workers/threads/batching parameters when the class is
+# decorated. The same object is used by the running instance.
+SETTINGS: Settings = load_settings()
+_CFG = SETTINGS.serving
+ADMIN_TOKEN_ENV = "LABELLOOP__SERVING__ADMIN_TOKEN"
+
+_current: dict[str, t.Any] = {"service": None}
+
+
+def _state() -> "Labelloop":
+    svc = _current["service"]
+    if svc is None:
+        raise ls_backend.AuthError(503, "the model is still loading")
+    return svc
+
+
+# ---- plain HTTP routes next to the BentoML APIs (GET /metadata, POST /admin/reload) -----------
+ops_app = FastAPI(title="labelloop ops", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@ops_app.exception_handler(ls_backend.AuthError)
+async def _ops_auth_error(_: Request, exc: ls_backend.AuthError):
+    return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+
+@ops_app.get("/metadata")
+async def metadata():
+    svc = _state()
+    return svc.metadata()
+
+
+@ops_app.post("/admin/reload")
+async def admin_reload(request: Request):
+    svc = _state()
+    token = svc.settings.serving.admin_token
+    if not token:
+        return JSONResponse({"error": f"admin calls are disabled: set {ADMIN_TOKEN_ENV} "
+                                      "(serving.admin_token)"}, status_code=403)
+    header = request.headers.get("authorization") or ""
+    if not header.lower().startswith("bearer "):
+        return JSONResponse({"error": "send Authorization: Bearer <admin token>"},
+                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    if not secret_equals(header[7:].strip(), token):
+        return JSONResponse({"error": "invalid admin token"}, status_code=403)
+    try:
+        return await run_in_threadpool(svc.holder.check)
+    except Exception as exc:  # noqa: BLE001 - report, keep serving the loaded version
+        logger.warning("admin reload failed: %s: %s", type(exc).__name__, exc)
+        return JSONResponse({"error": f"reload failed ({type(exc).__name__}: {exc}); still "
+                                      f"serving version {svc.holder.current.version}"},
+                            status_code=502)
+
+
+ls_app = ls_backend.create_app(_state)
+
+
+@bentoml.asgi_app(ops_app, path="/")  # mounted passively: only its own two routes match
+@bentoml.asgi_app(ls_app, path="/ls")
+@bentoml.service(
+    name="labelloop",
+    workers=_CFG.workers,
+    threads=_CFG.threads,
+    traffic={"timeout": _CFG.request_timeout_s},
+    http={"host": _CFG.host, "port": _CFG.port},
+    logging={"access": {"enabled": False}},
+)
+class Labelloop:
+    """Serves the registry's champion; hot-reloads when the alias moves."""
+
+    def __init__(self) -> None:
+        self.settings = SETTINGS
+        try:
+            self.holder = ModelHolder(self.settings)
+        except NoChampionError as exc:
+            logger.error("labelloop service cannot start: %s", exc)
+            raise
+        cfg = self.settings.serving
+        self.plog = PredictionLog(
+            self.settings.prediction_log_path, max_rows=cfg.prediction_log_max_rows,
+            max_queued_rows=cfg.prediction_log_queue_rows, enabled=cfg.prediction_log,
+        )
+        self.holder.start_polling(cfg.poll_interval_s)
+        _current["service"] = self
+
+    def __is_ready__(self) -> bool:
+        return _current["service"] is self
+
+    @bentoml.on_shutdown
+    def _shutdown(self) -> None:
+        self.holder.stop()
+        self.plog.close()
+
+    # ---- helpers used by the mounted apps -------------------------------------------------
+    def metadata(self) -> dict[str, t.Any]:
+        cfg = self.settings.serving
+        info = self.holder.current.metadata(self.settings)
+        info.update({
+            "tracking_uri": self.settings.tracking_uri,
+            "reloads": self.holder.reloads,
+            "poll_interval_s": cfg.poll_interval_s,
+            "last_registry_check": self.holder.last_check,
+            "last_reload_error": self.holder.last_error,
+            "batching": {"max_batch_size": cfg.max_batch_size,
+                         "max_latency_ms": cfg.max_latency_ms},
+            "prediction_log": self.plog.stats(),
+        })
+        return info
+
+    def versions(self) -> list[str]:
+        current = self.holder.current.version
+        try:
+            found = [mv.version for mv in registry.list_versions(self.settings)
+                     if mv.tags.get(registry.STATUS_TAG) == "ready"]
+        except Exception:  # noqa: BLE001 - the registry may be away; the loaded one is known
+            found = []
+        others = sorted({v for v in found if v != current}, key=int, reverse=True)
+        return [current, *others]
+
+    # ---- APIs -------------------------------------------------------------------------
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=_CFG.max_batch_size,
+        max_latency_ms=_CFG.max_latency_ms,
+        route="/classify_batch",
+    )
+    def classify_batch(self, requests: list[list[str]]) -> list[dict[str, t.Any]]:
+        """Internal batching unit: each item is one request's texts; a request is never split,
+        so all its predictions come from one model version."""
+        model = self.holder.current  # grabbed once: the whole batch uses one version
+        limit = self.settings.serving.max_text_chars
+        flat = [text[:limit] for texts in requests for text in texts]
+        preds = predict_with(model, flat, self.settings.serving.inference_batch_size)
+        out, i = [], 0
+        for texts in requests:
+            out.append({"model_version": model.version, "predictions": preds[i:i + len(texts)]})
+            i += len(texts)
+        return out
+
+    @bentoml.api(route="/classify")
+    async def classify(
+        self,
+        text: t.Optional[t.Any] = Field(None, description="one text to classify"),
+        texts: t.Optional[t.Any] = Field(None, description="a list of texts to classify"),
+    ) -> dict[str, t.Any]:
+        """Classify `text` (one string) or `texts` (a list of strings). Answers label, score and
+        all class probabilities per text, and the model version that produced them."""
+        body = {k: v for k, v in (("text", text), ("texts", texts)) if v is not None}
+        try:
+            clean, single = parse_classify_body(body, self.settings)
+        except BadRequest as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        t0 = time.perf_counter()
+        result = (await self.to_async.classify_batch([clean]))[0]
+        version, preds = result["model_version"], result["predictions"]
+        self.plog.record(clean, preds, version, source="classify")
+        answer: dict[str, t.Any] = {"model_version": version, "predictions": preds}
+        if single:
+            answer.update(preds[0])
+        answer["latency_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+        return answer
