@@ -1,0 +1,380 @@
+"""Label Studio project setup with label-studio-sdk 2.x: project, tasks with predictions, ML
+backend and webhook, all idempotent.
+
+- `connect(settings)` checks the server and the token before anything is created.
+- `ensure_project(settings)` creates the project from the task's label config, or finds it by
+  title and checks its config still matches the model (`LabelConfigError` otherwise).
+- `import_pool(settings)` predicts a pool of unlabelled texts with the champion and imports the
+  least certain first (`studio.ordering`: uncertainty | margin | random), each with the
+  prediction attached (label, score, model version); texts already in the project are skipped.
+- `connect_ml_backend(settings, project_id)` connects the labelloop service (`/ls`, Basic auth)
+  and `ensure_webhook(settings, project_id)` registers `/ls/webhook` with the secret header.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+import labelloop  # noqa: F401  (offline switches)
+from annotation.config import (
+    CHOICES_NAME, TEXT_KEY, TEXT_NAME, LabelConfigError, check_label_config, label_config_for,
+)
+from labelloop.settings import Settings
+from labelloop.tasks import task_from_settings
+
+SECRET_HEADER = "X-Labelloop-Secret"
+WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
+                   "ANNOTATIONS_DELETED"]
+
+
+class StudioConnectionError(RuntimeError):
+    """Label Studio is unreachable, or refuses the token."""
+
+
+def studio_url(settings: Settings) -> str:
+    return f"http://{settings.studio.host}:{settings.studio.port}"
+
+
+def service_url(settings: Settings) -> str:
+    """The labelloop service's ML-backend mount, as Label Studio should call it."""
+    return f"http://{settings.serving.host}:{settings.serving.port}/ls"
+
+
+def webhook_url(settings: Settings) -> str:
+    return service_url(settings) + "/webhook"
+
+
+def _token(settings: Settings) -> str:
+    from annotation.studio import StudioError, api_token
+
+    try:
+        return api_token(settings)
+    except StudioError as exc:
+        raise StudioConnectionError(str(exc)) from None
+
+
+def connect(settings: Settings, token: Optional[str] = None, timeout: float = 30.0):
+    """An SDK client after checking the server answers and accepts the token (`whoami`)."""
+    import httpx
+    from label_studio_sdk import LabelStudio
+    from label_studio_sdk.core.api_error import ApiError
+
+    base = studio_url(settings)
+    client = LabelStudio(base_url=base, api_key=token or _token(settings), timeout=timeout)
+    try:
+        client.users.whoami()
+    except ApiError as exc:
+        if exc.status_code in (401, 403):
+            raise StudioConnectionError(
+                f"Label Studio at {base} refused the API token (HTTP {exc.status_code}); check "
+                "studio.api_token (the legacy token of the admin user)") from None
+        raise StudioConnectionError(f"Label Studio at {base} answered HTTP {exc.status_code}: "
+                                    f"{str(exc.body)[:200]}") from None
+    except (httpx.HTTPError, OSError) as exc:
+        raise StudioConnectionError(
+            f"Label Studio is unreachable at {base} ({type(exc).__name__}: {exc}); start it with "
+            "`labelloop studio up` or fix studio.host/studio.port") from None
+    return client
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+# -- project ---------------------------------------------------------------------------------
+@dataclass
+class ProjectInfo:
+    id: int
+    title: str
+    created: bool
+    updated: list[str] = field(default_factory=list)
+
+
+def find_project(client, title: str) -> Optional[Any]:
+    found = [p for p in client.projects.list(title=title) if _get(p, "title") == title]
+    if not found:  # some servers ignore the title filter: look through all
+        found = [p for p in client.projects.list() if _get(p, "title") == title]
+    if len(found) > 1:
+        raise LabelConfigError(
+            f"{len(found)} Label Studio projects are titled {title!r}; keep one or set "
+            "studio.project_title")
+    return found[0] if found else None
+
+
+def _desired_project_fields(settings: Settings) -> dict[str, Any]:
+    task = task_from_settings(settings)
+    return {
+        "description": f"labelloop: {task.name} ({', '.join(task.labels)}); predictions by "
+                       f"{settings.registry.model_name}@{settings.registry.champion_alias}",
+        "show_collab_predictions": True,  # annotators see the model's prediction
+        "sampling": "Sequential sampling",  # tasks in import order: least certain first
+    }
+
+
+def ensure_project(settings: Settings, client=None) -> ProjectInfo:
+    """Create the project, or check and (only where needed) update the existing one."""
+    client = client or connect(settings)
+    task = task_from_settings(settings)
+    title = settings.studio.project_title
+    wanted = _desired_project_fields(settings)
+    existing = find_project(client, title)
+    if existing is None:
+        project = client.projects.create(title=title, label_config=label_config_for(task), **wanted)
+        return ProjectInfo(id=int(project.id), title=title, created=True)
+    project = client.projects.get(id=existing.id)
+    check_label_config(_get(project, "label_config") or "", task)
+    changes = {k: v for k, v in wanted.items() if _get(project, k) != v}
+    if changes:
+        client.projects.update(id=project.id, **changes)
+    return ProjectInfo(id=int(project.id), title=title, created=False, updated=sorted(changes))
+
+
+def check_project_matches_model(settings: Settings, project_id: int, model_task, client=None) -> None:
+    """`LabelConfigError` if the project's labels differ from the (champion) model's."""
+    client = client or connect(settings)
+    project = client.projects.get(id=project_id)
+    check_label_config(_get(project, "label_config") or "", model_task)
+
+
+# -- ML backend and webhook -------------------------------------------------------------------
+def ensure_webhook(settings: Settings, project_id: int, client=None) -> dict[str, Any]:
+    """Register (or fix) the project webhook to the service's /ls/webhook with the secret header."""
+    client = client or connect(settings)
+    secret = settings.serving.webhook_secret
+    if not secret:
+        raise LabelConfigError(
+            "serving.webhook_secret is empty: set LABELLOOP__SERVING__WEBHOOK_SECRET so the "
+            "service can tell Label Studio's webhooks from anyone else's")
+    url = webhook_url(settings)
+    headers = {SECRET_HEADER: secret}
+    wanted = {"url": url, "headers": headers, "send_payload": True, "send_for_all_actions": False,
+              "actions": WEBHOOK_ACTIONS, "is_active": True}
+    for hook in client.webhooks.list(project=str(project_id)):
+        if _get(hook, "url") != url or _get(hook, "project") not in (project_id, None):
+            continue
+        if _get(hook, "project") is None:
+            continue  # an organization-wide hook someone else made: leave it alone
+        same = (_get(hook, "headers") == headers and bool(_get(hook, "send_payload"))
+                and bool(_get(hook, "is_active"))
+                and sorted(_get(hook, "actions") or []) == sorted(WEBHOOK_ACTIONS))
+        if same:
+            return {"id": int(hook.id), "url": url, "created": False, "updated": False}
+        client.webhooks.update(id=hook.id, **wanted)
+        return {"id": int(hook.id), "url": url, "created": False, "updated": True}
+    hook = client.webhooks.create(project=project_id, **wanted)
+    return {"id": int(hook.id), "url": url, "created": True, "updated": False}
+
+
+def connect_ml_backend(settings: Settings, project_id: int, client=None) -> dict[str, Any]:
+    """Connect the labelloop service as the project's ML backend (Basic auth). Idempotent.
+
+    Label Studio checks the backend's /health while connecting, so the service must be up.
+    """
+    from label_studio_sdk.core.api_error import ApiError
+
+    client = client or connect(settings)
+    s = settings.serving
+    if not s.ls_basic_auth_password:
+        raise LabelConfigError(
+            "serving.ls_basic_auth_password is empty: set LABELLOOP__SERVING__LS_BASIC_AUTH_PASSWORD"
+            " (Label Studio and the service must share it)")
+    url = service_url(settings)
+    wanted = {"url": url, "auth_method": "BASIC_AUTH", "basic_auth_user": s.ls_basic_auth_user,
+              "basic_auth_pass": s.ls_basic_auth_password, "is_interactive": True,
+              "title": "labelloop", "timeout": 100.0}
+    try:
+        for backend in client.ml.list(project=project_id):
+            if _get(backend, "url") == url:
+                same = (_get(backend, "auth_method") == "BASIC_AUTH"
+                        and _get(backend, "basic_auth_user") == s.ls_basic_auth_user)
+                # The password is write-only in the API: always (re)send it, it is cheap.
+                client.ml.update(id=backend.id, **wanted)
+                return {"id": int(backend.id), "url": url, "created": False, "updated": not same,
+                        "state": _get(client.ml.get(id=backend.id), "state")}
+        backend = client.ml.create(project=project_id, **wanted)
+    except ApiError as exc:
+        raise StudioConnectionError(
+            f"Label Studio could not connect the ML backend {url} (HTTP {exc.status_code}: "
+            f"{str(exc.body)[:300]}); is `labelloop serve` running with the same "
+            "ls_basic_auth_user/password?") from None
+    return {"id": int(backend.id), "url": url, "created": True, "updated": False,
+            "state": _get(backend, "state")}
+
+
+# -- tasks with predictions ---------------------------------------------------------------------
+def uncertainty_order(probabilities: np.ndarray, ordering: str, seed: int = 0) -> np.ndarray:
+    """Indices of rows, most informative first.
+
+    uncertainty: lowest top-class probability first; margin: smallest gap between the two most
+    probable classes first; random: a seeded shuffle (the baseline).
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    n = probs.shape[0]
+    if ordering == "random":
+        return np.random.default_rng(seed).permutation(n)
+    if ordering == "uncertainty":
+        key = probs.max(axis=1)
+    elif ordering == "margin":
+        top2 = np.sort(probs, axis=1)[:, -2:]
+        key = top2[:, 1] - top2[:, 0]
+    else:
+        raise ValueError(f"unknown ordering {ordering!r} (uncertainty, margin or random)")
+    return np.argsort(key, kind="stable")
+
+
+def prediction_for(label: str, score: float, model_version: str) -> dict[str, Any]:
+    """A Label Studio prediction (pre-annotation) for our Choices control."""
+    return {
+        "model_version": str(model_version),
+        "score": float(score),
+        "result": [{"from_name": CHOICES_NAME, "to_name": TEXT_NAME, "type": "choices",
+                    "value": {"choices": [label]}}],
+    }
+
+
+def build_tasks(texts: Sequence[str], predictions: Sequence[Any], model_version: str,
+                ordering: str, seed: int = 0) -> list[dict[str, Any]]:
+    """Tasks {"data", "predictions", "meta"} in the requested order."""
+    if not texts:
+        return []
+    labels = list(predictions[0].probabilities)
+    probs = np.array([[p.probabilities[lab] for lab in labels] for p in predictions])
+    order = uncertainty_order(probs, ordering, seed)
+    tasks = []
+    for rank, i in enumerate(order):
+        p = predictions[int(i)]
+        top2 = sorted(p.probabilities.values())[-2:]
+        tasks.append({
+            "data": {TEXT_KEY: texts[int(i)],
+                     "uncertainty": round(1.0 - p.score, 6),
+                     "margin": round(top2[-1] - top2[0], 6),
+                     "rank": rank},
+            "predictions": [prediction_for(p.label, p.score, model_version)],
+        })
+    return tasks
+
+
+def default_pool(settings: Settings, size: int) -> list[str]:
+    """Unlabelled candidates: texts of the dataset's TRAIN split (the test split stays frozen)."""
+    from labelloop.data import load_labelled, split, text_bucket
+
+    task = task_from_settings(settings)
+    df = load_labelled(settings.dataset, task)
+    train, _ = split(df, settings.dataset.test_fraction)
+    order = train["text"].map(lambda t: text_bucket("pool:" + t)).sort_values().index
+    return train.loc[order, "text"].tolist()[: size]
+
+
+def existing_texts(client, project_id: int) -> set[str]:
+    texts = set()
+    for t in client.tasks.list(project=project_id, fields="all"):
+        data = _get(t, "data") or {}
+        if isinstance(data, dict) and isinstance(data.get(TEXT_KEY), str):
+            texts.add(data[TEXT_KEY])
+    return texts
+
+
+def load_champion(settings: Settings):
+    """(Classifier, version) of the current champion."""
+    from labelloop import registry
+    from labelloop.modeling import Classifier
+
+    champion = registry.get_champion(settings)
+    if champion is None:
+        raise registry.RegistryError(
+            f"no '{settings.registry.champion_alias}' version of {settings.registry.model_name}: "
+            "train one first (`labelloop train`)")
+    bundle = registry.fetch_bundle(settings, champion.version)
+    return Classifier(bundle, version=str(champion.version)), str(champion.version)
+
+
+def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, project_id: Optional[int] = None,
+                client=None, classifier=None, candidates: Optional[int] = None) -> dict[str, Any]:
+    """Import up to `studio.pool_size` new texts as tasks, predictions attached, least certain first.
+
+    `texts`: the pool (default: `candidates` texts, default 4 x pool_size, from the dataset's
+    train split, of which the `pool_size` most informative are imported).
+    """
+    client = client or connect(settings)
+    if project_id is None:
+        project_id = ensure_project(settings, client).id
+    if classifier is None:
+        classifier, version = load_champion(settings)
+    else:
+        version = str(classifier.version)
+    check_project_matches_model(settings, project_id, classifier.task, client)
+    size = settings.studio.pool_size
+    if texts is None:
+        factor = 1 if settings.studio.ordering == "random" else 4
+        texts = default_pool(settings, candidates or size * factor)
+    seen = existing_texts(client, project_id)
+    pool, dup = [], 0
+    for t in texts:
+        if not isinstance(t, str) or not t.strip() or t in seen:
+            dup += 1
+            continue
+        seen.add(t)
+        pool.append(t)
+    preds = classifier.predict(pool) if pool else []
+    tasks = build_tasks(pool, preds, version, settings.studio.ordering,
+                        seed=settings.training.seed)[:size]
+    if tasks:
+        for start in range(0, len(tasks), 500):
+            client.projects.import_tasks(id=project_id, request=tasks[start:start + 500])
+    return {"project": project_id, "imported": len(tasks), "skipped_existing_or_empty": dup,
+            "model_version": version, "ordering": settings.studio.ordering,
+            "mean_uncertainty": (float(np.mean([t["data"]["uncertainty"] for t in tasks]))
+                                 if tasks else math.nan)}
+
+
+def setup(settings: Settings, client=None, ml_backend: Optional[bool] = None,
+          progress=print) -> dict[str, Any]:
+    """Project + webhook + ML backend. `ml_backend=None`: connect it if the service answers."""
+    import httpx
+
+    client = client or connect(settings)
+    info = ensure_project(settings, client)
+    progress(f"project {info.title!r} (id {info.id}): "
+             + ("created" if info.created else ("updated " + ", ".join(info.updated)
+                                                if info.updated else "unchanged")))
+    out: dict[str, Any] = {"project": info.id, "created": info.created, "updated": info.updated}
+    out["webhook"] = ensure_webhook(settings, info.id, client)
+    progress(f"webhook -> {out['webhook']['url']}: "
+             + ("created" if out["webhook"]["created"] else "updated" if out["webhook"]["updated"]
+                else "unchanged"))
+    if ml_backend is None:
+        try:
+            ml_backend = httpx.get(service_url(settings) + "/health", timeout=2.0).status_code < 500
+        except httpx.HTTPError:
+            ml_backend = False
+            progress(f"ML backend not connected: the service does not answer at "
+                     f"{service_url(settings)} (start `labelloop serve`, then rerun setup)")
+    if ml_backend:
+        out["ml_backend"] = connect_ml_backend(settings, info.id, client)
+        progress(f"ML backend {out['ml_backend']['url']}: state {out['ml_backend']['state']}")
+    out["url"] = f"{studio_url(settings)}/projects/{info.id}/data"
+    return out
+
+
+def retrieve_predictions(settings: Settings, project_id: int, client=None) -> dict[str, Any]:
+    """Label Studio's bulk "Retrieve predictions" action over all tasks of the project."""
+    import httpx
+
+    token = _token(settings)
+    resp = httpx.post(
+        f"{studio_url(settings)}/api/dm/actions",
+        params={"id": "retrieve_tasks_predictions", "project": project_id},
+        json={"selectedItems": {"all": True, "excluded": []}},
+        headers={"Authorization": f"Token {token}"}, timeout=300.0,
+    )
+    if resp.status_code >= 400:
+        raise StudioConnectionError(f"retrieve predictions failed: HTTP {resp.status_code} "
+                                    f"{resp.text[:300]}")
+    return resp.json()
