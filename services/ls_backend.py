@@ -147,7 +147,7 @@ def task_texts(tasks: Any, data_key: str, max_chars: int) -> list[str]:
             )
         text = data[data_key]
         if not isinstance(text, str):
-            raise BadRequest(f"task {tid}: data[{data_key!r}] is a {type(text).__name__}, "
+            raise BadRequest(f"task {tid}: data[{data_key!r}] has type {type(text).__name__}, "
                              "expected text")
         out.append(text[:max_chars])
     return out

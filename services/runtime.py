@@ -155,7 +155,7 @@ def clean_texts(texts: Sequence[Any], settings: Settings, what: str = "texts") -
     out: list[str] = []
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise BadRequest(f"{what}[{i}] is a {type(t).__name__}, expected a string")
+            raise BadRequest(f"{what}[{i}] has type {type(t).__name__}, expected a string")
         if not t.strip():
             raise BadRequest(f"{what}[{i}] is empty or only whitespace")
         if len(t) > cfg.max_text_chars:
@@ -184,7 +184,7 @@ def parse_classify_body(body: Any, settings: Settings) -> tuple[list[str], bool]
         return clean_texts([body["text"]], settings, what="text"), True
     texts = body["texts"]
     if not isinstance(texts, list):
-        raise BadRequest(f"'texts' must be a list of strings, got {type(texts).__name__}")
+        raise BadRequest(f"'texts' must be a list of strings, got type {type(texts).__name__}")
     return clean_texts(texts, settings), False
 
 

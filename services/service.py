@@ -35,6 +35,7 @@ from services.runtime import (
     BadRequest,
     ModelHolder,
     NoChampionError,
+    no_champion_message,
     parse_classify_body,
     predict_with,
     secret_equals,
@@ -107,6 +108,11 @@ ls_app = ls_backend.create_app(_state)
     traffic={"timeout": _CFG.request_timeout_s},
     http={"host": _CFG.host, "port": _CFG.port},
     logging={"access": {"enabled": False}},
+    # /classify reaches the batchable API through BentoML's in-process self-proxy. BentoML
+    # 1.4.38 recreates that proxy's HTTP session every `max_requests` calls (default 100) and
+    # closes the old one with requests still in flight on it ("Server disconnected" -> 500s
+    # under load). Never recycling the in-process session avoids that.
+    runner_connection={"max_requests": 2**62, "max_age": 10.0**12},
 )
 class Labelloop:
     """Serves the registry's champion; hot-reloads when the alias moves."""
@@ -123,8 +129,23 @@ class Labelloop:
             self.settings.prediction_log_path, max_rows=cfg.prediction_log_max_rows,
             max_queued_rows=cfg.prediction_log_queue_rows, enabled=cfg.prediction_log,
         )
+        # What adaptive batching did so far (batches formed, requests and texts in them).
+        self.batch_stats = {"batches": 0, "requests": 0, "texts": 0, "largest_batch": 0}
         self.holder.start_polling(cfg.poll_interval_s)
         _current["service"] = self
+
+    @bentoml.on_deployment
+    def _preflight() -> None:
+        """Once, in the serving process, before any worker starts: fail fast (instead of
+        workers restarting forever) when there is no champion, and download its bundle once."""
+        try:
+            champion = registry.get_champion(SETTINGS)
+        except Exception as exc:  # noqa: BLE001 - an unreachable registry is a start-up error
+            raise SystemExit(f"labelloop serve: error: cannot reach the MLflow registry at "
+                             f"{SETTINGS.tracking_uri}: {exc}") from None
+        if champion is None:
+            raise SystemExit(f"labelloop serve: error: {no_champion_message(SETTINGS)}")
+        registry.fetch_bundle(SETTINGS, champion.version)
 
     def __is_ready__(self) -> bool:
         return _current["service"] is self
@@ -146,6 +167,7 @@ class Labelloop:
             "last_reload_error": self.holder.last_error,
             "batching": {"max_batch_size": cfg.max_batch_size,
                          "max_latency_ms": cfg.max_latency_ms},
+            "batch_stats": dict(self.batch_stats),
             "prediction_log": self.plog.stats(),
         })
         return info
@@ -153,7 +175,7 @@ class Labelloop:
     def versions(self) -> list[str]:
         current = self.holder.current.version
         try:
-            found = [mv.version for mv in registry.list_versions(self.settings)
+            found = [str(mv.version) for mv in registry.list_versions(self.settings)
                      if mv.tags.get(registry.STATUS_TAG) == "ready"]
         except Exception:  # noqa: BLE001 - the registry may be away; the loaded one is known
             found = []
@@ -174,6 +196,11 @@ class Labelloop:
         limit = self.settings.serving.max_text_chars
         flat = [text[:limit] for texts in requests for text in texts]
         preds = predict_with(model, flat, self.settings.serving.inference_batch_size)
+        stats = self.batch_stats
+        stats["batches"] += 1
+        stats["requests"] += len(requests)
+        stats["texts"] += len(flat)
+        stats["largest_batch"] = max(stats["largest_batch"], len(requests))
         out, i = [], 0
         for texts in requests:
             out.append({"model_version": model.version, "predictions": preds[i:i + len(texts)]})
