@@ -195,7 +195,8 @@ def connect_ml_backend(settings: Settings, project_id: int, client=None) -> dict
                 same = (_get(backend, "auth_method") == "BASIC_AUTH"
                         and _get(backend, "basic_auth_user") == s.ls_basic_auth_user)
                 # The password is write-only in the API: always (re)send it, it is cheap.
-                client.ml.update(id=backend.id, **wanted)
+                # (LS 1.23 answers 500 to an update without `project`.)
+                client.ml.update(id=backend.id, project=project_id, **wanted)
                 return {"id": int(backend.id), "url": url, "created": False, "updated": not same,
                         "state": _get(client.ml.get(id=backend.id), "state")}
         backend = client.ml.create(project=project_id, **wanted)

@@ -1,0 +1,51 @@
+"""`labelloop annotate setup|import|sync`.
+
+setup   create/update the Label Studio project, register the webhook, connect the ML backend
+        (when the service answers)
+import  import `studio.pool_size` texts with the champion's predictions, least certain first
+sync    pull all annotations into the labels store, log model/annotator agreement to MLflow
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import labelloop  # noqa: F401
+from labelloop.settings import load_settings
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def main(args) -> int:
+    from annotation.config import LabelConfigError
+    from annotation.labelstudio import StudioConnectionError
+    from annotation.sync import ExportError
+
+    settings = load_settings(getattr(args, "config", None))
+    action = args.action
+    try:
+        if action == "setup":
+            from annotation.labelstudio import setup
+
+            _print(setup(settings, progress=lambda m: print(m, file=sys.stderr)))
+            return 0
+        if action == "import":
+            from annotation.labelstudio import import_pool
+
+            _print(import_pool(settings))
+            return 0
+        if action == "sync":
+            from annotation.agreement import log_agreement
+            from annotation.sync import sync_project
+
+            report = sync_project(settings)
+            report["agreement"] = log_agreement(settings)["versions"]
+            _print(report)
+            return 0
+    except (StudioConnectionError, LabelConfigError, ExportError) as exc:
+        print(f"labelloop annotate {action}: error: {exc}", file=sys.stderr)
+        return 2
+    raise SystemExit(f"unknown action {action!r}")
