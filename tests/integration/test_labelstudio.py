@@ -20,6 +20,7 @@ import pytest
 from annotation import labelstudio as L
 from annotation import studio, sync, webhook
 from annotation.config import LabelConfigError, classification_config
+from labelloop import trigger
 from labelloop.labels_store import open_store, training_rows
 from labelloop.settings import Settings
 from labelloop.tasks import ClassificationTask, Prediction
@@ -140,7 +141,7 @@ def test_bad_token_and_unreachable_create_nothing(label_studio, tmp_path):
     assert len(list(L.connect(good).projects.list())) == before
 
 
-def test_setup_is_idempotent_and_connects_backend(label_studio, tmp_path, fake_service):
+def test_setup_is_idempotent_and_connects_backend(label_studio, tmp_path, fake_service, monkeypatch):
     s = make_settings(label_studio, tmp_path, service_port=fake_service.port)
     first = L.setup(s, progress=lambda m: None)
     assert first["created"] and first["webhook"]["created"] and first["ml_backend"]["created"]
@@ -155,6 +156,17 @@ def test_setup_is_idempotent_and_connects_backend(label_studio, tmp_path, fake_s
     assert len(client.ml.list(project=first["project"])) == 1
     hook = client.webhooks.list(project=str(first["project"]))[0]
     assert hook.headers == {"X-Labelloop-Secret": SECRET}
+
+    # "Start training" in Label Studio reaches the service's /webhook as START_TRAINING
+    start = len(fake_service.events)
+    client.ml.train(id=first["ml_backend"]["id"])
+    event = fake_service.wait_for(start + 1)[start]
+    assert event["action"] == "START_TRAINING" and event["project"]["id"] == first["project"]
+    assert fake_service.headers[start]["Authorization"].startswith("Basic ")
+    calls = []
+    monkeypatch.setattr(trigger, "request_feedback_run", lambda s_, p, r: calls.append(p) or True)
+    assert webhook.handle_event(s, event)["feedback_run"] == "started"
+    assert calls == [first["project"]]
 
 
 def test_project_with_other_labels_is_refused(label_studio, tmp_path):
@@ -196,6 +208,23 @@ def test_import_attaches_predictions_least_certain_first(label_studio, tmp_path)
     assert again["imported"] == 4 and again["skipped_existing_or_empty"] == 6
     assert L.import_pool(s, texts=texts, project_id=pid, client=client,
                          classifier=FakeClassifier())["imported"] == 0
+
+
+def test_import_with_the_real_champion(label_studio, tmp_path):
+    """The champion from the MLflow registry predicts a pool from the dataset's train split."""
+    from tests.helpers import register_untrained_version
+
+    s = make_settings(label_studio, tmp_path, studio={"pool_size": 8})
+    version = str(register_untrained_version(s, seed=1))
+    report = L.import_pool(s)  # creates the project, default pool, champion predictions
+    assert report["imported"] == 8 and report["model_version"] == version
+    client = L.connect(s)
+    tasks = sorted(client.tasks.list(project=report["project"], fields="all"), key=lambda t: t.id)
+    preds = [t.predictions[0] if isinstance(t.predictions[0], dict) else t.predictions[0].dict()
+             for t in tasks]
+    assert {p["model_version"] for p in preds} == {version}
+    assert [p["score"] for p in preds] == sorted(p["score"] for p in preds)
+    assert all(p["result"][0]["value"]["choices"][0] in s.task.labels for p in preds)
 
 
 def _choice(label, origin=None):

@@ -1,0 +1,97 @@
+"""Label config generation/parsing, uncertainty ordering, task building, LS record conversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from annotation.config import (
+    LabelConfigError, check_label_config, classification_config, label_config_for,
+    parse_label_config,
+)
+from annotation.labelstudio import build_tasks, prediction_for, uncertainty_order
+from annotation.records import chosen, project_id_of, record_from_annotation
+from labelloop.tasks import ClassificationTask, Prediction
+
+TASK = ClassificationTask(name="sentiment", labels=("negative", "neutral", "positive"))
+
+
+def test_generated_config_round_trips():
+    xml = label_config_for(TASK)
+    parsed = parse_label_config(xml)
+    assert parsed.controls["label"]["type"] == "choices"
+    assert parsed.controls["label"]["labels"] == list(TASK.labels)
+    assert parsed.objects == {"text": "text"}
+    check_label_config(xml, TASK)  # no error
+
+
+def test_labels_with_quotes_are_escaped():
+    task = ClassificationTask(name='a "b"', labels=('it\'s', 'x<y', '"q"'))
+    parsed = parse_label_config(classification_config(task))
+    assert parsed.controls["label"]["labels"] == list(task.labels)
+
+
+@pytest.mark.parametrize("xml, match", [
+    ("<View><Text name='text' value='$text'/></View>", "no <Choices"),
+    ("<View", "not valid XML"),
+    (classification_config(ClassificationTask(name="x", labels=("a", "b"))), "do not match"),
+    ("<View><Text name='t' value='$other'/><Choices name='label' toName='t'>"
+     "<Choice value='negative'/><Choice value='neutral'/><Choice value='positive'/></Choices></View>",
+     "must point at"),
+])
+def test_mismatched_configs_are_refused(xml, match):
+    with pytest.raises(LabelConfigError, match=match):
+        check_label_config(xml, TASK)
+
+
+def test_uncertainty_and_margin_orderings():
+    probs = np.array([
+        [0.90, 0.05, 0.05],  # confident
+        [0.40, 0.35, 0.25],  # low top, small margin
+        [0.50, 0.49, 0.01],  # higher top, tiny margin
+        [0.34, 0.34, 0.32],  # least certain either way
+    ])
+    assert uncertainty_order(probs, "uncertainty").tolist() == [3, 1, 2, 0]
+    assert uncertainty_order(probs, "margin").tolist() == [3, 2, 1, 0]
+    r1 = uncertainty_order(probs, "random", seed=1)
+    assert sorted(r1.tolist()) == [0, 1, 2, 3]
+    assert r1.tolist() == uncertainty_order(probs, "random", seed=1).tolist()
+    with pytest.raises(ValueError):
+        uncertainty_order(probs, "nope")
+
+
+def _pred(p):
+    probs = dict(zip(TASK.labels, p))
+    label = max(probs, key=probs.get)
+    return Prediction(label=label, score=probs[label], probabilities=probs)
+
+
+def test_build_tasks_orders_and_attaches_predictions():
+    texts = ["sure", "unsure"]
+    tasks = build_tasks(texts, [_pred([0.1, 0.1, 0.8]), _pred([0.4, 0.3, 0.3])], "5", "uncertainty")
+    assert [t["data"]["text"] for t in tasks] == ["unsure", "sure"]
+    assert tasks[0]["predictions"][0] == prediction_for("negative", 0.4, "5")
+    assert tasks[0]["data"]["rank"] == 0
+    assert build_tasks([], [], "5", "uncertainty") == []
+
+
+def test_record_conversion():
+    task = {"id": 9, "data": {"text": "hi"}, "project": 2}
+    pred = {"id": 1, "model_version": "4", "score": 0.7, "result": prediction_for(
+        "positive", 0.7, "4")["result"]}
+    ann = {"id": 3, "task": 9, "project": 2, "completed_by": 5, "parent_prediction": 1,
+           "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:01Z",
+           "result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                       "value": {"choices": ["neutral"]}, "origin": "prediction-changed"}],
+           "prediction": pred}
+    r = record_from_annotation(TASK, 2, ann, task, via="test")
+    assert (r.text, r.label, r.task_id, r.annotator, r.model_version, r.shown_label, r.changed) \
+        == ("hi", "neutral", "9", "5", "4", "positive", True)
+    multi = dict(ann, result=[{"type": "choices", "from_name": "label",
+                               "value": {"choices": ["neutral", "positive"]}}])
+    assert record_from_annotation(TASK, 2, multi, task, via="t").status == "invalid"
+    notext = record_from_annotation(TASK, 2, ann, {"id": 9, "data": {"image": "x"}}, via="t")
+    assert notext.status == "invalid" and "no 'text'" in notext.reason
+    assert chosen([{"type": "textarea"}]) is None
+    assert project_id_of("12.1700000000") == 12 and project_id_of({"id": 3}) == 3
+    assert project_id_of(True) is None and project_id_of("x") is None
