@@ -26,6 +26,8 @@ from pipelines.steps.register import register_model
 def pipeline_options(registry_settings: RegistrySettings) -> dict[str, Any]:
     """Model name and MLflow experiment come from the project settings (one source of truth)."""
     return {
+        # Never cache: steps read settings from the environment and write to the registry.
+        "enable_cache": False,
         "model": Model(name=registry_settings.model_name),
         "settings": {"experiment_tracker": MLFlowExperimentTrackerSettings(
             experiment_name=registry_settings.experiment)},

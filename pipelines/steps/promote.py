@@ -26,8 +26,8 @@ def promote_model(
     metric = settings.promotion.metric
     champion = registry.get_champion(settings)
     champion_version, champion_score = None, None
-    if champion is not None and champion.version != model_version:
-        champion_version = champion.version
+    if champion is not None and str(champion.version) != str(model_version):
+        champion_version = str(champion.version)
         # Re-score the champion here, on exactly this test split, rather than trusting a number
         # recorded when it was trained: the comparison must be like for like.
         classifier = Classifier(registry.fetch_bundle(settings, champion.version),

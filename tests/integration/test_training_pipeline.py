@@ -1,0 +1,153 @@
+"""The real `training` pipeline end to end: real ZenML store, real MLflow SQLite store, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from labelloop import registry
+from labelloop.settings import load_settings, resolve_path
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    corpus = pd.read_csv(resolve_path(load_settings(environ={}).dataset.path), encoding="latin-1")
+    corpus.sample(480, random_state=7)[["sentiment", "text"]].to_csv(root / "small.csv", index=False)
+    env = {
+        **os.environ,
+        "ZENML_CONFIG_PATH": str(root / "zenml"),
+        "LABELLOOP__DATA_DIR": str(root / "data"),
+        "LABELLOOP__DATASET__PATH": str(root / "small.csv"),
+        "LABELLOOP__DATASET__ENCODING": "utf-8",
+        "LABELLOOP__TRAINING__BATCH_SIZE": "16",
+        "LABELLOOP__MODEL__MAX_LENGTH": "32",
+        "LABELLOOP__EVALUATION__SAMPLE_PREDICTIONS": "5",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return root, env
+
+
+def cli(env, *args, extra_env=None, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "labelloop.cli", *args], env={**env, **(extra_env or {})},
+        cwd=cwd or REPO, capture_output=True, text=True, timeout=600,
+    )
+
+
+def settings_of(env):
+    return load_settings(environ={k: v for k, v in env.items() if k.startswith("LABELLOOP")})
+
+
+def test_bad_inputs_fail_fast_and_touch_nothing(workspace):
+    root, env = workspace
+    bad = {
+        "LABELLOOP__DATASET__LABEL_COLUMN": "no_such_column",
+    }
+    r = cli(env, "train", extra_env=bad)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "missing column(s) ['no_such_column']" in r.stderr
+    r = cli(env, "train", extra_env={"LABELLOOP__MODEL__BASE": str(root / "no-model")})
+    assert r.returncode == 2 and "no Hugging Face model directory" in r.stderr
+    r = cli(env, "train", extra_env={"LABELLOOP__TRAINING__EPOHCS": "1"})
+    assert r.returncode == 2 and "unknown key 'training.epohcs'" in r.stderr
+    (root / "odd.csv").write_text("text,sentiment\nhello,ecstatic\nbye,negative\n")
+    r = cli(env, "train", extra_env={"LABELLOOP__DATASET__PATH": str(root / "odd.csv")})
+    assert r.returncode == 2 and "['ecstatic']" in r.stderr
+    assert registry.list_versions(settings_of(env)) == []
+    assert registry.get_champion(settings_of(env)) is None
+
+
+def test_first_run_registers_and_becomes_champion(workspace):
+    root, env = workspace
+    r = cli(env, "train", extra_env={
+        "LABELLOOP__TRAINING__METHOD": "full", "LABELLOOP__TRAINING__LEARNING_RATE": "0.0001",
+        "LABELLOOP__TRAINING__EPOCHS": "2",
+    })
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "promoted to champion" in r.stdout and "test macro-F1" in r.stdout
+    s = settings_of(env)
+    champion = registry.get_champion(s)
+    assert champion is not None and str(champion.version) == "1"
+    assert champion.tags[registry.STATUS_TAG] == "ready"
+    assert champion.tags["method"] == "full"
+
+    # The version carries everything needed to serve it.
+    bundle = registry.fetch_bundle(s, "1")
+    meta = json.loads((bundle / "labelloop.json").read_text())
+    assert meta["task"]["labels"] == ["negative", "neutral", "positive"]
+    assert (bundle / "model.safetensors").is_file() and (bundle / "tokenizer.json").is_file()
+
+    # The MLflow run holds params, metrics, loss curve and evaluation artifacts.
+    client = mlflow.tracking.MlflowClient(s.tracking_uri)
+    run = client.get_run(champion.run_id)
+    assert 0.0 <= run.data.metrics["test_macro_f1"] <= 1.0
+    assert run.data.params["method"] == "full"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/test_confusion_matrix.png" in artifacts
+    assert "evaluation/test_worst_errors.json" in artifacts
+    # Artifacts live under the data dir, not in ./mlruns of whatever directory we ran from.
+    assert run.info.artifact_uri.startswith(Path(s.data_path).as_uri())
+
+    # A ZenML model version is linked to the MLflow version.
+    from zenml.client import Client
+
+    os.environ["ZENML_CONFIG_PATH"] = env["ZENML_CONFIG_PATH"]
+    zm = Client().get_model_version(s.registry.model_name, "latest")
+    assert str(zm.run_metadata["mlflow_model_version"]) == "1"
+
+
+def test_worse_challenger_does_not_take_the_alias(workspace):
+    root, env = workspace
+    # One step at a vanishing learning rate: an essentially untrained head.
+    r = cli(env, "train", extra_env={
+        "LABELLOOP__TRAINING__MAX_STEPS": "1", "LABELLOOP__TRAINING__LEARNING_RATE": "1e-9",
+        "LABELLOOP__PROMOTION__MARGIN": "0.0",
+    })
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "not promoted" in r.stdout
+    s = settings_of(env)
+    assert str(registry.get_champion(s).version) == "1"
+    challenger = registry.get_version(s, "2")
+    assert challenger.tags[registry.STATUS_TAG] == "ready"
+    client = mlflow.tracking.MlflowClient(s.tracking_uri)
+    decision = json.loads(Path(client.download_artifacts(
+        challenger.run_id, "promotion/decision.json", str(root))).read_text())
+    assert decision["promote"] is False
+    assert decision["champion_version"] == "1"
+    assert decision["challenger_score"] < decision["champion_score"]
+
+
+def test_status_command_lists_versions(workspace):
+    root, env = workspace
+    r = cli(env, "status")
+    assert r.returncode == 0
+    assert "<- champion" in r.stdout and "version   2" in r.stdout
+
+
+def test_zenml_pipeline_run_with_config_file(workspace, tmp_path):
+    """`zenml pipeline run` with a config file, as the README documents."""
+    root, env = workspace
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "parameters:\n  overrides:\n    training:\n      max_steps: 2\n"
+        "    promotion:\n      margin: 1.0\n"
+    )
+    zenml = str(Path(sys.executable).parent / "zenml")
+    r = subprocess.run([zenml, "pipeline", "run", "pipelines.training.training", "-c", str(cfg)],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = settings_of(env)
+    assert [str(mv.version) for mv in registry.list_versions(s)] == ["1", "2", "3"]
+    assert str(registry.get_champion(s).version) == "1"  # margin 1.0 cannot be beaten
