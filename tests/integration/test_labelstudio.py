@@ -346,3 +346,45 @@ def test_agreement_is_logged_to_mlflow(label_studio, tmp_path):
     out = log_agreement(s)
     run = mlflow.MlflowClient(tracking_uri=s.tracking_uri).get_run(out["run_id"])
     assert run.data.metrics["agreement/v1"] == 0.5 and run.data.metrics["agreement/v2"] == 1.0
+
+
+def test_cli_status_setup_sync(label_studio, tmp_path):
+    """`labelloop studio status` and `labelloop annotate setup|sync` as a user runs them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from tests.helpers import REPO_ROOT
+
+    server_data = Path(label_studio.data_dir).parent
+    cfg = tmp_path / "cfg.yaml"
+    ov = label_studio.studio_overrides()["studio"]
+    cfg.write_text(yaml.safe_dump({
+        "data_dir": str(server_data),
+        "studio": {"port": ov["port"], "project_title": f"cli {uuid.uuid4().hex[:6]}",
+                   **({"venv": os.environ["LABELLOOP_TEST_LS_VENV"]}
+                      if os.environ.get("LABELLOOP_TEST_LS_VENV") else {})},
+        "serving": {"port": free_port()},  # no service there: the ML backend is skipped
+    }))
+    env = {**os.environ, "LABELLOOP__SERVING__WEBHOOK_SECRET": "s"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "labelloop.cli", *args, "-c", str(cfg)],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    status = cli("studio", "status")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["healthy"] is True
+    setup = cli("annotate", "setup")
+    assert setup.returncode == 0, setup.stderr
+    assert "ML backend not connected" in setup.stderr
+    assert json.loads(setup.stdout)["created"] is True
+    synced = cli("annotate", "sync")
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout)["annotations"] == 0
+    env["LABELLOOP__STUDIO__API_TOKEN"] = "f" * 40
+    bad = cli("annotate", "sync")
+    assert bad.returncode == 2 and "refused the API token" in bad.stderr

@@ -157,3 +157,18 @@ def test_trigger_runs_once_per_project_and_lock_is_inherited(settings):
     with trigger.feedback_lock(settings, 5):
         assert trigger.is_running(settings, 5)
     assert not trigger.is_running(settings, 5)
+
+
+def test_bulk_annotations_created(settings):
+    bulk = {"action": "ANNOTATIONS_CREATED", "project": {"id": 1},
+            "annotation": [], "task": []}
+    for i, (text, label) in enumerate([("a", "positive"), ("b", "negative")], start=10):
+        a = copy.deepcopy(CREATED["annotation"])
+        a.update(id=i, task=100 + i, result=[{"from_name": "label", "to_name": "text",
+                                              "type": "choices", "value": {"choices": [label]}}])
+        bulk["annotation"].append(a)
+        bulk["task"].append({"id": 100 + i, "data": {"text": text}, "project": 1})
+    out = webhook.handle_event(settings, bulk)
+    assert out["outcomes"] == {"inserted": 2}
+    assert dict(zip(rows(settings)["text"], rows(settings)["label"])) == {"a": "positive",
+                                                                         "b": "negative"}
