@@ -379,3 +379,46 @@ def retrieve_predictions(settings: Settings, project_id: int, client=None) -> di
         raise StudioConnectionError(f"retrieve predictions failed: HTTP {resp.status_code} "
                                     f"{resp.text[:300]}")
     return resp.json()
+
+
+def pending_tasks(client, project_id: int) -> list[Any]:
+    """Tasks nobody has annotated (nor skipped) yet."""
+    out = []
+    for t in client.tasks.list(project=project_id, fields="all"):
+        if (_get(t, "total_annotations") or 0) == 0 and (_get(t, "cancelled_annotations") or 0) == 0:
+            out.append(t)
+    return out
+
+
+def push_predictions(settings: Settings, project_id: Optional[int] = None, client=None,
+                     classifier=None) -> dict[str, Any]:
+    """Attach the (new) champion's predictions to every pending task that lacks one of its version.
+
+    What the feedback loop calls after a promotion, so annotators see the new model's answers
+    without waiting for Label Studio to ask the service. Uses `projects.import_predictions`
+    (one request per 500 tasks); tasks already holding this version's prediction are skipped.
+    """
+    client = client or connect(settings)
+    if project_id is None:
+        project = find_project(client, settings.studio.project_title)
+        if project is None:
+            raise LabelConfigError(f"no Label Studio project titled {settings.studio.project_title!r}")
+        project_id = int(project.id)
+    if classifier is None:
+        classifier, version = load_champion(settings)
+    else:
+        version = str(classifier.version)
+    check_project_matches_model(settings, project_id, classifier.task, client)
+    todo = []
+    for t in pending_tasks(client, project_id):
+        versions = {str(_get(p, "model_version")) for p in (_get(t, "predictions") or [])}
+        text = (_get(t, "data") or {}).get(TEXT_KEY)
+        if version not in versions and isinstance(text, str) and text.strip():
+            todo.append((int(t.id), text))
+    if todo:
+        preds = classifier.predict([text for _, text in todo])
+        requests = [{"task": task_id, **prediction_for(p.label, p.score, version)}
+                    for (task_id, _), p in zip(todo, preds)]
+        for start in range(0, len(requests), 500):
+            client.projects.import_predictions(id=project_id, request=requests[start:start + 500])
+    return {"project": project_id, "model_version": version, "pushed": len(todo)}

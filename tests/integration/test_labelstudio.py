@@ -226,6 +226,17 @@ def test_import_with_the_real_champion(label_studio, tmp_path):
     assert [p["score"] for p in preds] == sorted(p["score"] for p in preds)
     assert all(p["result"][0]["value"]["choices"][0] in s.task.labels for p in preds)
 
+    # a new champion: its predictions go to the pending tasks (not to annotated ones), once
+    client.annotations.create(id=tasks[0].id, result=_choice("neutral"))
+    new_version = str(register_untrained_version(s, seed=2))
+    pushed = L.push_predictions(s)
+    assert pushed == {"project": report["project"], "model_version": new_version, "pushed": 7}
+    assert L.push_predictions(s)["pushed"] == 0
+    tasks = sorted(client.tasks.list(project=report["project"], fields="all"), key=lambda t: t.id)
+    versions = [{(p if isinstance(p, dict) else p.dict())["model_version"] for p in t.predictions}
+                for t in tasks]
+    assert versions[0] == {version} and all(v == {version, new_version} for v in versions[1:])
+
 
 def _choice(label, origin=None):
     item = {"from_name": "label", "to_name": "text", "type": "choices",
