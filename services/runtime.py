@@ -75,6 +75,11 @@ def no_champion_message(settings: Settings) -> str:
 def load_version(settings: Settings, version: str) -> LoadedModel:
     bundle = registry.fetch_bundle(settings, version)
     clf = Classifier(bundle, device=settings.serving.device, version=str(version))
+    if settings.serving.cpu_int8 and clf.device.type == "cpu":
+        import torch
+
+        clf.model = torch.ao.quantization.quantize_dynamic(
+            clf.model, {torch.nn.Linear}, dtype=torch.qint8)
     clf.predict(["warm-up"])  # first call allocates; do it before anyone waits on it
     return LoadedModel(version=str(version), classifier=clf)
 

@@ -1,0 +1,362 @@
+"""Serving benchmark: the labelloop BentoML service vs a naive FastAPI app vs the in-process ceiling.
+
+  (a) service  - `bentoml serve` of services/service.py (adaptive batching), a real process
+  (b) naive    - plain FastAPI + uvicorn, a transformers `pipeline("text-classification")` called
+                 once per request, unbatched (what most teams write first); a real process
+  (c) ceiling  - the same model's batched forward pass in this process, no HTTP
+
+Single-text requests (tweets from the project's corpus) from an async httpx load generator with
+C concurrent clients (closed loop), each level bounded by --duration seconds and --max-requests.
+Everything binds to 127.0.0.1. The model is the registry champion of --data-dir, or, by default,
+a freshly registered untrained MiniLM in a temp registry (same architecture and cost as a trained one).
+
+  python benchmarks/serving.py --quick                    # CPU, about 2 minutes
+  python benchmarks/serving.py --device cuda --concurrency 1 8 32 128 512 --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import labelloop  # noqa: E402,F401  (telemetry off before anything else)
+
+
+# ---- (b) the naive server ------------------------------------------------------------------
+
+def run_naive_server(bundle: str, port: int, device: str) -> None:
+    """What most teams write first: one pipeline call per request."""
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi import Body
+    from transformers import pipeline
+
+    dev = 0 if device.startswith("cuda") and torch.cuda.is_available() else -1
+    clf = pipeline("text-classification", model=bundle, tokenizer=bundle, device=dev, top_k=None,
+                   truncation=True, max_length=64)
+    app = FastAPI()
+
+    @app.post("/classify")
+    def classify(payload: dict = Body(...)):
+        scores = clf(payload["text"])
+        scores = scores[0] if scores and isinstance(scores[0], list) else scores
+        best = max(scores, key=lambda s: s["score"])
+        return {"label": best["label"], "score": best["score"],
+                "probabilities": {s["label"]: s["score"] for s in scores}}
+
+    @app.get("/readyz")
+    def ready():
+        return {"ok": True}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def corpus_texts(settings, n: int = 5000) -> list[str]:
+    import pandas as pd
+
+    from labelloop.settings import resolve_path
+
+    try:
+        df = pd.read_csv(resolve_path(settings.dataset.path), encoding=settings.dataset.encoding)
+        texts = [t for t in df[settings.dataset.text_column].astype(str).tolist() if t.strip()]
+    except Exception:  # noqa: BLE001 - any text will do
+        texts = [f"this is test sentence number {i}, it is neither good nor bad" for i in range(n)]
+    return texts[:n]
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(q / 100 * (len(values) - 1)))))
+    return values[k]
+
+
+async def load_level(url: str, texts: list[str], concurrency: int, duration: float,
+                     max_requests: int, warmup: int) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        # warm-up (connections, the batcher's latency model)
+        await asyncio.gather(*[client.post(url, json={"text": texts[i % len(texts)]})
+                               for i in range(warmup)])
+        latencies: list[float] = []
+        errors = 0
+        counter = 0
+        t_end = time.perf_counter() + duration
+
+        async def worker(k: int) -> None:
+            nonlocal counter, errors
+            while time.perf_counter() < t_end and counter < max_requests:
+                counter += 1
+                text = texts[(counter * 7919 + k) % len(texts)]
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url, json={"text": text})
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*[worker(k) for k in range(concurrency)])
+        elapsed = time.perf_counter() - t0
+    return {
+        "concurrency": concurrency, "requests": len(latencies), "errors": errors,
+        "seconds": round(elapsed, 3),
+        "throughput": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(pct(latencies, 50) * 1000, 2),
+        "p99_ms": round(pct(latencies, 99) * 1000, 2),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
+    }
+
+
+def run_levels(name: str, url: str, texts, levels, duration, max_requests) -> list[dict]:
+    out = []
+    for c in levels:
+        res = asyncio.run(load_level(url, texts, c, duration, max_requests, warmup=min(2 * c, 256)))
+        res["system"] = name
+        print(f"  {name:8s} c={c:<4d} {res['throughput']:9.1f} req/s  p50 {res['p50_ms']:8.1f} ms"
+              f"  p99 {res['p99_ms']:8.1f} ms  errors {res['errors']}", flush=True)
+        out.append(res)
+    return out
+
+
+def ceiling(bundle: str, texts: list[str], device: str, batch_size: int, seconds: float) -> dict:
+    from labelloop.modeling import Classifier
+
+    clf = Classifier(bundle, device=device)
+    clf.predict(texts[:batch_size], batch_size=batch_size)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n == 0:
+        chunk = texts[(n % len(texts)):(n % len(texts)) + batch_size] or texts[:batch_size]
+        clf.predict(chunk, batch_size=batch_size)
+        n += len(chunk)
+    elapsed = time.perf_counter() - t0
+    return {"system": "ceiling", "batch_size": batch_size, "texts": n,
+            "throughput": round(n / elapsed, 1)}
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "platform": platform.platform()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in
+                           open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    info["torch"] = torch.__version__
+    info["torch_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=None,
+                   help="concurrency levels (default 1 8 32 128)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per level (default 15)")
+    p.add_argument("--max-requests", type=int, default=100_000, help="cap per level")
+    p.add_argument("--quick", action="store_true", help="short levels (1 8 32, 6 s each)")
+    p.add_argument("--data-dir", default=None,
+                   help="serve this data dir's champion (default: a temp registry with an "
+                        "untrained MiniLM)")
+    p.add_argument("--max-batch-size", type=int, default=None, help="serving.max_batch_size")
+    p.add_argument("--max-latency-ms", type=int, default=10_000,
+                   help="serving.max_latency_ms (default 10000: a closed-loop load generator "
+                        "measures capacity, not load shedding)")
+    p.add_argument("--workers", type=int, default=None, help="serving.workers")
+    p.add_argument("--cpu-int8", action="store_true",
+                   help="serving.cpu_int8: int8 dynamic quantization in the service (CPU)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="alternating rounds per level, median reported (default 3; --quick 1)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["service", "naive", "ceiling"])
+    p.add_argument("--out", default=None, help="write JSON results here")
+    # internal: run the naive server
+    p.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.naive_server:
+        run_naive_server(args.bundle, args.port, args.device)
+        return 0
+
+    levels = args.concurrency or ([1, 8, 32] if args.quick else [1, 8, 32, 128])
+    duration = args.duration or (6.0 if args.quick else 10.0)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+
+    from labelloop import registry
+    from labelloop.settings import load_settings
+
+    tmp = None
+    if args.data_dir:
+        data_dir = Path(args.data_dir).resolve()
+    else:
+        tmp = tempfile.mkdtemp(prefix="labelloop-bench-")
+        data_dir = Path(tmp)
+    settings = load_settings(overrides={"data_dir": str(data_dir)})
+    champion = registry.get_champion(settings)
+    if champion is None:
+        if args.data_dir:
+            print(f"no champion in {data_dir}; run `labelloop train`", file=sys.stderr)
+            return 2
+        from tests.helpers import register_untrained_version
+
+        print("registering an untrained MiniLM as champion in", data_dir, flush=True)
+        register_untrained_version(settings, seed=0, champion=True)
+        champion = registry.get_champion(settings)
+    bundle = str(registry.fetch_bundle(settings, champion.version))
+    texts = corpus_texts(settings)
+    info = machine()
+    print(json.dumps(info), flush=True)
+    results: dict = {"machine": info, "levels": levels, "duration_s": duration,
+                     "model_version": str(champion.version), "runs": []}
+
+    if "ceiling" not in args.skip:
+        for bs in (32, 256):
+            res = ceiling(bundle, texts, args.device, bs, seconds=min(duration, 8))
+            print(f"  ceiling  batch={bs:<4d} {res['throughput']:9.1f} texts/s", flush=True)
+            results["runs"].append(res)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP")}
+    env.update({"LABELLOOP__DATA_DIR": str(data_dir), "LABELLOOP__SERVING__DEVICE": args.device,
+                "LABELLOOP__SERVING__POLL_INTERVAL_S": "0", "PYTHONUNBUFFERED": "1"})
+    if args.cpu_int8:
+        env["LABELLOOP__SERVING__CPU_INT8"] = "true"
+    for key, val in (("MAX_BATCH_SIZE", args.max_batch_size),
+                     ("MAX_LATENCY_MS", args.max_latency_ms), ("WORKERS", args.workers)):
+        if val is not None:
+            env[f"LABELLOOP__SERVING__{key}"] = str(val)
+    log_dir = data_dir / "bench-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    # Both servers run side by side (an idle one costs next to nothing) and the levels alternate
+    # naive/service for --rounds rounds; the median round counts. On a shared machine this keeps
+    # both systems under the same background load.
+    procs, urls = {}, {}
+    try:
+        if "naive" not in args.skip:
+            port = free_port()
+            procs["naive"] = subprocess.Popen(
+                [sys.executable, __file__, "--naive-server", "--bundle", bundle, "--port",
+                 str(port), "--device", args.device],
+                cwd=str(REPO_ROOT), env=env, start_new_session=True,
+                stdout=open(log_dir / "naive.log", "wb"), stderr=subprocess.STDOUT)
+            urls["naive"] = f"http://127.0.0.1:{port}"
+        if "service" not in args.skip:
+            port = free_port()
+            procs["service"] = subprocess.Popen(
+                [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port",
+                 str(port)],
+                cwd=str(REPO_ROOT), env=env, start_new_session=True,
+                stdout=open(log_dir / "service.log", "wb"), stderr=subprocess.STDOUT)
+            urls["service"] = f"http://127.0.0.1:{port}"
+        for name, proc in procs.items():
+            wait_ready(proc, urls[name])
+        for c in levels:
+            rounds: dict[str, list[dict]] = {name: [] for name in urls}
+            for _ in range(args.rounds):
+                for name, url in urls.items():
+                    rounds[name] += run_levels(name, f"{url}/classify", texts, [c], duration,
+                                               args.max_requests)
+            for name, runs in rounds.items():
+                runs.sort(key=lambda r: r["throughput"])
+                best = dict(runs[len(runs) // 2])
+                best["rounds"] = [r["throughput"] for r in runs]
+                best["errors"] = sum(r["errors"] for r in runs)
+                results["runs"].append(best)
+        if "service" in urls:
+            import httpx
+
+            results["service_metadata"] = httpx.get(f"{urls['service']}/metadata").json()
+    finally:
+        for proc in procs.values():
+            stop(proc)
+
+    # ---- table and ratios ----
+    by = {(r["system"], r.get("concurrency")): r for r in results["runs"]}
+    ceil_best = max((r["throughput"] for r in results["runs"] if r["system"] == "ceiling"),
+                    default=None)
+    print("\n| concurrency | naive req/s | naive p50/p99 ms | service req/s | service p50/p99 ms "
+          "| service/naive | service/ceiling |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    ratios = {}
+    for c in levels:
+        n, s = by.get(("naive", c)), by.get(("service", c))
+        ratio = (s["throughput"] / n["throughput"]) if n and s and n["throughput"] else None
+        ratios[c] = ratio
+        fmt = lambda r: f"{r['throughput']:.0f}" if r else "-"  # noqa: E731
+        lat = lambda r: f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}" if r else "-"  # noqa: E731
+        ratio_txt = f"{ratio:.1f}x" if ratio else "-"
+        ceil_txt = f"{s['throughput'] / ceil_best:.0%}" if s and ceil_best else "-"
+        print(f"| {c} | {fmt(n)} | {lat(n)} | {fmt(s)} | {lat(s)} | {ratio_txt} | {ceil_txt} |")
+    if ceil_best:
+        print(f"\nin-process ceiling (batched forward, no HTTP): {ceil_best:.0f} texts/s")
+    results["ratios_service_over_naive"] = ratios
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+        print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
