@@ -135,3 +135,53 @@ def test_module_level_helpers(tmp_path):
     assert ls.new_labels_since_last_run(settings, 1) == 0
     # the file is a plain SQLite database others can read
     assert sqlite3.connect(settings.labels_path).execute("select count(*) from labels").fetchone()[0] == 1
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    """The service calls the webhook handler from a thread pool: writers queue, none fail."""
+    import threading
+
+    path = tmp_path / "labels.sqlite"
+    LabelsStore(path).close()
+    errors = []
+
+    def writer(k):
+        try:
+            with LabelsStore(path) as s:
+                for i in range(25):
+                    s.upsert(rec(f"{k}-{i}", text=f"text {k} {i}"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with LabelsStore(path) as s:
+        assert len(s.training_rows()) == 150 and s.current_seq() == 150
+
+
+def test_process_killed_mid_transaction_leaves_store_intact(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "labels.sqlite"
+    with LabelsStore(path) as s:
+        s.upsert(rec(1, text="kept"))
+    script = f"""
+import os
+from labelloop.labels_store import LabelsStore, LabelRecord
+s = LabelsStore({str(path)!r})
+with s.transaction() as conn:
+    for i in range(100, 200):
+        s._upsert(conn, LabelRecord(source="label-studio", project="1", annotation_id=str(i),
+                                    text=f"t{{i}}", label="neutral", updated_at="2026-01-01T00:00:00Z"))
+    os._exit(9)  # killed before COMMIT
+"""
+    proc = subprocess.run([sys.executable, "-c", script])
+    assert proc.returncode == 9
+    with LabelsStore(path) as s:
+        assert s.training_rows()["text"].tolist() == ["kept"]
+        assert s.upsert(rec(2, text="after")) == ls.INSERTED
