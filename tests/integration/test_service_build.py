@@ -38,3 +38,24 @@ def test_bentoml_build_offline(tmp_path):
     assert "bentoml" in reqs and "mlflow" in reqs and "torch" in reqs
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     assert info["service"] == "services.service:Labelloop"
+
+
+def test_serve_without_champion_fails_fast_with_a_clear_message(tmp_path):
+    from tests.helpers import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP")}
+    env.update({"LABELLOOP__DATA_DIR": str(tmp_path / "empty"), "BENTOML_DO_NOT_TRACK": "true"})
+    out = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+                         cwd=str(REPO_ROOT), env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    err = out.stdout + out.stderr
+    assert "run `labelloop train`" in err and str(tmp_path / "empty") in err
+
+
+def test_labelloop_serve_without_champion(tmp_path, monkeypatch):
+    from labelloop.registry import RegistryError
+    from services.run import serve
+
+    monkeypatch.setenv("LABELLOOP__DATA_DIR", str(tmp_path / "empty"))
+    with pytest.raises(RegistryError, match="labelloop train"):
+        serve(None)
