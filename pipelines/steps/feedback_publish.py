@@ -1,0 +1,125 @@
+"""Feedback step 5: put the champion to work.
+
+- `reload_service`: POST the running service's `/admin/reload` (Bearer `serving.admin_token`), so
+  it switches to the new champion now rather than at its next registry poll
+  (`serving.poll_interval_s`). A service that is not running, or no admin token, is not an error:
+  the service polls the registry by itself.
+- `push_predictions`: every unannotated task of the project gets the champion's prediction
+  (label, score, model version) unless it already holds one of that version, and the project's
+  `model_version` is set to it, so annotators see the current model's suggestion. Idempotent.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+from zenml import step
+
+from labelloop.settings import Settings
+from pipelines.steps.common import settings_for
+
+
+def service_base_url(settings: Settings) -> str:
+    return f"http://{settings.serving.host}:{settings.serving.port}"
+
+
+def reload(settings: Settings, timeout: float = 120.0) -> dict[str, Any]:
+    import httpx
+
+    url = service_base_url(settings) + "/admin/reload"
+    token = settings.serving.admin_token
+    if not token:
+        return {"reloaded": False, "note": "serving.admin_token is not set: the service picks the "
+                f"new champion up at its next registry poll ({settings.serving.poll_interval_s}s)"}
+    try:
+        resp = httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+    except httpx.HTTPError as exc:
+        return {"reloaded": False, "note": f"the service does not answer at {url} "
+                f"({type(exc).__name__}); it loads the champion when it starts"}
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {"text": resp.text[:200]}
+    if resp.status_code >= 400:
+        return {"reloaded": False, "status": resp.status_code,
+                "note": f"the service refused the reload (HTTP {resp.status_code}): "
+                        f"{body.get('error', body)}"}
+    return {"reloaded": True, "status": resp.status_code, "service": body}
+
+
+def _get(obj: Any, key: str, default: Any = None) -> Any:
+    return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
+
+
+def pending_tasks(client, project_id: int) -> list[dict[str, Any]]:
+    """Unannotated tasks: id, text, and the model versions of the predictions they hold."""
+    from annotation.config import TEXT_KEY
+
+    out = []
+    for t in client.tasks.list(project=project_id, fields="all"):
+        if (_get(t, "total_annotations") or 0) > 0 or (_get(t, "cancelled_annotations") or 0) > 0:
+            continue
+        data = _get(t, "data") or {}
+        text = data.get(TEXT_KEY) if isinstance(data, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            continue
+        versions = {str(_get(p, "model_version")) for p in (_get(t, "predictions") or [])}
+        out.append({"id": int(_get(t, "id")), "text": text, "versions": versions})
+    return out
+
+
+def push(settings: Settings, project: Optional[int], client=None,
+         classifier=None) -> dict[str, Any]:
+    """The champion's predictions onto the project's unannotated tasks (skip already-done ones)."""
+    from annotation.labelstudio import (
+        StudioConnectionError, connect, find_project, load_champion, prediction_for,
+    )
+
+    try:
+        client = client or connect(settings)
+        if project is None:
+            found = find_project(client, settings.studio.project_title)
+            if found is None:
+                return {"pushed": 0, "note": "no Label Studio project yet"}
+            project = int(found.id)
+    except StudioConnectionError as exc:
+        return {"pushed": 0, "note": f"Label Studio unreachable: {exc}"}
+    if classifier is None:
+        classifier, version = load_champion(settings)
+    else:
+        version = str(classifier.version)
+    tasks = [t for t in pending_tasks(client, project) if version not in t["versions"]]
+    preds = classifier.predict([t["text"] for t in tasks]) if tasks else []
+    for t, p in zip(tasks, preds):
+        body = prediction_for(p.label, p.score, version)
+        client.predictions.create(task=t["id"], project=project, **body)
+    client.projects.update(id=project, model_version=version)
+    return {"pushed": len(tasks), "project": project, "model_version": version}
+
+
+@step(enable_cache=False)
+def reload_service(
+    retrain_result: dict,
+    config: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+) -> Annotated[dict, "reload_result"]:
+    settings = settings_for(config, overrides)
+    out = reload(settings)
+    print("service: " + (f"reloaded, serving {out['service']}" if out["reloaded"] else out["note"]))
+    return out
+
+
+@step(enable_cache=False)
+def push_predictions(
+    reload_result: dict,
+    config: Optional[str] = None,
+    overrides: Optional[dict[str, Any]] = None,
+    project: Optional[int] = None,
+) -> Annotated[dict, "push_result"]:
+    settings = settings_for(config, overrides)
+    if not settings.feedback.push_predictions:
+        return {"pushed": 0, "note": "feedback.push_predictions is off"}
+    out = push(settings, project)
+    print(f"predictions: {out.get('pushed', 0)} pending task(s) got version "
+          f"{out.get('model_version', '?')}'s prediction" + (f" ({out['note']})" if out.get("note") else ""))
+    return out
