@@ -117,12 +117,21 @@ def handle_event(settings: Settings, payload: dict) -> dict:
         summary["outcomes"] = dict(Counter(outcomes))
         threshold = settings.feedback.webhook_trigger_labels
         if threshold > 0:
-            new = store.new_labels_since_last_run(project_id)
-            summary["new_labels_since_last_run"] = new
+            # Counted since the last feedback run that consumed labels, or the last run this
+            # threshold started, whichever is later: a run that decides to keep the champion
+            # does not make every following label start another one.
+            mark_key = f"webhook_trigger_seq:{project_id}"
+            since = max(store.last_feedback_seq(project_id), store.last_feedback_seq(None),
+                        int(store.get_meta(mark_key, "0")))
+            seq_now = store.current_seq()
+            new = store.new_labels_since(since, project_id)
+            summary["new_labels"] = new
+            if new >= threshold:
+                started = trigger.request_feedback_run(settings, project_id,
+                                                       f"webhook: {new} new labels")
+                summary["feedback_run"] = "started" if started else "already-running"
+                if started:
+                    store.set_meta(mark_key, seq_now)
     if skipped:
         summary["skipped"] = skipped
-    if threshold > 0 and summary.get("new_labels_since_last_run", 0) >= threshold:
-        started = trigger.request_feedback_run(
-            settings, project_id, f"webhook: {summary['new_labels_since_last_run']} new labels")
-        summary["feedback_run"] = "started" if started else "already-running"
     return summary

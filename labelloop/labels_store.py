@@ -373,8 +373,12 @@ class LabelsStore:
 
     def new_labels_since_last_run(self, project: Any = None, source: str | None = None) -> int:
         """Active labels written (created or changed) since the last `mark_feedback_run`."""
+        return self.new_labels_since(self.last_feedback_seq(project), project, source)
+
+    def new_labels_since(self, seq: int, project: Any = None, source: str | None = None) -> int:
+        """Active labels written (created or changed) after write number `seq`."""
         query = "SELECT COUNT(*) AS n FROM labels WHERE status=? AND seq>?"
-        params: list[Any] = [ACTIVE, self.last_feedback_seq(project)]
+        params: list[Any] = [ACTIVE, int(seq)]
         if project is not None:
             query += " AND project=?"
             params.append(str(project))
@@ -382,6 +386,16 @@ class LabelsStore:
             query += " AND source=?"
             params.append(source)
         return int(self._conn.execute(query, params).fetchone()["n"])
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row["value"] if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        if key == "seq":
+            raise ValueError("'seq' is the store's own counter")
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
 
     def mark_feedback_run(self, project: Any = None, reason: str | None = None,
                           seq: int | None = None) -> int:

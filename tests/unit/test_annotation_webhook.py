@@ -135,6 +135,17 @@ def test_threshold_of_new_labels_triggers(tmp_path, monkeypatch):
     second["task"]["data"]["text"] = "another"
     out = webhook.handle_event(settings, second)
     assert out["feedback_run"] == "started" and calls == [(1, "webhook: 2 new labels")]
+    # the run kept the champion (no mark_feedback_run): the next label does not start another
+    third = copy.deepcopy(CREATED)
+    third["annotation"]["id"] = 3
+    third["task"]["data"]["text"] = "a third"
+    out = webhook.handle_event(settings, third)
+    assert "feedback_run" not in out and out["new_labels"] == 1 and len(calls) == 1
+    fourth = copy.deepcopy(third)
+    fourth["annotation"]["id"] = 4
+    fourth["task"]["data"]["text"] = "a fourth"
+    assert webhook.handle_event(settings, fourth)["feedback_run"] == "started"
+    assert len(calls) == 2
 
 
 def test_trigger_runs_once_per_project_and_lock_is_inherited(settings):
