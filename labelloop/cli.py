@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Set up the Label Studio project, import tasks with predictions, sync annotations.")
     p.add_argument("action", choices=["setup", "import", "sync"], help="what to do")
 
-    add("demo", _cmd_demo,
-        "The whole loop locally: train, serve, start Label Studio with predicted tasks.")
+    p = add("demo", _cmd_demo,
+            "The whole loop locally: train, serve, start Label Studio with predicted tasks.")
+    p.add_argument("--stop", action="store_true",
+                   help="stop the demo's service and Label Studio (the data stays)")
     return parser
 
 

@@ -1,0 +1,267 @@
+"""`labelloop demo`: the whole loop on one machine.
+
+1. settings: `--config`, else `configs/demo.yaml` on a machine without a GPU (a quick first model)
+   and the defaults on a GPU; secrets for the service (Label Studio's Basic auth password, the
+   webhook secret, the admin token) are generated once. Everything is written to
+   `<data_dir>/demo-settings.yaml` (mode 0600), which every process of the demo reads;
+2. train the first model if there is no champion yet (the `training` pipeline);
+3. start the BentoML service in the background (`bentoml serve`, log and pid under the data dir);
+4. start Label Studio (`labelloop studio up`);
+5. set up the project (label config from the model's labels), the webhook and the ML backend,
+   and import a pool of unlabelled texts with the champion's predictions, least certain first;
+6. print the URL, the login and the next command.
+
+Running it again reuses what is there (champion, running service and Label Studio, project,
+tasks). `labelloop demo --stop` stops the service and Label Studio (data stays).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import labelloop  # noqa: F401  (telemetry off first)
+import yaml
+
+from labelloop.settings import CONFIG_ENV, Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+SETTINGS_FILE = "demo-settings.yaml"
+SERVICE = "services.service:Labelloop"
+
+
+def say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def base_config(config: Optional[str]) -> Optional[str]:
+    if config:
+        return config
+    if os.environ.get(CONFIG_ENV):
+        return os.environ[CONFIG_ENV]
+    if not _has_cuda() and DEMO_CONFIG.is_file():
+        return str(DEMO_CONFIG)
+    return None
+
+
+def write_demo_settings(config: Optional[str]) -> tuple[Path, Settings]:
+    """The demo's settings file: the chosen config + secrets generated once (0600)."""
+    settings = load_settings(config)
+    path = settings.data_path / SETTINGS_FILE
+    previous: dict[str, Any] = {}
+    if path.is_file():
+        previous = (yaml.safe_load(path.read_text()) or {}).get("serving", {})
+    data = settings.model_dump(mode="json")
+    data["data_dir"] = str(settings.data_path)
+    serving = data["serving"]
+    for key in ("ls_basic_auth_password", "webhook_secret", "admin_token"):
+        serving[key] = serving.get(key) or previous.get(key) or secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("# Written by `labelloop demo`: the demo's settings, with generated secrets.\n"
+                "# Keep it private (mode 0600); delete it to generate new secrets.\n")
+        yaml.safe_dump(data, f, sort_keys=False)
+    os.replace(tmp, path)
+    return path, load_settings(str(path))
+
+
+# -- the service ---------------------------------------------------------------------------------
+def service_url(settings: Settings) -> str:
+    return f"http://{settings.serving.host}:{settings.serving.port}"
+
+
+def _service_paths(settings: Settings) -> tuple[Path, Path]:
+    d = settings.data_path / "service"
+    d.mkdir(parents=True, exist_ok=True)
+    return d / "service.pid", d / "service.log"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is not alive
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def service_pid(settings: Settings) -> Optional[int]:
+    pid_file, _ = _service_paths(settings)
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def service_ready(settings: Settings, timeout: float = 2.0) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(service_url(settings) + "/readyz", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_service(settings_file: Path, settings: Settings, timeout: float = 300.0) -> int:
+    """`bentoml serve` in the background, reading the demo settings; waits until ready."""
+    pid = service_pid(settings)
+    if pid is not None and service_ready(settings):
+        say(f"service already running at {service_url(settings)} (pid {pid})")
+        return pid
+    if pid is None and service_ready(settings):
+        raise RuntimeError(f"another service already answers at {service_url(settings)}; stop it "
+                           "or set serving.port")
+    pid_file, log_file = _service_paths(settings)
+    if pid is None:
+        env = dict(os.environ)
+        env = {k: v for k, v in env.items() if not k.startswith("LABELLOOP__")}
+        env[CONFIG_ENV] = str(settings_file)
+        cmd = [sys.executable, "-m", "bentoml", "serve", SERVICE,
+               "--host", settings.serving.host, "--port", str(settings.serving.port)]
+        say(f"starting the service at {service_url(settings)} (log {log_file})")
+        with open(log_file, "ab") as log:
+            proc = subprocess.Popen(cmd, cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        pid = proc.pid
+        pid_file.write_text(f"{pid}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service_ready(settings):
+            say(f"service ready (pid {pid})")
+            return pid
+        if not _alive(pid):
+            tail = log_file.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError("the service exited during start-up:\n  " + "\n  ".join(tail))
+        time.sleep(1.0)
+    raise RuntimeError(f"the service was not ready after {timeout:.0f}s; see {log_file}")
+
+
+def stop_service(settings: Settings, timeout: float = 30.0) -> bool:
+    pid_file, _ = _service_paths(settings)
+    pid = service_pid(settings)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        say("service is not running")
+        return False
+    say(f"stopping the service (pid {pid})")
+    try:
+        os.killpg(pid, signal.SIGTERM)  # its own process group: bentoml's workers too
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.3)
+    if _alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+# -- Label Studio ----------------------------------------------------------------------------------
+def setup_project(settings: Settings) -> dict[str, Any]:
+    """Project + webhook + ML backend; tasks with predictions imported once (idempotent)."""
+    from annotation.labelstudio import connect, existing_texts, import_pool, setup
+
+    client = connect(settings)
+    out = setup(settings, client=client, ml_backend=True, progress=say)
+    project = out["project"]
+    have = len(existing_texts(client, project))
+    if have == 0:
+        say(f"importing {settings.studio.pool_size} tasks with the champion's predictions "
+            f"({settings.studio.ordering} first)")
+        out["import"] = import_pool(settings, project_id=project, client=client)
+    else:
+        say(f"project already holds {have} tasks: nothing imported")
+        out["import"] = {"imported": 0, "existing": have}
+    return out
+
+
+def up(config: Optional[str]) -> int:
+    from annotation import studio
+    from labelloop import registry
+
+    chosen = base_config(config)
+    say(f"settings: {chosen or 'built-in defaults'}")
+    settings_file, settings = write_demo_settings(chosen)
+    say(f"demo settings (with generated secrets, mode 0600): {settings_file}")
+    if registry.get_champion(settings) is None:
+        say("no champion yet: training the first model (`labelloop train`)")
+        from pipelines.run import run_training
+
+        run_training(str(settings_file))
+    else:
+        say(f"champion: {settings.registry.model_name} version "
+            f"{registry.get_champion(settings).version}")
+    start_service(settings_file, settings)
+    server = studio.start(settings, timeout=600)
+    out = setup_project(settings)
+    rel = os.path.relpath(settings_file)
+    print()
+    print("=== labelloop demo is running ===")
+    print(f"Label Studio   {out['url']}")
+    print(f"  login        {server.username} / {server.password}")
+    print(f"service        {service_url(settings)}  (POST /classify, GET /metadata)")
+    print("next           open a few tasks, correct the model's choice and Submit, then press")
+    print("               'Start training' (Settings > Model) or run:")
+    print(f"                 labelloop feedback --config {rel}")
+    print("               the new champion answers at "
+          f"{service_url(settings)}/metadata once promoted")
+    print("stop           labelloop demo --stop")
+    return 0
+
+
+def down(config: Optional[str]) -> int:
+    from annotation import studio
+
+    settings = load_settings(config)
+    demo_file = settings.data_path / SETTINGS_FILE
+    if demo_file.is_file():
+        settings = load_settings(str(demo_file))
+    stop_service(settings)
+    studio.stop(settings, progress=say)
+    say("stopped (data stays under " + str(settings.data_path) + ")")
+    return 0
+
+
+def main(args) -> int:
+    config = getattr(args, "config", None)
+    if getattr(args, "stop", False):
+        return down(config)
+    return up(config)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config")
+    p.add_argument("--stop", action="store_true", help="stop the service and Label Studio")
+    raise SystemExit(main(p.parse_args()))
