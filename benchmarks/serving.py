@@ -76,6 +76,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def materialize_skeleton(skeleton: Path, out: Path) -> Path:
+    """Random weights for a bundle skeleton (what travels to a machine without the base model)."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if (out / "labelloop.json").is_file() and any(out.glob("*.safetensors")):
+        return out
+    shutil.copytree(skeleton, out, dirs_exist_ok=True)
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(str(out)))
+    model.save_pretrained(str(out), safe_serialization=True)
+    return out
+
+
 def corpus_texts(settings, n: int = 5000) -> list[str]:
     import pandas as pd
 
@@ -156,6 +170,7 @@ async def load_level(url: str, texts: list[str], concurrency: int, duration: flo
         await asyncio.gather(*[worker(k) for k in range(concurrency)])
         elapsed = time.perf_counter() - t0
     return {
+        "latencies": latencies,
         "concurrency": concurrency, "requests": len(latencies), "errors": errors,
         "seconds": round(elapsed, 3),
         "throughput": round(len(latencies) / elapsed, 1),
@@ -165,10 +180,44 @@ async def load_level(url: str, texts: list[str], concurrency: int, duration: flo
     }
 
 
-def run_levels(name: str, url: str, texts, levels, duration, max_requests) -> list[dict]:
+def _client_proc(job: tuple) -> dict:
+    url, texts, c, duration, max_requests, warmup = job
+    return asyncio.run(load_level(url, texts, c, duration, max_requests, warmup))
+
+
+def measure(url: str, texts, c: int, duration: float, max_requests: int, clients: int) -> dict:
+    """One level; with clients > 1 the load comes from that many processes (one async loop each
+    tops out around 1-2k requests/s)."""
+    clients = max(1, min(clients, c))
+    warmup = min(2 * c, 256)
+    if clients == 1:
+        res = asyncio.run(load_level(url, texts, c, duration, max_requests, warmup))
+    else:
+        import multiprocessing as mp
+
+        jobs = [(url, texts, c // clients + (1 if k < c % clients else 0), duration,
+                 max_requests // clients, warmup // clients) for k in range(clients)]
+        with mp.get_context("spawn").Pool(clients) as pool:
+            parts = pool.map(_client_proc, jobs)
+        lat = [x for p in parts for x in p["latencies"]]
+        secs = max(p["seconds"] for p in parts)
+        res = {"latencies": lat, "concurrency": c, "requests": len(lat),
+               "errors": sum(p["errors"] for p in parts), "seconds": round(secs, 3),
+               "throughput": round(sum(p["throughput"] for p in parts), 1),
+               "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2),
+               "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None}
+    res.pop("latencies", None)
+    res["clients"] = clients
+    return res
+
+
+def run_levels(name: str, url: str, texts, levels, duration, max_requests,
+               clients: int = 1) -> list[dict]:
     out = []
     for c in levels:
-        res = asyncio.run(load_level(url, texts, c, duration, max_requests, warmup=min(2 * c, 256)))
+        load_before = os.getloadavg()[0]
+        res = measure(url, texts, c, duration, max_requests, clients)
+        res["loadavg_1m_before"] = round(load_before, 2)
         res["system"] = name
         print(f"  {name:8s} c={c:<4d} {res['throughput']:9.1f} req/s  p50 {res['p50_ms']:8.1f} ms"
               f"  p99 {res['p99_ms']:8.1f} ms  errors {res['errors']}", flush=True)
@@ -228,48 +277,68 @@ def main(argv: list[str] | None = None) -> int:
                    help="serving.cpu_int8: int8 dynamic quantization in the service (CPU)")
     p.add_argument("--rounds", type=int, default=None,
                    help="alternating rounds per level, median reported (default 3; --quick 1)")
+    p.add_argument("--clients", type=int, default=1,
+                   help="load-generator processes (use several for more than ~1k requests/s)")
+    p.add_argument("--bundle", default=None,
+                   help="serve this model bundle directly (serving.bundle_dir; no registry)")
+    p.add_argument("--bundle-skeleton", default=None,
+                   help="a bundle without weights (config, tokenizer, labelloop.json): random "
+                        "weights are created from its config (same cost as a trained model)")
+    p.add_argument("--texts", default=None, help="file with one text per line (default: corpus)")
     p.add_argument("--skip", nargs="*", default=[], choices=["service", "naive", "ceiling"])
     p.add_argument("--out", default=None, help="write JSON results here")
     # internal: run the naive server
     p.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--bundle", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--naive-bundle", dest="naive_bundle", default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.naive_server:
-        run_naive_server(args.bundle, args.port, args.device)
+        run_naive_server(args.naive_bundle, args.port, args.device)
         return 0
 
+    # a `timeout` around the benchmark must still stop the servers (finally blocks below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     levels = args.concurrency or ([1, 8, 32] if args.quick else [1, 8, 32, 128])
     duration = args.duration or (6.0 if args.quick else 10.0)
     args.rounds = args.rounds or (1 if args.quick else 3)
 
-    from labelloop import registry
     from labelloop.settings import load_settings
 
-    tmp = None
     if args.data_dir:
         data_dir = Path(args.data_dir).resolve()
     else:
-        tmp = tempfile.mkdtemp(prefix="labelloop-bench-")
-        data_dir = Path(tmp)
+        data_dir = Path(tempfile.mkdtemp(prefix="labelloop-bench-"))
     settings = load_settings(overrides={"data_dir": str(data_dir)})
-    champion = registry.get_champion(settings)
-    if champion is None:
-        if args.data_dir:
-            print(f"no champion in {data_dir}; run `labelloop train`", file=sys.stderr)
-            return 2
-        from tests.helpers import register_untrained_version
+    fixed_bundle = None
+    if args.bundle_skeleton:
+        fixed_bundle = str(materialize_skeleton(Path(args.bundle_skeleton), data_dir / "bundle"))
+    elif args.bundle:
+        fixed_bundle = str(Path(args.bundle).resolve())
+    if fixed_bundle:
+        bundle, version = fixed_bundle, "bundle"
+    else:
+        from labelloop import registry
 
-        print("registering an untrained MiniLM as champion in", data_dir, flush=True)
-        register_untrained_version(settings, seed=0, champion=True)
         champion = registry.get_champion(settings)
-    bundle = str(registry.fetch_bundle(settings, champion.version))
-    texts = corpus_texts(settings)
+        if champion is None:
+            if args.data_dir:
+                print(f"no champion in {data_dir}; run `labelloop train`", file=sys.stderr)
+                return 2
+            from tests.helpers import register_untrained_version
+
+            print("registering an untrained MiniLM as champion in", data_dir, flush=True)
+            register_untrained_version(settings, seed=0, champion=True)
+            champion = registry.get_champion(settings)
+        bundle, version = str(registry.fetch_bundle(settings, champion.version)), str(champion.version)
+    if args.texts:
+        texts = [t for t in Path(args.texts).read_text(encoding="utf-8").splitlines() if t.strip()]
+    else:
+        texts = corpus_texts(settings)
     info = machine()
     print(json.dumps(info), flush=True)
     results: dict = {"machine": info, "levels": levels, "duration_s": duration,
-                     "model_version": str(champion.version), "runs": []}
+                     "model_version": version, "runs": []}
 
     if "ceiling" not in args.skip:
         for bs in (32, 256):
@@ -280,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP")}
     env.update({"LABELLOOP__DATA_DIR": str(data_dir), "LABELLOOP__SERVING__DEVICE": args.device,
                 "LABELLOOP__SERVING__POLL_INTERVAL_S": "0", "PYTHONUNBUFFERED": "1"})
+    if fixed_bundle:
+        env["LABELLOOP__SERVING__BUNDLE_DIR"] = fixed_bundle
     if args.cpu_int8:
         env["LABELLOOP__SERVING__CPU_INT8"] = "true"
     for key, val in (("MAX_BATCH_SIZE", args.max_batch_size),
@@ -297,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         if "naive" not in args.skip:
             port = free_port()
             procs["naive"] = subprocess.Popen(
-                [sys.executable, __file__, "--naive-server", "--bundle", bundle, "--port",
+                [sys.executable, __file__, "--naive-server", "--naive-bundle", bundle, "--port",
                  str(port), "--device", args.device],
                 cwd=str(REPO_ROOT), env=env, start_new_session=True,
                 stdout=open(log_dir / "naive.log", "wb"), stderr=subprocess.STDOUT)
@@ -317,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.rounds):
                 for name, url in urls.items():
                     rounds[name] += run_levels(name, f"{url}/classify", texts, [c], duration,
-                                               args.max_requests)
+                                               args.max_requests, args.clients)
             for name, runs in rounds.items():
                 runs.sort(key=lambda r: r["throughput"])
                 best = dict(runs[len(runs) // 2])

@@ -129,6 +129,9 @@ class ServingSettings(_Section):
     # CPU only: dynamic int8 quantization of the linear layers (about 2x faster on AVX512-VNNI
     # CPUs; logits move by ~1e-2). Off by default: the served numbers then equal evaluation's.
     cpu_int8: bool = False
+    # Serve this model bundle directory instead of the registry champion (no registry access,
+    # no hot reload): for images with a baked-in model, and for benchmarks.
+    bundle_dir: Optional[str] = None
 
 
 class StudioSettings(_Section):

@@ -12,11 +12,11 @@ import hmac
 import logging
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
-from labelloop import registry
-from labelloop.modeling import Classifier
+from labelloop.modeling import Classifier, read_bundle_meta
 from labelloop.settings import Settings
 
 logger = logging.getLogger("labelloop.serving")
@@ -73,14 +73,24 @@ def no_champion_message(settings: Settings) -> str:
 
 
 def load_version(settings: Settings, version: str) -> LoadedModel:
-    bundle = registry.fetch_bundle(settings, version)
+    from labelloop import registry  # imports mlflow: only when the registry is used
+
+    return load_bundle(settings, registry.fetch_bundle(settings, version), str(version))
+
+
+def bundle_version(bundle_dir: str | Path) -> str:
+    meta = read_bundle_meta(Path(bundle_dir))
+    return str(meta.get("version") or f"bundle:{Path(bundle_dir).name}")
+
+
+def load_bundle(settings: Settings, bundle: str | Path, version: str) -> LoadedModel:
     clf = Classifier(bundle, device=settings.serving.device, version=str(version))
     if settings.serving.cpu_int8 and clf.device.type == "cpu":
         import torch
 
         clf.model = torch.ao.quantization.quantize_dynamic(
             clf.model, {torch.nn.Linear}, dtype=torch.qint8)
-    clf.predict(["warm-up"])  # first call allocates; do it before anyone waits on it
+    clf.predict(["warm-up"] * 8)  # first call allocates; do it before anyone waits on it
     return LoadedModel(version=str(version), classifier=clf)
 
 
@@ -96,6 +106,15 @@ class ModelHolder:
         self.last_check: Optional[float] = None
         self.last_error: Optional[str] = None
         self.reloads = 0
+        self.fixed_bundle = settings.serving.bundle_dir
+        if self.fixed_bundle:
+            version = bundle_version(self.fixed_bundle)
+            self.current = load_bundle(settings, self.fixed_bundle, version)
+            logger.info("serving bundle %s (version %s); registry not used", self.fixed_bundle,
+                        version)
+            return
+        from labelloop import registry
+
         champion = registry.get_champion(settings)
         if champion is None:
             raise NoChampionError(no_champion_message(settings))
@@ -107,6 +126,11 @@ class ModelHolder:
         with self._reload_lock:
             previous = self.current.version
             self.last_check = time.time()
+            if self.fixed_bundle:
+                return {"previous": previous, "current": previous, "changed": False,
+                        "warning": "serving.bundle_dir is set: the registry is not consulted"}
+            from labelloop import registry
+
             champion = registry.get_champion(self.settings)
             if champion is None:
                 # alias removed: keep serving what we have rather than going dark
@@ -126,7 +150,7 @@ class ModelHolder:
             return {"previous": previous, "current": target, "changed": True}
 
     def start_polling(self, interval_s: float) -> None:
-        if interval_s <= 0 or self._poller is not None:
+        if interval_s <= 0 or self._poller is not None or self.fixed_bundle:
             return
 
         def loop() -> None:

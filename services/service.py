@@ -27,7 +27,6 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from labelloop import registry
 from labelloop.prediction_log import PredictionLog
 from labelloop.settings import Settings, load_settings
 from services import ls_backend
@@ -138,6 +137,16 @@ class Labelloop:
     def _preflight() -> None:
         """Once, in the serving process, before any worker starts: fail fast (instead of
         workers restarting forever) when there is no champion, and download its bundle once."""
+        if SETTINGS.serving.bundle_dir:
+            from services.runtime import bundle_version
+
+            try:
+                bundle_version(SETTINGS.serving.bundle_dir)
+            except Exception as exc:  # noqa: BLE001
+                raise SystemExit(f"labelloop serve: error: serving.bundle_dir: {exc}") from None
+            return
+        from labelloop import registry
+
         try:
             champion = registry.get_champion(SETTINGS)
         except Exception as exc:  # noqa: BLE001 - an unreachable registry is a start-up error
@@ -174,7 +183,11 @@ class Labelloop:
 
     def versions(self) -> list[str]:
         current = self.holder.current.version
+        if self.settings.serving.bundle_dir:
+            return [current]
         try:
+            from labelloop import registry
+
             found = [str(mv.version) for mv in registry.list_versions(self.settings)
                      if mv.tags.get(registry.STATUS_TAG) == "ready"]
         except Exception:  # noqa: BLE001 - the registry may be away; the loaded one is known
