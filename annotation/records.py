@@ -67,15 +67,15 @@ def chosen(result: Any) -> Optional[list[str]]:
 
 def shown_prediction(annotation: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
     """The prediction the annotator saw: model version, label, score (whatever is known)."""
-    pred = None
+    # Label Studio stores the prediction the annotator saw on the annotation itself; older
+    # exports only name it (`parent_prediction`), so look it up among the task's predictions.
+    pred = annotation.get("prediction") if isinstance(annotation.get("prediction"), dict) else None
     parent = _id_of(annotation.get("parent_prediction"))
-    for p in task.get("predictions") or []:
-        if isinstance(p, dict) and (parent is None or _id_of(p) == parent):
-            pred = p
-            if parent is not None:
+    if not pred and parent is not None:
+        for p in task.get("predictions") or []:
+            if isinstance(p, dict) and _id_of(p) == parent:
+                pred = p
                 break
-    if pred is None and isinstance(annotation.get("prediction"), dict) and annotation["prediction"]:
-        pred = annotation["prediction"]
     if not pred:
         return {}
     labels = chosen(pred.get("result"))
