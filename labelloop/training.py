@@ -81,10 +81,14 @@ def fine_tune(
         model = _apply_lora(model, task, cfg)
     model.to(device)
 
-    # Tokenize once; batches are padded on the fly to their own longest text.
-    encoded = tokenizer(list(train["text"]), truncation=True, max_length=model_cfg.max_length)
-    input_ids = encoded["input_ids"]
-    labels = torch.tensor([task.encode_label(lab) for lab in train["label"]])
+    # Tokenize once into padded tensors; each batch is then trimmed to its own longest text.
+    encoded = tokenizer(list(train["text"]), truncation=True, max_length=model_cfg.max_length,
+                        padding="max_length", return_tensors="pt")
+    lengths = encoded["attention_mask"].sum(dim=1)  # on the CPU: no device sync per step
+    # The whole tokenized set is small (rows x max_length ints): keep it on the device.
+    input_ids = encoded["input_ids"].to(device)
+    attention = encoded["attention_mask"].to(device)
+    labels = torch.tensor([task.encode_label(lab) for lab in train["label"]], device=device)
     n = len(input_ids)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
@@ -95,7 +99,6 @@ def fine_tune(
         optimizer, int(cfg.warmup_ratio * total_steps), total_steps
     )
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    pad_id = tokenizer.pad_token_id or 0
     generator = torch.Generator().manual_seed(cfg.seed)
 
     model.train()
@@ -107,23 +110,18 @@ def fine_tune(
         for batch_idx in torch.randperm(n, generator=generator).split(cfg.batch_size):
             if step >= total_steps:
                 break
-            rows = [input_ids[i] for i in batch_idx.tolist()]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for j, r in enumerate(rows):
-                ids[j, : len(r)] = torch.tensor(r)
-                mask[j, : len(r)] = 1
+            width = int(lengths[batch_idx].max())
+            rows = batch_idx.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                            labels=labels[batch_idx].to(device))
+                out = model(input_ids=input_ids[rows, :width],
+                            attention_mask=attention[rows, :width], labels=labels[rows])
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            seen += len(rows)
+            seen += len(batch_idx)
             running.append(out.loss.detach())
             if step % cfg.log_every_steps == 0 or step == total_steps:
                 loss_value = float(torch.stack(running).mean())
