@@ -149,10 +149,13 @@ def _read_pid(p: StudioPaths) -> Optional[int]:
         return None
     except PermissionError:
         return pid
-    # A zombie child (ours, already exited) is not running.
+    # A zombie child (ours, already exited) is not running; a recycled pid is not ours.
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         if state == "Z":
+            return None
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"label-studio" not in cmdline and b"label_studio" not in cmdline:
             return None
     except (OSError, IndexError):
         pass

@@ -62,3 +62,12 @@ def test_feedback_command_parses(tmp_path):
     args = build_parser().parse_args(cmd[3:])
     assert (args.command, args.project, args.reason, args.config) == (
         "feedback", 5, "label-studio: start training", str(tmp_path / "s.yaml"))
+
+
+def test_stale_pid_file_of_another_process_is_ignored(tmp_path):
+    s = Settings(data_dir=str(tmp_path))
+    p = studio.paths(s)
+    p.data_dir.mkdir(parents=True)
+    p.pid_file.write_text(f"{os.getpid()}\n")  # alive, but not Label Studio
+    assert studio.status(s)["running"] is False
+    assert studio.stop(s, progress=lambda m: None) is False
