@@ -45,4 +45,4 @@ def register_untrained_version(settings: Settings, seed: int = 0, champion: bool
     mv = registry.register_bundle(settings, run.info.run_id)
     if champion:
         registry.set_champion(settings, mv.version)
-    return mv.version
+    return str(mv.version)
