@@ -304,12 +304,18 @@ def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, proje
     train split, of which the `pool_size` most informative are imported).
     """
     client = client or connect(settings)
-    if project_id is None:
-        project_id = ensure_project(settings, client).id
     if classifier is None:
         classifier, version = load_champion(settings)
     else:
         version = str(classifier.version)
+    if project_id is None:
+        configured = task_from_settings(settings)
+        if set(classifier.task.labels) != set(configured.labels):
+            # Checked before creating anything: no project for labels the model cannot give.
+            raise LabelConfigError(
+                f"the champion (version {version}) predicts {list(classifier.task.labels)} but "
+                f"task.labels is {list(configured.labels)}; fix the config or train a new model")
+        project_id = ensure_project(settings, client).id
     check_project_matches_model(settings, project_id, classifier.task, client)
     size = settings.studio.pool_size
     if texts is None:
@@ -340,6 +346,14 @@ def setup(settings: Settings, client=None, ml_backend: Optional[bool] = None,
     """Project + webhook + ML backend. `ml_backend=None`: connect it if the service answers."""
     import httpx
 
+    # Everything that can be checked is checked before anything is created.
+    if not settings.serving.webhook_secret:
+        raise LabelConfigError(
+            "serving.webhook_secret is empty: set LABELLOOP__SERVING__WEBHOOK_SECRET (the service "
+            "needs the same value) before setting up the project")
+    if ml_backend and not settings.serving.ls_basic_auth_password:
+        raise LabelConfigError(
+            "serving.ls_basic_auth_password is empty: set LABELLOOP__SERVING__LS_BASIC_AUTH_PASSWORD")
     client = client or connect(settings)
     info = ensure_project(settings, client)
     progress(f"project {info.title!r} (id {info.id}): "
@@ -357,6 +371,10 @@ def setup(settings: Settings, client=None, ml_backend: Optional[bool] = None,
             ml_backend = False
             progress(f"ML backend not connected: the service does not answer at "
                      f"{service_url(settings)} (start `labelloop serve`, then rerun setup)")
+        if ml_backend and not settings.serving.ls_basic_auth_password:
+            ml_backend = False
+            progress("ML backend not connected: serving.ls_basic_auth_password is empty (set "
+                     "LABELLOOP__SERVING__LS_BASIC_AUTH_PASSWORD for the service and setup)")
     if ml_backend:
         out["ml_backend"] = connect_ml_backend(settings, info.id, client)
         progress(f"ML backend {out['ml_backend']['url']}: state {out['ml_backend']['state']}")

@@ -138,6 +138,10 @@ def test_bad_token_and_unreachable_create_nothing(label_studio, tmp_path):
     gone.studio.port = free_port()
     with pytest.raises(L.StudioConnectionError, match="unreachable"):
         L.setup(gone, ml_backend=False, progress=lambda m: None)
+    nosecret = good.model_copy(deep=True)
+    nosecret.serving.webhook_secret = ""
+    with pytest.raises(LabelConfigError, match="webhook_secret"):
+        L.setup(nosecret, ml_backend=False, progress=lambda m: None)
     assert len(list(L.connect(good).projects.list())) == before
 
 
@@ -182,6 +186,12 @@ def test_project_with_other_labels_is_refused(label_studio, tmp_path):
     with pytest.raises(LabelConfigError):
         L.import_pool(s2, texts=["a text"], project_id=pid, client=client,
                       classifier=FakeClassifier(labels=("a", "b", "c")))
+    # without a project yet: refused before anything is created
+    s3 = make_settings(label_studio, tmp_path / "c")
+    with pytest.raises(LabelConfigError, match="predicts"):
+        L.import_pool(s3, texts=["a text"], client=client,
+                      classifier=FakeClassifier(labels=("a", "b", "c")))
+    assert L.find_project(client, s3.studio.project_title) is None
 
 
 def test_import_attaches_predictions_least_certain_first(label_studio, tmp_path):
