@@ -13,8 +13,6 @@ backend and webhook, all idempotent.
 
 from __future__ import annotations
 
-import math
-import random
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
@@ -338,7 +336,7 @@ def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, proje
     return {"project": project_id, "imported": len(tasks), "skipped_existing_or_empty": dup,
             "model_version": version, "ordering": settings.studio.ordering,
             "mean_uncertainty": (float(np.mean([t["data"]["uncertainty"] for t in tasks]))
-                                 if tasks else math.nan)}
+                                 if tasks else None)}
 
 
 def setup(settings: Settings, client=None, ml_backend: Optional[bool] = None,
