@@ -1,0 +1,228 @@
+"""The whole loop with the real servers: Label Studio (the session's `label_studio` fixture) and the
+BentoML service started as a real process (`bentoml serve`, through pipelines.demo).
+
+Project setup with predictions -> bulk "retrieve predictions" through Label Studio -> annotations
+through the Label Studio API as annotators make them (keeps, corrections, an update, a delete;
+the webhook delivers them to the service) -> `labelloop feedback` -> the training data holds
+exactly the final annotations, a new version was trained and promoted (the champion is a model
+that always answers "positive", so any trained model beats it), the service answers with it, and
+the pending tasks got its predictions.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from labelloop import labels_store, modeling, registry
+from labelloop.settings import load_settings, resolve_path
+from labelloop.tasks import task_from_settings
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+ADMIN = "e2e-admin-token"
+
+
+def register_constant_champion(settings, label: str) -> str:
+    """A ready champion whose head always answers `label` (a deliberately bad model)."""
+    task = task_from_settings(settings)
+    base = modeling.resolve_base_model(settings.model.base)
+    model = modeling.load_base_classifier(base, task)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(
+            [4.0 if lab == label else 0.0 for lab in task.labels]))
+    with tempfile.TemporaryDirectory() as tmp:
+        modeling.save_bundle(model, modeling.load_tokenizer(base), Path(tmp) / "b", {
+            "task": task.to_dict(), "max_length": settings.model.max_length,
+            "base_model": settings.model.base, "dataset_digest": "constant", "method": "none"})
+        exp = registry.ensure_experiment(settings)
+        with mlflow.start_run(experiment_id=exp, run_name="constant-champion") as run:
+            mlflow.log_artifacts(str(Path(tmp) / "b"), registry.BUNDLE_ARTIFACT_PATH)
+    mv = registry.register_bundle(settings, run.info.run_id)
+    registry.set_champion(settings, mv.version)
+    return str(mv.version)
+
+
+@pytest.fixture(scope="module")
+def loop(label_studio, tmp_path_factory):
+    from pipelines import demo
+
+    root = tmp_path_factory.mktemp("loop")
+    corpus = pd.read_csv(resolve_path(load_settings(environ={}).dataset.path), encoding="latin-1")
+    corpus.sample(300, random_state=11)[["sentiment", "text"]].to_csv(root / "small.csv",
+                                                                      index=False)
+    studio_cfg = label_studio.studio_overrides()["studio"]
+    studio_cfg.update({"project_title": f"e2e-{uuid.uuid4().hex[:8]}", "pool_size": 10})
+    cfg = {
+        "data_dir": str(root / "data"),
+        "dataset": {"path": str(root / "small.csv"), "encoding": "utf-8"},
+        "model": {"max_length": 32},
+        "training": {"method": "full", "learning_rate": 1e-4, "batch_size": 16, "max_steps": 6},
+        "evaluation": {"sample_predictions": 3},
+        "studio": studio_cfg,
+        "serving": {"port": free_port(), "poll_interval_s": 2.0, "admin_token": ADMIN,
+                    "webhook_secret": "e2e-secret", "ls_basic_auth_password": "e2e-basic"},
+        "feedback": {"min_new_labels": 3},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    saved = dict(os.environ)
+    for k in [k for k in os.environ if k.startswith("LABELLOOP")]:
+        del os.environ[k]
+    os.environ["ZENML_CONFIG_PATH"] = str(root / "zenml")
+    try:
+        settings_file, settings = demo.write_demo_settings(str(root / "config.yaml"))
+        assert (settings_file.stat().st_mode & 0o777) == 0o600
+        champion = register_constant_champion(settings, "positive")
+        demo.start_service(settings_file, settings, timeout=300)
+        state = {"root": root, "settings_file": settings_file, "settings": settings,
+                 "champion": champion, "corpus": corpus}
+        yield state
+    finally:
+        try:
+            demo.stop_service(load_settings(str(root / "data" / demo.SETTINGS_FILE)))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def _tasks(client, pid):
+    return {t.data["text"]: t for t in client.tasks.list(project=pid, fields="all")}
+
+
+def _pred_versions(task):
+    return [str(p["model_version"] if isinstance(p, dict) else p.model_version)
+            for p in (task.predictions or [])]
+
+
+def _choice(label, origin="manual"):
+    from annotation.config import CHOICES_NAME, TEXT_NAME
+
+    return [{"from_name": CHOICES_NAME, "to_name": TEXT_NAME, "type": "choices",
+             "value": {"choices": [label]}, "origin": origin}]
+
+
+def test_project_gets_predictions_through_label_studio(loop):
+    from annotation import labelstudio as L
+    from pipelines import demo
+
+    s = loop["settings"]
+    out = demo.setup_project(s)
+    pid = out["project"]
+    assert out["import"]["imported"] == 10 and out["ml_backend"]["url"].endswith("/ls")
+    again = demo.setup_project(s)  # idempotent: nothing new
+    assert again["project"] == pid and again["import"]["imported"] == 0
+    client = L.connect(s)
+    # Four more tasks WITHOUT predictions: Label Studio asks the service for them in bulk.
+    imported = set(_tasks(client, pid))
+    extra = [t for t in loop["corpus"]["text"] if t not in imported][:4]
+    client.projects.import_tasks(id=pid, request=[{"data": {"text": t}} for t in extra])
+    L.retrieve_predictions(s, pid)
+    tasks = _tasks(client, pid)
+    assert len(tasks) == 14
+    for text, task in tasks.items():
+        assert _pred_versions(task) == [loop["champion"]], (text, task.predictions)
+        p = task.predictions[0]
+        p = p if isinstance(p, dict) else p.dict()
+        assert p["result"][0]["value"]["choices"] == ["positive"] and 0 < p["score"] <= 1
+    loop["project"] = pid
+
+
+def test_annotations_reach_the_labels_store(loop):
+    from annotation import labelstudio as L
+
+    s, pid = loop["settings"], loop["project"]
+    client = L.connect(s)
+    tasks = _tasks(client, pid)
+    texts = list(tasks)
+
+    def pred_id(text):
+        p = tasks[text].predictions[0]
+        return p["id"] if isinstance(p, dict) else p.id
+
+    ann = client.annotations.create
+    ann(id=tasks[texts[0]].id, result=_choice("positive", "prediction"),
+        parent_prediction=pred_id(texts[0]))                                 # kept
+    ann(id=tasks[texts[1]].id, result=_choice("negative", "prediction-changed"),
+        parent_prediction=pred_id(texts[1]))                                 # corrected
+    ann(id=tasks[texts[2]].id, result=_choice("neutral", "prediction-changed"),
+        parent_prediction=pred_id(texts[2]))                                 # corrected
+    a4 = ann(id=tasks[texts[3]].id, result=_choice("negative"))
+    a5 = ann(id=tasks[texts[4]].id, result=_choice("positive"))
+    ann(id=tasks[texts[5]].id, result=_choice("negative"))
+    time.sleep(0.1)
+    client.annotations.update(id=a4.id, result=_choice("neutral"))          # an update
+    client.annotations.delete(id=a5.id)                                      # a delete
+    loop["expected"] = {texts[0]: "positive", texts[1]: "negative", texts[2]: "neutral",
+                        texts[3]: "neutral", texts[5]: "negative"}
+    loop["annotated"] = {texts[0], texts[1], texts[2], texts[3], texts[5]}
+    # The webhook (Label Studio -> service /ls/webhook) writes them as they happen.
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        rows = labels_store.training_rows(s)
+        if dict(zip(rows["text"], rows["label"])) == loop["expected"]:
+            break
+        time.sleep(0.5)
+    rows = labels_store.training_rows(s)
+    assert dict(zip(rows["text"], rows["label"])) == loop["expected"]
+    changed = dict(zip(rows["text"], rows["changed"]))
+    assert changed[texts[0]] == 0 and changed[texts[1]] == 1
+
+
+def test_feedback_retrains_promotes_serves_and_updates_pending_tasks(loop):
+    from zenml.client import Client
+
+    from annotation import labelstudio as L
+
+    s, pid = loop["settings"], loop["project"]
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "labelloop.cli", "feedback", "--config",
+                        str(loop["settings_file"]), "--project", str(pid), "--reason", "e2e"],
+                       cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - t0
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    print(f"\nfeedback turn (sync -> retrain -> promote -> reload -> push): {elapsed:.1f}s")
+    assert "decision       retrain" in out, out[-3000:]
+
+    # The labels store and the training run's data hold exactly the final annotations.
+    rows = labels_store.training_rows(s)
+    assert dict(zip(rows["text"], rows["label"])) == loop["expected"]
+    run = Client().get_pipeline("training").runs[0]
+    train = run.steps["load_data"].outputs["train"][0].load()
+    assert train["text"].is_unique
+    got = dict(zip(train["text"], train["label"]))
+    assert {t: got.get(t) for t in loop["expected"]} == loop["expected"]
+
+    # A new version, trained on those labels, promoted over the constant champion.
+    new = str(registry.get_champion(s).version)
+    assert new != loop["champion"] and "promoted to champion" in out
+    assert registry.get_version(s, new).tags.get("labelloop.labels_seq")
+
+    # The running service answers with it (the pipeline called /admin/reload).
+    base = f"http://{s.serving.host}:{s.serving.port}"
+    answer = httpx.post(base + "/classify", json={"text": "what a lovely day"}, timeout=30).json()
+    assert str(answer["model_version"]) == new, answer
+
+    # Pending tasks (no annotation, incl. the one whose annotation was deleted) got its predictions.
+    client = L.connect(s)
+    for text, task in _tasks(client, pid).items():
+        versions = _pred_versions(task)
+        if text in loop["annotated"]:
+            assert new not in versions
+        else:
+            assert new in versions, (text, versions)
+    assert str(client.projects.get(id=pid).model_version) == new
