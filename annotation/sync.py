@@ -32,6 +32,10 @@ def export_snapshot(client, project_id: int, timeout: float = 300.0) -> list[dic
     export = client.projects.exports.create(
         project_id, title="labelloop sync",
         annotation_filter_options={"usual": True, "skipped": True, "ground_truth": True},
+        # Full predictions, not ids: an annotation's `prediction` is empty unless the project's
+        # model_version names it (not the case with a live ML backend), so the prediction shown
+        # is found through `parent_prediction` among these.
+        serialization_options={"predictions": {"only_id": False}},
     )
     try:
         deadline = time.monotonic() + timeout

@@ -161,6 +161,22 @@ def test_setup_is_idempotent_and_connects_backend(label_studio, tmp_path, fake_s
     hook = client.webhooks.list(project=str(first["project"]))[0]
     assert hook.headers == {"X-Labelloop-Secret": SECRET}
 
+    # With a live ML backend, LS leaves `annotation.prediction` empty (the project's
+    # model_version is the backend's title): the pull still finds the prediction shown.
+    pid = first["project"]
+    client.projects.import_tasks(id=pid, request=[
+        {"data": {"text": "live backend task"},
+         "predictions": [L.prediction_for("positive", 0.55, "7")]}])
+    task = [t for t in client.tasks.list(project=pid, fields="all")
+            if t.data["text"] == "live backend task"][0]
+    pred = task.predictions[0] if isinstance(task.predictions[0], dict) else task.predictions[0].dict()
+    client.annotations.create(id=task.id, result=_choice("negative", "prediction-changed"),
+                              parent_prediction=pred["id"])
+    sync.sync_project(s, pid, client)
+    row = training_rows(s).iloc[0]
+    assert (row["label"], row["shown_label"], row["model_version"], row["changed"]) == (
+        "negative", "positive", "7", 1)
+
     # "Start training" in Label Studio reaches the service's /webhook as START_TRAINING
     start = len(fake_service.events)
     client.ml.train(id=first["ml_backend"]["id"])
