@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="serving.max_latency_ms (default 10000: a closed-loop load generator "
                         "measures capacity, not load shedding)")
     p.add_argument("--workers", type=int, default=None, help="serving.workers")
+    p.add_argument("--batcher", choices=["bentoml", "inprocess"], default=None,
+                   help="serving.batcher (default: the service's setting, bentoml)")
     p.add_argument("--cpu-int8", action="store_true",
                    help="serving.cpu_int8: int8 dynamic quantization in the service (CPU)")
     p.add_argument("--rounds", type=int, default=None,
@@ -353,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         env["LABELLOOP__SERVING__BUNDLE_DIR"] = fixed_bundle
     if args.cpu_int8:
         env["LABELLOOP__SERVING__CPU_INT8"] = "true"
+    if args.batcher:
+        env["LABELLOOP__SERVING__BATCHER"] = args.batcher
     for key, val in (("MAX_BATCH_SIZE", args.max_batch_size),
                      ("MAX_LATENCY_MS", args.max_latency_ms), ("WORKERS", args.workers)):
         if val is not None:

@@ -132,6 +132,10 @@ class ServingSettings(_Section):
     # Serve this model bundle directory instead of the registry champion (no registry access,
     # no hot reload): for images with a baked-in model, and for benchmarks.
     bundle_dir: Optional[str] = None
+    # How /classify batches: "bentoml" = BentoML adaptive batching (the batchable API, reached
+    # through BentoML's in-process self-proxy), "inprocess" = services/batcher.py (continuous
+    # batching without the extra in-process HTTP hop; max_batch_size then counts texts).
+    batcher: Literal["bentoml", "inprocess"] = "bentoml"
 
 
 class StudioSettings(_Section):

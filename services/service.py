@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from labelloop.prediction_log import PredictionLog
 from labelloop.settings import Settings, load_settings
 from services import ls_backend
+from services.batcher import MicroBatcher, Overloaded
 from services.runtime import (
     BadRequest,
     ModelHolder,
@@ -130,6 +131,10 @@ class Labelloop:
         )
         # What adaptive batching did so far (batches formed, requests and texts in them).
         self.batch_stats = {"batches": 0, "requests": 0, "texts": 0, "largest_batch": 0}
+        self.batcher = None
+        if cfg.batcher == "inprocess":
+            self.batcher = MicroBatcher(self._infer, max_batch_texts=cfg.max_batch_size,
+                                        max_latency_ms=cfg.max_latency_ms)
         self.holder.start_polling(cfg.poll_interval_s)
         _current["service"] = self
 
@@ -161,6 +166,8 @@ class Labelloop:
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self.holder.stop()
         self.plog.close()
 
@@ -205,6 +212,10 @@ class Labelloop:
     def classify_batch(self, requests: list[list[str]]) -> list[dict[str, t.Any]]:
         """Internal batching unit: each item is one request's texts; a request is never split,
         so all its predictions come from one model version."""
+        return self._infer(requests)
+
+    def _infer(self, requests: t.Sequence[list[str]]) -> list[dict[str, t.Any]]:
+        """One forward pass for a batch of requests (shared by both batchers)."""
         model = self.holder.current  # grabbed once: the whole batch uses one version
         limit = self.settings.serving.max_text_chars
         flat = [text[:limit] for texts in requests for text in texts]
@@ -234,7 +245,13 @@ class Labelloop:
         except BadRequest as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         t0 = time.perf_counter()
-        result = (await self.to_async.classify_batch([clean]))[0]
+        if self.batcher is not None:
+            try:
+                result = await self.batcher.submit(clean)
+            except Overloaded as exc:
+                return JSONResponse({"error": f"overloaded: {exc}"}, status_code=503)
+        else:
+            result = (await self.to_async.classify_batch([clean]))[0]
         version, preds = result["model_version"], result["predictions"]
         self.plog.record(clean, preds, version, source="classify")
         answer: dict[str, t.Any] = {"model_version": version, "predictions": preds}

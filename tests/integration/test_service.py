@@ -91,15 +91,15 @@ def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float 
     raise AssertionError(f"server not ready in {timeout}s:\n{log_path.read_text()[-4000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def run_server(tmp_path_factory, **extra_env: str):
+    """Register two versions, start `bentoml serve`, yield its facts, stop it (a generator)."""
     data_dir = tmp_path_factory.mktemp("serving")
     settings = load_settings(overrides={"data_dir": str(data_dir)}, environ={})
     v1 = str(register_untrained_version(settings, seed=0, champion=True))
     v2 = str(register_untrained_version(settings, seed=1, champion=False))
     port = free_port()
     log_path = data_dir / "server.log"
-    proc = start_server(_env(data_dir), port, log_path)
+    proc = start_server(_env(data_dir, **extra_env), port, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(proc, url, log_path)
@@ -111,6 +111,11 @@ def server(tmp_path_factory):
         text = log_path.read_text(errors="replace")
         for secret in (ADMIN, LS_PW, HOOK_SECRET):
             assert secret not in text, "a secret appeared in the server log"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from run_server(tmp_path_factory)
 
 
 def basic(user=LS_USER, pw=LS_PW) -> dict[str, str]:
