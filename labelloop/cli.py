@@ -107,13 +107,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: printed as one line, not a traceback. The CLI is the
+    top layer, so it may know the annotation tools' error types; the core package does not."""
+    from annotation.config import LabelConfigError
+    from annotation.labelstudio import StudioConnectionError
+    from annotation.studio import StudioError
+    from annotation.sync import ExportError
     from labelloop.errors import USER_ERRORS
+    from labelloop.trigger import FeedbackRunning
 
+    return USER_ERRORS + (LabelConfigError, StudioConnectionError, StudioError, ExportError,
+                          FeedbackRunning)
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as exc:
+    except user_errors() as exc:
         print(f"labelloop {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
