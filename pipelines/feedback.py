@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Optional
 
 import labelloop  # noqa: F401  (telemetry off before zenml is imported)
@@ -124,7 +125,7 @@ def schedule(config: Optional[str], cron: str, project: Optional[int] = None) ->
     if not orchestrator.config.is_schedulable:
         print(f"labelloop feedback: the active ZenML orchestrator {orchestrator.name!r} "
               f"({orchestrator.flavor}) runs no schedules. Use cron instead, e.g. daily at 03:00:\n"
-              f"  0 3 * * * cd {sys.path[0] or '.'} && labelloop feedback"
+              f"  0 3 * * * cd {Path(__file__).resolve().parents[1]} && .venv/bin/labelloop feedback"
               f"{' --config ' + config if config else ''} >> feedback-cron.log 2>&1",
               file=sys.stderr)
         return 2

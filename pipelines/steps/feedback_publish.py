@@ -11,12 +11,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Optional
 
 from zenml import step
 
 from labelloop.settings import Settings
 from pipelines.steps.common import settings_for
+
+# One INFO line per HTTP call (a task list, a prediction each) drowns the run's own output.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def service_base_url(settings: Settings) -> str:
