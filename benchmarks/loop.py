@@ -257,12 +257,27 @@ def time_retrain(args: argparse.Namespace) -> dict:
 
 
 def plot(summary: dict, path: Path) -> None:
+    plot_many([summary], path)
+
+
+def plot_many(summaries: list[dict], path: Path) -> None:
+    """One panel per summary (e.g. a GPU run and a CPU run side by side)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, axes = plt.subplots(1, len(summaries), figsize=(6.4 * len(summaries), 4.2), squeeze=False)
+    for ax, summary in zip(axes[0], summaries):
+        _plot_panel(ax, summary)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def _plot_panel(ax, summary: dict) -> None:
     styles = {"uncertainty": ("tab:red", "o"), "random": ("tab:blue", "s")}
     for name, curve in summary["curves"].items():
         xs, ys = zip(*curve)
@@ -275,16 +290,15 @@ def plot(summary: dict, path: Path) -> None:
                     xy=(summary["uncertainty_labels"], summary["target_macro_f1"]),
                     xytext=(0.35, 0.12), textcoords="axes fraction",
                     arrowprops={"arrowstyle": "->", "color": "grey"})
+    if summary.get("note"):
+        ax.text(0.02, 0.97, summary["note"], transform=ax.transAxes, va="top", fontsize=8,
+                color="dimgrey")
     ax.set_xlabel("human labels")
     ax.set_ylabel(f"test macro-F1 (n={summary['test_rows']})")
-    ax.set_title(f"Simulated annotation campaign ({summary['device']})", fontsize=10)
+    ax.set_title(summary.get("title") or f"Simulated annotation campaign ({summary['device']})",
+                 fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,7 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrain-only", action="store_true",
                    help="instead of the campaign, time one retrain on the whole training split "
                         "with the configured training settings (a loop turn's main cost)")
+    p.add_argument("--from-json", nargs="+", metavar="JSON",
+                   help="only plot saved results (one panel each) to --plot")
     args = p.parse_args(argv)
+    if args.from_json:
+        plot_many([json.loads(Path(f).read_text()) for f in args.from_json], Path(args.plot))
+        return 0
     if args.retrain_only:
         out = time_retrain(args)
         if args.json:
