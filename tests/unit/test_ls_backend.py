@@ -105,3 +105,38 @@ def test_secret_checks():
     assert not basic_auth_ok(header, "user", "")
     assert not basic_auth_ok("Basic !!!", "user", "pa:ss")
     assert not basic_auth_ok("Bearer x", "user", "pa:ss")
+
+
+def _request(headers: dict):
+    from starlette.requests import Request
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": raw})
+
+
+def test_auth_checks_and_unconfigured_secrets():
+    from services.ls_backend import AuthError, check_basic, check_webhook
+
+    good = {"Authorization": "Basic " + base64.b64encode(b"u:pw").decode()}
+    check_basic(_request(good), "u", "pw")
+    for headers, password, status, fragment in [
+        ({}, "pw", 401, "Basic auth required"),
+        ({"Authorization": "Basic " + base64.b64encode(b"u:no").decode()}, "pw", 401, "invalid"),
+        (good, "", 403, "LABELLOOP__SERVING__LS_BASIC_AUTH_PASSWORD"),
+    ]:
+        with pytest.raises(AuthError) as err:
+            check_basic(_request(headers), "u", password)
+        assert err.value.status == status and fragment in err.value.message
+    # webhook: secret header OR basic auth
+    check_webhook(_request({"X-Labelloop-Secret": "s"}), "s", "u", "pw")
+    check_webhook(_request(good), "s", "u", "pw")
+    check_webhook(_request(good), "", "u", "pw")
+    for headers, secret, password, status in [
+        ({}, "s", "pw", 401),
+        ({"X-Labelloop-Secret": "wrong"}, "s", "pw", 403),
+        ({"X-Labelloop-Secret": "s"}, "", "pw", 403),   # secret not configured
+        ({}, "", "", 403),                               # nothing configured
+    ]:
+        with pytest.raises(AuthError) as err:
+            check_webhook(_request(headers), secret, "u", password)
+        assert err.value.status == status, headers
