@@ -211,8 +211,11 @@ class Labelloop:
     )
     def classify_batch(self, requests: list[list[str]]) -> list[dict[str, t.Any]]:
         """Internal batching unit: each item is one request's texts; a request is never split,
-        so all its predictions come from one model version."""
-        return self._infer(requests)
+        so all its predictions come from one model version. Reachable over HTTP like every
+        BentoML API: a direct caller gets at most serving.max_texts_per_request texts answered
+        per item (no error, so one bad item never fails the other requests of its batch)."""
+        cap = self.settings.serving.max_texts_per_request
+        return self._infer([texts[:cap] for texts in requests])
 
     def _infer(self, requests: t.Sequence[list[str]]) -> list[dict[str, t.Any]]:
         """One forward pass for a batch of requests (shared by both batchers)."""
