@@ -20,6 +20,19 @@ def test_default_yaml_documents_exactly_the_code_defaults():
     assert from_file.model_dump() == Settings().model_dump()
 
 
+def test_default_yaml_lists_every_setting():
+    documented = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+
+    def missing(defaults, doc, prefix=""):
+        for key, value in defaults.items():
+            if key not in doc:
+                yield prefix + key
+            elif isinstance(value, dict):
+                yield from missing(value, doc[key], f"{prefix}{key}.")
+
+    assert list(missing(Settings().model_dump(), documented)) == []
+
+
 def test_every_key_in_default_yaml_has_a_comment():
     for line in (REPO / "configs" / "default.yaml").read_text().splitlines():
         stripped = line.strip()
