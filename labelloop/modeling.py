@@ -69,9 +69,15 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_base_classifier(name_or_path: str, task: ClassificationTask):
-    """The base encoder with a fresh classification head sized for the task's labels."""
+    """The base encoder with a fresh classification head sized for the task's labels.
+
+    Always fp32 master weights: transformers 5 would otherwise keep a bf16 checkpoint in bf16,
+    and AdamW updates on bf16 weights lose most of their precision. (bf16 is used for the
+    matrix products only, through autocast.)
+    """
     return AutoModelForSequenceClassification.from_pretrained(
         name_or_path,
+        dtype=torch.float32,
         num_labels=len(task.labels),
         id2label=task.id2label,
         label2id=task.label2id,

@@ -65,7 +65,8 @@ def show_status(config: Optional[str] = None, settings: Optional[Settings] = Non
         return 0
     for mv in versions:
         mark = f"  <- {settings.registry.champion_alias}" if champion and champion.version == mv.version else ""
-        metric = mv.tags.get(f"test_{settings.promotion.metric}", "?")
+        recorded = mv.tags.get(f"test_{settings.promotion.metric}")
+        metric = f"{float(recorded):.4f}" if recorded else "?"
         print(f"  version {mv.version:>3}  {mv.tags.get(registry.STATUS_TAG, '?'):<7} "
               f"test {settings.promotion.metric} {metric}{mark}")
     return 0

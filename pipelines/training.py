@@ -43,5 +43,5 @@ def training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] =
     train, test = load_data(config, overrides, include_human_labels)
     bundle = fine_tune(train, config, overrides)
     metrics = evaluate_model(bundle, test, config, overrides)
-    version = register_model(bundle, metrics, config, overrides)
+    version = register_model(bundle, metrics, test, config, overrides)
     promote_model(version, metrics, test, config, overrides)

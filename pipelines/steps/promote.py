@@ -8,10 +8,20 @@ import mlflow
 import pandas as pd
 from zenml import get_step_context, log_metadata, step
 
-from labelloop import evaluation, promotion, registry
+from labelloop import data, evaluation, promotion, registry
 from labelloop.modeling import Classifier
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
+
+
+def recorded_score(tags: dict, metric: str, test_digest: str) -> Optional[float]:
+    """The champion's recorded score, if it was measured on the same test rows; else None."""
+    if tags.get("test_digest") != test_digest or f"test_{metric}" not in tags:
+        return None
+    try:
+        return float(tags[f"test_{metric}"])
+    except ValueError:
+        return None
 
 
 @step(experiment_tracker=TRACKER_NAME)
@@ -28,12 +38,18 @@ def promote_model(
     champion_version, champion_score = None, None
     if champion is not None and str(champion.version) != str(model_version):
         champion_version = str(champion.version)
-        # Re-score the champion here, on exactly this test split, rather than trusting a number
-        # recorded when it was trained: the comparison must be like for like.
-        classifier = Classifier(registry.fetch_bundle(settings, champion.version),
-                                device=settings.training.device)
-        champion_score = evaluation.evaluate_classifier(
-            classifier, test, settings.evaluation.batch_size).metrics[metric]
+        champion_score = recorded_score(champion.tags, metric, data.digest(test))
+        if champion_score is None:
+            # The champion was scored on other test rows (or not at all): score it now, on
+            # exactly this split, so the comparison is like for like.
+            classifier = Classifier(registry.fetch_bundle(settings, champion.version),
+                                    device=settings.training.device)
+            champion_score = evaluation.evaluate_classifier(
+                classifier, test, settings.evaluation.batch_size).metrics[metric]
+            print(f"promotion: champion {champion_version} re-scored on this test split")
+        else:
+            print(f"promotion: champion {champion_version} was scored on these exact test rows "
+                  f"(same digest); reusing its {metric}")
     decision = promotion.decide(metric, model_version, metrics[metric],
                                 champion_version, champion_score, settings.promotion.margin)
     if decision.promote:

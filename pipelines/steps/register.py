@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import mlflow
+import pandas as pd
 from zenml import log_metadata, step
 
-from labelloop import registry
+from labelloop import data, registry
 from labelloop.modeling import read_bundle_meta
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
@@ -22,6 +23,7 @@ from pipelines.steps.common import settings_for
 def register_model(
     model_bundle: Path,
     metrics: dict,
+    test: pd.DataFrame,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
 ) -> Annotated[str, "model_version"]:
@@ -34,7 +36,10 @@ def register_model(
         "base_model": meta["base_model"],
         "dataset_digest": meta["dataset_digest"],
         "method": meta["method"],
-        f"test_{settings.promotion.metric}": f"{metrics[settings.promotion.metric]:.6f}",
+        # The score and the exact test rows it was measured on: promotion reuses the score
+        # only while the frozen test split is unchanged (same digest).
+        "test_digest": data.digest(test),
+        **{f"test_{name}": repr(float(metrics[name])) for name in ("macro_f1", "accuracy")},
     })
     log_metadata({
         "mlflow_model_name": mv.name, "mlflow_model_version": mv.version,

@@ -30,3 +30,13 @@ def test_decision_records_both_scores():
     d = decide("accuracy", "3", 0.9, "2", 0.8, 0.01).to_dict()
     assert d["challenger_score"] == 0.9 and d["champion_score"] == 0.8
     assert d["champion_version"] == "2" and d["challenger_version"] == "3"
+
+
+def test_recorded_score_is_reused_only_for_the_same_test_rows():
+    from pipelines.steps.promote import recorded_score
+
+    tags = {"test_digest": "abc", "test_macro_f1": "0.75", "test_accuracy": "0.8"}
+    assert recorded_score(tags, "macro_f1", "abc") == 0.75
+    assert recorded_score(tags, "macro_f1", "other-split") is None
+    assert recorded_score({"test_macro_f1": "0.75"}, "macro_f1", "abc") is None
+    assert recorded_score({"test_digest": "abc"}, "macro_f1", "abc") is None
