@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.labelloop-installed
 CONSTRAINTS := configs/pip-constraints.txt
 
-.PHONY: setup demo train feedback test test-unit browser stack clean
+.PHONY: setup demo train feedback stop test test-unit browser stack clean
 
 setup: $(STAMP)
 
@@ -26,14 +26,19 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
 	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# The demo picks configs/demo.yaml on a machine without a GPU, the full defaults on a GPU.
 demo: setup
-	$(VENV)/bin/labelloop demo --config configs/demo.yaml
+	$(VENV)/bin/labelloop demo
 
 train: setup
 	$(VENV)/bin/labelloop train --config configs/demo.yaml
 
+# One turn of the loop with the demo's settings (written by `make demo`, secrets included).
 feedback: setup
-	$(VENV)/bin/labelloop feedback --config configs/demo.yaml
+	$(VENV)/bin/labelloop feedback --config .labelloop/demo-settings.yaml
+
+stop:
+	$(VENV)/bin/labelloop demo --stop
 
 stack: setup
 	$(PY) -m pipelines.stack
