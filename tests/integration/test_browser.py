@@ -7,6 +7,7 @@ find the correction in the labels store (pulled by annotation.sync, as the feedb
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -28,9 +29,14 @@ TEXT = "The flight was delayed three hours and nobody told us anything."
 
 @pytest.fixture()
 def browser_page(tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).is_file():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    # `make test` installs both; outside CI a missing browser skips, in CI it fails.
+    if os.environ.get("CI"):
+        import playwright.sync_api as playwright
+        assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing (make browser)"
+    else:
+        playwright = pytest.importorskip("playwright.sync_api")
+        if not Path(CHROMIUM).is_file():
+            pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium, or make browser)")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 900})

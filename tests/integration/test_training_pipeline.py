@@ -100,12 +100,17 @@ def test_first_run_registers_and_becomes_champion(workspace):
     # Artifacts live under the data dir, not in ./mlruns of whatever directory we ran from.
     assert run.info.artifact_uri.startswith(Path(s.data_path).as_uri())
 
-    # A ZenML model version is linked to the MLflow version.
-    from zenml.client import Client
-
-    os.environ["ZENML_CONFIG_PATH"] = env["ZENML_CONFIG_PATH"]
-    zm = Client().get_model_version(s.registry.model_name, "latest")
-    assert str(zm.run_metadata["mlflow_model_version"]) == "1"
+    # A ZenML model version is linked to the MLflow version. (Asked in a fresh process: ZenML's
+    # Client is a per-process singleton bound to whichever store was opened first.)
+    probe = subprocess.run([sys.executable, "-c", (
+        "import json, labelloop; from zenml.client import Client; "
+        f"mv = Client().get_model_version({s.registry.model_name!r}, 'latest'); "
+        "print(json.dumps({k: str(v) for k, v in mv.run_metadata.items()}))")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    metadata = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert metadata["mlflow_model_version"] == "1"
+    assert metadata["mlflow_run_id"] == champion.run_id
 
 
 def test_worse_challenger_does_not_take_the_alias(workspace):
