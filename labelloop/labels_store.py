@@ -347,9 +347,15 @@ class LabelsStore:
         ).fetchone()
         return dict(row) if row else None
 
-    def training_rows(self, source: str | None = None, project: Any = None) -> pd.DataFrame:
-        """Final active labels, one per text (the latest annotation of a text wins)."""
+    def training_rows(self, source: str | None = None, project: Any = None,
+                      max_seq: int | None = None) -> pd.DataFrame:
+        """Final active labels, one per text (the latest annotation of a text wins).
+
+        `max_seq`: only labels last written at or before that write number, so a retrain trains
+        on exactly the labels it later counts as seen (anything newer stays fresh)."""
         df = self.rows(source=source, project=project, status=ACTIVE)
+        if max_seq is not None:
+            df = df[df["seq"] <= int(max_seq)]
         columns = ["text", "label", "source", "project", "task_id", "annotation_id",
                    "annotator", "created_at", "updated_at", "model_version", "shown_label",
                    "shown_score", "changed"]
@@ -430,10 +436,11 @@ def open_store(settings: Settings) -> LabelsStore:
     return LabelsStore(settings.labels_path)
 
 
-def training_rows(settings: Settings, source: str | None = None, project: Any = None) -> pd.DataFrame:
+def training_rows(settings: Settings, source: str | None = None, project: Any = None,
+                  max_seq: int | None = None) -> pd.DataFrame:
     """DataFrame[text, label, provenance...]: the final active human labels, one per text."""
     with open_store(settings) as store:
-        return store.training_rows(source=source, project=project)
+        return store.training_rows(source=source, project=project, max_seq=max_seq)
 
 
 def new_labels_since_last_run(settings: Settings, project: Any = None) -> int:

@@ -36,11 +36,12 @@ def pipeline_options(registry_settings: RegistrySettings) -> dict[str, Any]:
 
 @pipeline(**pipeline_options(RegistrySettings()))
 def training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
-             include_human_labels: bool = False) -> None:
+             include_human_labels: bool = False,
+             human_labels_max_seq: Optional[int] = None) -> None:
     # Runs when the pipeline is compiled: a bad config or base model fails before any step.
     settings = load_settings(config, overrides=overrides)
     resolve_base_model(settings.model.base)
-    train, test = load_data(config, overrides, include_human_labels)
+    train, test = load_data(config, overrides, include_human_labels, human_labels_max_seq)
     bundle = fine_tune(train, config, overrides)
     metrics = evaluate_model(bundle, test, config, overrides)
     version = register_model(bundle, metrics, test, config, overrides)

@@ -83,7 +83,8 @@ def run_training_with_labels(config: str, labels_seq: int) -> dict[str, Any]:
     ensure_stack(settings)
     registry.cleanup_pending(settings)
     run = training.with_options(**pipeline_options(settings.registry))(
-        config=config, overrides=None, include_human_labels=True)
+        config=config, overrides=None, include_human_labels=True,
+        human_labels_max_seq=labels_seq)
     metrics = _step_output(run, "evaluate_model", "metrics")
     decision = _step_output(run, "promote_model", "promotion_decision")
     version = str(decision["challenger_version"])

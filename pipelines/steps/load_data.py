@@ -18,6 +18,7 @@ def load_data(
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
     include_human_labels: bool = False,
+    human_labels_max_seq: Optional[int] = None,
 ) -> Tuple[Annotated[pd.DataFrame, "train"], Annotated[pd.DataFrame, "test"]]:
     settings = settings_for(config, overrides)
     task = task_from_settings(settings)
@@ -29,7 +30,7 @@ def load_data(
     if include_human_labels:
         from labelloop import labels_store
 
-        human = labels_store.training_rows(settings)
+        human = labels_store.training_rows(settings, max_seq=human_labels_max_seq)
         human_rows = len(human)
         train = data.merge_human_labels(train, human, test)
     if train.empty or test.empty:

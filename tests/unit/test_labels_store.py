@@ -185,3 +185,11 @@ with s.transaction() as conn:
     with LabelsStore(path) as s:
         assert s.training_rows()["text"].tolist() == ["kept"]
         assert s.upsert(rec(2, text="after")) == ls.INSERTED
+
+
+def test_training_rows_up_to_a_write_number(store):
+    store.upsert(rec(1, text="first", label="positive"))
+    seq = store.current_seq()
+    store.upsert(rec(2, text="second", label="negative"))
+    assert list(store.training_rows(max_seq=seq)["text"]) == ["first"]
+    assert sorted(store.training_rows()["text"]) == ["first", "second"]
