@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import labelloop  # noqa: E402,F401  (offline switches first)
 from labelloop import data, modeling, training  # noqa: E402
-from labelloop.settings import load_settings  # noqa: E402
+from labelloop.settings import Settings, load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
 
 try:  # the per-round "newly initialized head" report is expected here: keep the output short
@@ -94,15 +94,20 @@ def labels_to_reach(curve: list[tuple[int, float]], target: float) -> float | No
     return None
 
 
-def run(args: argparse.Namespace) -> dict:
-    overrides: dict = {"training": {"device": args.device, "epochs": args.epochs,
-                                    "learning_rate": args.learning_rate,
-                                    "batch_size": args.batch_size, "method": args.method}}
+def settings_from_args(args: argparse.Namespace, training: dict) -> Settings:
+    """Settings for a run: the config plus the model, dataset and training flags given."""
+    overrides: dict = {"training": {"device": args.device, **training}}
     if args.model_dir:
         overrides["model"] = {"base": str(Path(args.model_dir).resolve())}
     if args.dataset:
         overrides["dataset"] = {"path": str(Path(args.dataset).resolve())}
-    settings = load_settings(args.config, overrides=overrides)
+    return load_settings(args.config, overrides=overrides)
+
+
+def run(args: argparse.Namespace) -> dict:
+    settings = settings_from_args(args, {
+        "epochs": args.epochs, "learning_rate": args.learning_rate,
+        "batch_size": args.batch_size, "method": args.method})
     task = task_from_settings(settings)
     device = modeling.pick_device(settings.training.device)
 
@@ -222,12 +227,7 @@ def time_retrain(args: argparse.Namespace) -> dict:
     training settings (what the feedback pipeline's retrain runs), then score the frozen test
     split. For machines without the project's servers (the rest of a turn is measured by
     tests/integration/test_loop_e2e.py-style runs on the real stack, see docs/loop.md)."""
-    overrides: dict = {"training": {"device": args.device}}
-    if args.model_dir:
-        overrides["model"] = {"base": str(Path(args.model_dir).resolve())}
-    if args.dataset:
-        overrides["dataset"] = {"path": str(Path(args.dataset).resolve())}
-    settings = load_settings(args.config, overrides=overrides)
+    settings = settings_from_args(args, {})
     task = task_from_settings(settings)
     device = modeling.pick_device(settings.training.device)
     t0 = time.perf_counter()

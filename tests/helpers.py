@@ -46,3 +46,30 @@ def register_untrained_version(settings: Settings, seed: int = 0, champion: bool
     if champion:
         registry.set_champion(settings, mv.version)
     return str(mv.version)
+
+
+def small_corpus_env(root: Path, rows: int, seed: int, **settings_env: str) -> tuple[dict, object]:
+    """A workspace for pipeline tests: `rows` tweets of the default corpus in `root/small.csv`,
+    a private ZenML store and data dir, tiny training, plus any LABELLOOP__ overrides given.
+    Returns (environment for subprocesses, the full corpus frame)."""
+    import os
+
+    import pandas as pd
+
+    from labelloop.settings import load_settings, resolve_path
+
+    corpus = pd.read_csv(resolve_path(load_settings(environ={}).dataset.path), encoding="latin-1")
+    corpus.sample(rows, random_state=seed)[["sentiment", "text"]].to_csv(root / "small.csv",
+                                                                         index=False)
+    env = {
+        **os.environ,
+        "ZENML_CONFIG_PATH": str(root / "zenml"),
+        "LABELLOOP__DATA_DIR": str(root / "data"),
+        "LABELLOOP__DATASET__PATH": str(root / "small.csv"),
+        "LABELLOOP__DATASET__ENCODING": "utf-8",
+        "LABELLOOP__TRAINING__BATCH_SIZE": "16",
+        "LABELLOOP__MODEL__MAX_LENGTH": "32",
+        "PYTHONUNBUFFERED": "1",
+        **settings_env,
+    }
+    return env, corpus

@@ -10,13 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from labelloop import labels_store, registry
 from labelloop.labels_store import LabelRecord
-from labelloop.settings import load_settings, resolve_path
-from tests.helpers import free_port, register_untrained_version
+from labelloop.settings import load_settings
+from tests.helpers import free_port, register_untrained_version, small_corpus_env
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -25,27 +24,18 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("feedback")
-    corpus = pd.read_csv(resolve_path(load_settings(environ={}).dataset.path), encoding="latin-1")
-    corpus.sample(300, random_state=3)[["sentiment", "text"]].to_csv(root / "small.csv", index=False)
-    env = {
-        **os.environ,
-        "ZENML_CONFIG_PATH": str(root / "zenml"),
-        "LABELLOOP__DATA_DIR": str(root / "data"),
-        "LABELLOOP__DATASET__PATH": str(root / "small.csv"),
-        "LABELLOOP__DATASET__ENCODING": "utf-8",
-        "LABELLOOP__TRAINING__BATCH_SIZE": "16",
-        "LABELLOOP__TRAINING__MAX_STEPS": "3",
-        "LABELLOOP__MODEL__MAX_LENGTH": "32",
-        "LABELLOOP__EVALUATION__SAMPLE_PREDICTIONS": "3",
-        "LABELLOOP__STUDIO__PORT": str(free_port()),  # nothing listens: sync is skipped
-        "LABELLOOP__STUDIO__API_TOKEN": "x" * 40,
-        "LABELLOOP__SERVING__PORT": str(free_port()),
-        "LABELLOOP__SERVING__ADMIN_TOKEN": "admin-token-for-tests",
-        "LABELLOOP__FEEDBACK__MIN_NEW_LABELS": "4",
-        "LABELLOOP__FEEDBACK__MIN_FRESH_SCORE": "0",
-        "LABELLOOP__FEEDBACK__MAX_DROP": "1",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env, corpus = small_corpus_env(
+        root, rows=300, seed=3,
+        LABELLOOP__TRAINING__MAX_STEPS="3",
+        LABELLOOP__EVALUATION__SAMPLE_PREDICTIONS="3",
+        LABELLOOP__STUDIO__PORT=str(free_port()),  # nothing listens: sync is skipped
+        LABELLOOP__STUDIO__API_TOKEN="x" * 40,
+        LABELLOOP__SERVING__PORT=str(free_port()),
+        LABELLOOP__SERVING__ADMIN_TOKEN="admin-token-for-tests",
+        LABELLOOP__FEEDBACK__MIN_NEW_LABELS="4",
+        LABELLOOP__FEEDBACK__MIN_FRESH_SCORE="0",
+        LABELLOOP__FEEDBACK__MAX_DROP="1",
+    )
     settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("LABELLOOP")})
     old = os.environ.copy()
     os.environ.update({k: v for k, v in env.items() if k.startswith(("LABELLOOP", "ZENML"))})

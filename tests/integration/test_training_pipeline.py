@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 import pytest
 
 from labelloop import registry
-from labelloop.settings import load_settings, resolve_path
+from labelloop.settings import load_settings
+from tests.helpers import small_corpus_env
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -22,19 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
-    corpus = pd.read_csv(resolve_path(load_settings(environ={}).dataset.path), encoding="latin-1")
-    corpus.sample(480, random_state=7)[["sentiment", "text"]].to_csv(root / "small.csv", index=False)
-    env = {
-        **os.environ,
-        "ZENML_CONFIG_PATH": str(root / "zenml"),
-        "LABELLOOP__DATA_DIR": str(root / "data"),
-        "LABELLOOP__DATASET__PATH": str(root / "small.csv"),
-        "LABELLOOP__DATASET__ENCODING": "utf-8",
-        "LABELLOOP__TRAINING__BATCH_SIZE": "16",
-        "LABELLOOP__MODEL__MAX_LENGTH": "32",
-        "LABELLOOP__EVALUATION__SAMPLE_PREDICTIONS": "5",
-        "PYTHONUNBUFFERED": "1",
-    }
+    env, _ = small_corpus_env(root, rows=480, seed=7,
+                              LABELLOOP__EVALUATION__SAMPLE_PREDICTIONS="5")
     return root, env
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from labelloop.evaluation import compute_metrics, worst_errors, EvalResult
+from labelloop.evaluation import compute_metrics
 from labelloop.tasks import ClassificationTask
 
 TASK = ClassificationTask(name="t", labels=("a", "b", "c"))
