@@ -129,6 +129,9 @@ class ServingSettings(_Section):
     # CPU only: dynamic int8 quantization of the linear layers (about 2x faster on AVX512-VNNI
     # CPUs; logits move by ~1e-2). Off by default: the served numbers then equal evaluation's.
     cpu_int8: bool = False
+    # GPU only: capture the forward pass as CUDA graphs for every padded batch shape up to
+    # inference_batch_size texts (labelloop/cuda_graphs.py): ~10x less CPU time per forward.
+    cuda_graphs: bool = True
     # Serve this model bundle directory instead of the registry champion (no registry access,
     # no hot reload): for images with a baked-in model, and for benchmarks.
     bundle_dir: Optional[str] = None

@@ -28,7 +28,7 @@ class Overloaded(RuntimeError):
 class MicroBatcher:
     def __init__(
         self,
-        run_batch: Callable[[Sequence[list[str]]], list[Any]],
+        run_batch: Callable[[Sequence[Any]], list[Any]],
         max_batch_texts: int = 256,
         max_latency_ms: float = 1000.0,
         stats: Optional[dict[str, int]] = None,
@@ -37,12 +37,13 @@ class MicroBatcher:
         self.max_batch_texts = max(1, int(max_batch_texts))
         self.max_latency_s = max_latency_ms / 1000.0
         self.stats = stats if stats is not None else {}
-        self._queue: deque[tuple[list[str], asyncio.Future, float]] = deque()
+        self._queue: deque[tuple[Any, asyncio.Future, float]] = deque()
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="labelloop-batch")
 
-    async def submit(self, texts: list[str]) -> Any:
+    async def submit(self, texts: Any) -> Any:
+        """Queue one request (anything with a len(): its number of texts); await its result."""
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done():
             self._wake = asyncio.Event()
@@ -52,7 +53,7 @@ class MicroBatcher:
         self._wake.set()
         return await fut
 
-    def _take(self) -> list[tuple[list[str], asyncio.Future, float]]:
+    def _take(self) -> list[tuple[Any, asyncio.Future, float]]:
         batch, n = [], 0
         now = time.monotonic()
         while self._queue:

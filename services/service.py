@@ -33,11 +33,12 @@ from services import ls_backend
 from services.batcher import MicroBatcher, Overloaded
 from services.runtime import (
     BadRequest,
+    Encoded,
     ModelHolder,
     NoChampionError,
     no_champion_message,
     parse_classify_body,
-    predict_with,
+    predict_requests,
     secret_equals,
 )
 
@@ -48,6 +49,9 @@ logger = logging.getLogger("labelloop.serving")
 SETTINGS: Settings = load_settings()
 _CFG = SETTINGS.serving
 ADMIN_TOKEN_ENV = "LABELLOOP__SERVING__ADMIN_TOKEN"
+# Requests up to this many texts are tokenized in the handler (tens of microseconds per text);
+# larger ones in the batch thread, so one big request never stalls the event loop.
+PRE_TOKENIZE_MAX_TEXTS = 16
 
 _current: dict[str, t.Any] = {"service": None}
 
@@ -217,22 +221,19 @@ class Labelloop:
         cap = self.settings.serving.max_texts_per_request
         return self._infer([texts[:cap] for texts in requests])
 
-    def _infer(self, requests: t.Sequence[list[str]]) -> list[dict[str, t.Any]]:
-        """One forward pass for a batch of requests (shared by both batchers)."""
+    def _infer(self, requests: t.Sequence[t.Any]) -> list[dict[str, t.Any]]:
+        """One forward pass for a batch of requests (shared by both batchers): each request is
+        a list of texts or an `Encoded` (tokenized by the handler); never split."""
         model = self.holder.current  # grabbed once: the whole batch uses one version
-        limit = self.settings.serving.max_text_chars
-        flat = [text[:limit] for texts in requests for text in texts]
-        preds = predict_with(model, flat, self.settings.serving.inference_batch_size)
+        cfg = self.settings.serving
+        per_request = predict_requests(model, requests, cfg.inference_batch_size,
+                                       cfg.max_text_chars)
         stats = self.batch_stats
         stats["batches"] += 1
         stats["requests"] += len(requests)
-        stats["texts"] += len(flat)
+        stats["texts"] += sum(len(r) for r in requests)
         stats["largest_batch"] = max(stats["largest_batch"], len(requests))
-        out, i = [], 0
-        for texts in requests:
-            out.append({"model_version": model.version, "predictions": preds[i:i + len(texts)]})
-            i += len(texts)
-        return out
+        return [{"model_version": model.version, "predictions": preds} for preds in per_request]
 
     @bentoml.api(route="/classify")
     async def classify(
@@ -249,8 +250,13 @@ class Labelloop:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         t0 = time.perf_counter()
         if self.batcher is not None:
+            job: t.Any = clean
+            if len(clean) <= PRE_TOKENIZE_MAX_TEXTS:
+                # Tokenize here, spread over requests (and workers), not in the batched step.
+                model = self.holder.current
+                job = Encoded(clean, model.classifier.encode(clean), model.version)
             try:
-                result = await self.batcher.submit(clean)
+                result = await self.batcher.submit(job)
             except Overloaded as exc:
                 return JSONResponse({"error": f"overloaded: {exc}"}, status_code=503)
         else:
