@@ -194,7 +194,11 @@ class RawHTTP:
 
 
 async def load_level(url: str, texts: list[str], concurrency: int, duration: float,
-                     max_requests: int, warmup: int) -> dict:
+                     max_requests: int, warmup: int, rate: float | None = None) -> dict:
+    """Closed loop (each connection sends its next request when the last one is answered), or,
+    with `rate`, open loop: requests are due at a fixed total rate spread over the connections,
+    and latency counts from when a request was due (so a server that falls behind is charged
+    for the queueing it causes, not only for service time)."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
@@ -218,9 +222,17 @@ async def load_level(url: str, texts: list[str], concurrency: int, duration: flo
     async def worker(k: int) -> None:
         nonlocal counter, errors
         conn = conns[k]
+        interval = concurrency / rate if rate else 0.0
+        due = time.perf_counter() + k * interval / concurrency
         while time.perf_counter() < t_end and counter < max_requests:
             counter += 1
-            t0 = time.perf_counter()
+            if rate:
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                t0, due = due, due + interval
+            else:
+                t0 = time.perf_counter()
             if await one(conn, counter * 7919 + k):
                 latencies.append(time.perf_counter() - t0)
             else:
@@ -234,7 +246,7 @@ async def load_level(url: str, texts: list[str], concurrency: int, duration: flo
     return {
         "latencies": latencies,
         "concurrency": concurrency, "requests": len(latencies), "errors": errors,
-        "seconds": round(elapsed, 3),
+        "seconds": round(elapsed, 3), "offered_rate": rate,
         "throughput": round(len(latencies) / elapsed, 1),
         "p50_ms": round(pct(latencies, 50) * 1000, 2),
         "p99_ms": round(pct(latencies, 99) * 1000, 2),
@@ -252,28 +264,31 @@ def _run_async(coro):
 
 
 def _client_proc(job: tuple) -> dict:
-    url, texts, c, duration, max_requests, warmup = job
-    return _run_async(load_level(url, texts, c, duration, max_requests, warmup))
+    url, texts, c, duration, max_requests, warmup, rate = job
+    return _run_async(load_level(url, texts, c, duration, max_requests, warmup, rate))
 
 
-def measure(url: str, texts, c: int, duration: float, max_requests: int, clients: int) -> dict:
+def measure(url: str, texts, c: int, duration: float, max_requests: int, clients: int,
+            rate: float | None = None) -> dict:
     """One level; with clients > 1 the load comes from that many processes (one async loop each
     tops out around 1-2k requests/s)."""
     clients = max(1, min(clients, c))
     warmup = min(2 * c, 256)
     if clients == 1:
-        res = _run_async(load_level(url, texts, c, duration, max_requests, warmup))
+        res = _run_async(load_level(url, texts, c, duration, max_requests, warmup, rate))
     else:
         import multiprocessing as mp
 
         jobs = [(url, texts, c // clients + (1 if k < c % clients else 0), duration,
-                 max_requests // clients, warmup // clients) for k in range(clients)]
+                 max_requests // clients, warmup // clients, rate / clients if rate else None)
+                for k in range(clients)]
         with mp.get_context("spawn").Pool(clients) as pool:
             parts = pool.map(_client_proc, jobs)
         lat = [x for p in parts for x in p["latencies"]]
         secs = max(p["seconds"] for p in parts)
         res = {"latencies": lat, "concurrency": c, "requests": len(lat),
                "errors": sum(p["errors"] for p in parts), "seconds": round(secs, 3),
+               "offered_rate": rate,
                "throughput": round(sum(p["throughput"] for p in parts), 1),
                "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2),
                "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None}
@@ -364,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="serving.batcher (default: the service's setting, bentoml)")
     p.add_argument("--cpu-int8", action="store_true",
                    help="serving.cpu_int8: int8 dynamic quantization in the service (CPU)")
+    p.add_argument("--half-peak", action="store_true",
+                   help="then load the service open-loop at half its peak throughput (p99 target)")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="serve (and measure the ceiling) with eager forward passes on a GPU")
     p.add_argument("--rounds", type=int, default=None,
@@ -493,6 +510,16 @@ def main(argv: list[str] | None = None) -> int:
                 best["rounds"] = [r["throughput"] for r in runs]
                 best["errors"] = sum(r["errors"] for r in runs)
                 results["runs"].append(best)
+        if args.half_peak and "service" in urls:
+            # The latency target's load: open loop at half the best closed-loop throughput.
+            peak = max(r["throughput"] for r in results["runs"] if r["system"] == "service")
+            res = measure(f"{urls['service']}/classify", texts, max(levels), duration,
+                          args.max_requests, args.clients, rate=peak / 2)
+            res.update(system="service", open_loop=True, peak_throughput=peak)
+            results["half_peak"] = res
+            print(f"  service  open loop at {peak / 2:.0f} req/s (half of peak {peak:.0f}): "
+                  f"{res['throughput']:.1f} req/s  p50 {res['p50_ms']:.1f} ms  "
+                  f"p99 {res['p99_ms']:.1f} ms  errors {res['errors']}", flush=True)
         if "service" in urls:
             import httpx
 

@@ -12,6 +12,10 @@ up to `max_batch`, sequence lengths multiples of `seq_step` up to the model's ma
 padding hold a single [PAD] token that attends to itself, so they produce finite, ignored
 logits. Results for the real rows are identical to eager inference up to bf16 rounding.
 
+Capture can happen while another thread serves the previous version (hot reload), so replays
+run on the runner's own non-blocking stream, never the legacy default stream (work there would
+break a capture in progress), and capture checks only its own thread (`thread_local`).
+
 Transformers detects stream capture (`is_cuda_stream_capturing`) and then always builds the
 attention mask instead of checking it on the host, so the captured graph is valid for any mask.
 """
@@ -59,6 +63,7 @@ class GraphedForward:
         self.pad_token_id = pad_token_id
         self._graphs: dict[tuple[int, int], tuple] = {}
         self._lock = threading.Lock()  # one replay at a time: the graphs share static buffers
+        self._stream = torch.cuda.Stream(self.device)  # replays: see the module docstring
         self.capture_seconds = 0.0
 
     @torch.inference_mode()
@@ -81,7 +86,7 @@ class GraphedForward:
             for n in reversed(self.lengths):
                 graph = torch.cuda.CUDAGraph()
                 i, m = ids[:b, :n], mask[:b, :n]
-                with torch.cuda.graph(graph, pool=pool):
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                     out = self.model(input_ids=i, attention_mask=m).logits
                 pool = graph.pool() if pool is None else pool
                 self._graphs[(b, n)] = (graph, i, m, out)
@@ -110,9 +115,10 @@ class GraphedForward:
         host_ids[:rows, :width] = ids[:, :width]
         host_mask = (np.arange(n)[None, :] < np.concatenate(
             [lengths, np.ones(b - rows, dtype=lengths.dtype)])[:, None]).astype(np.int64)
-        with self._lock:
+        with self._lock, torch.cuda.stream(self._stream):
             graph, static_ids, static_mask, static_out = self._graphs[(b, n)]
-            static_ids.copy_(torch.from_numpy(host_ids), non_blocking=False)
-            static_mask.copy_(torch.from_numpy(host_mask), non_blocking=False)
+            static_ids.copy_(torch.from_numpy(host_ids))
+            static_mask.copy_(torch.from_numpy(host_mask))
             graph.replay()
-            return static_out[:rows].float().cpu().numpy()
+            result = static_out[:rows].float().cpu().numpy()  # .cpu() waits for the stream
+        return result

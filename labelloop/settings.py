@@ -121,6 +121,10 @@ class ServingSettings(_Section):
     # Runtime knobs of the BentoML service (services/service.py).
     device: str = "auto"
     workers: int = Field(1, gt=0)
+    # With several workers: answer every Nth request of a keep-alive connection with
+    # "Connection: close" so clients reconnect and load spreads over the workers
+    # (services/balance.py). 0 = never.
+    max_requests_per_connection: int = Field(100, ge=0)
     threads: int = Field(4, gt=0)
     request_timeout_s: float = Field(120.0, gt=0.0)
     inference_batch_size: int = Field(256, gt=0)

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from labelloop.prediction_log import PredictionLog
 from labelloop.settings import Settings, load_settings
 from services import ls_backend
+from services.balance import RecycleConnections
 from services.batcher import MicroBatcher, Overloaded
 from services.runtime import (
     BadRequest,
@@ -268,3 +269,8 @@ class Labelloop:
             answer.update(preds[0])
         answer["latency_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return answer
+
+
+if _CFG.workers > 1 and _CFG.max_requests_per_connection > 0:
+    Labelloop.add_asgi_middleware(RecycleConnections,
+                                  max_requests=_CFG.max_requests_per_connection)

@@ -19,3 +19,25 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     yield from run_server(tmp_path_factory, LABELLOOP__SERVING__BATCHER="inprocess")
+
+
+def test_several_workers_recycle_keep_alive_connections(tmp_path_factory):
+    """With 2 workers, every connection is closed after its jittered share of requests
+    (services/balance.py), and clients that reconnect lose no request."""
+    import httpx
+
+    gen = run_server(tmp_path_factory, LABELLOOP__SERVING__BATCHER="inprocess",
+                     LABELLOOP__SERVING__WORKERS="2",
+                     LABELLOOP__SERVING__MAX_REQUESTS_PER_CONNECTION="4")
+    srv = next(gen)
+    try:
+        closes, statuses = 0, []
+        with httpx.Client(timeout=60) as client:
+            for i in range(30):
+                r = client.post(f"{srv['url']}/classify", json={"text": f"request {i}"})
+                statuses.append(r.status_code)
+                closes += r.headers.get("connection", "").lower() == "close"
+        assert statuses == [200] * 30
+        assert 30 // 6 <= closes <= 30 // 2  # each connection lives 2 to 6 requests
+    finally:
+        gen.close()
