@@ -8,6 +8,7 @@ single attribute assignment that swaps it in; requests in flight keep the pair t
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import threading
@@ -103,6 +104,18 @@ def load_bundle(settings: Settings, bundle: str | Path, version: str) -> LoadedM
     return LoadedModel(version=str(version), classifier=clf)
 
 
+def settle_heap() -> None:
+    """Take everything alive now (libraries, the loaded model) out of the garbage collector's
+    sight. A full collection walks every tracked object with the GIL held: with torch,
+    transformers and BentoML loaded that is ~440k objects and 200-250 ms, a pause that every
+    request in flight waits out (on the H100, p99 of 400-900 ms at half of peak load while
+    p50 was 13 ms). Frozen objects are still freed by reference counting. Unfreezing first and
+    collecting once lets a replaced model's reference cycles go (one pause per reload)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class ModelHolder:
     """Holds the serving model; swaps it atomically when the champion alias moves."""
 
@@ -153,6 +166,8 @@ class ModelHolder:
             logger.info("champion moved %s -> %s: loading", previous, target)
             new = self._loader(self.settings, target)  # fully loaded before the swap
             self.current = new  # single reference assignment: atomic for readers
+            del new
+            settle_heap()
             self.reloads += 1
             self.last_error = None
             logger.info("now serving version %s", target)

@@ -41,6 +41,7 @@ from services.runtime import (
     parse_classify_body,
     predict_requests,
     secret_equals,
+    settle_heap,
 )
 
 logger = logging.getLogger("labelloop.serving")
@@ -140,6 +141,7 @@ class Labelloop:
         if cfg.batcher == "inprocess":
             self.batcher = MicroBatcher(self._infer, max_batch_texts=cfg.max_batch_size,
                                         max_latency_ms=cfg.max_latency_ms)
+        settle_heap()  # after loading, before serving: no full-collection pauses later
         self.holder.start_polling(cfg.poll_interval_s)
         _current["service"] = self
 
