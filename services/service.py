@@ -270,7 +270,9 @@ class Labelloop:
         if single:
             answer.update(preds[0])
         answer["latency_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-        return answer
+        # A ready Response skips BentoML 1.4's output conversion, which rebuilds the output
+        # model's JSON schema for every response (about 10% of a worker's time per request).
+        return JSONResponse(answer)
 
 
 if _CFG.workers > 1 and _CFG.max_requests_per_connection > 0:
