@@ -68,14 +68,6 @@ def run_naive_server(bundle: str, port: int, device: str) -> None:
 
 # ---- helpers ---------------------------------------------------------------------------------
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def materialize_skeleton(skeleton: Path, out: Path) -> Path:
     """Random weights for a bundle skeleton (what travels to a machine without the base model)."""
     import shutil
@@ -117,15 +109,6 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{url} not ready after {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -311,20 +294,13 @@ def run_levels(name: str, url: str, texts, levels, duration, max_requests,
     return out
 
 
-def ceiling(bundle: str, texts: list[str], device: str, batch_size: int, seconds: float,
-            cuda_graphs: bool = True, cpu_int8: bool = False) -> list[dict]:
-    """The batched model with no HTTP, set up as the service sets it up (CUDA graphs on a GPU,
-    int8 on CPU if asked): texts/s with tokenization, and from token ids (forward pass only)."""
-    from labelloop.modeling import Classifier
+def ceiling(bundle: str, texts: list[str], settings, batch_size: int, seconds: float) -> list[dict]:
+    """The batched model with no HTTP, loaded by the service's own loader (so CUDA graphs, int8
+    and warm-up are as `settings.serving` has them): texts/s with tokenization, and from token
+    ids (forward pass only)."""
+    from services.runtime import load_bundle
 
-    clf = Classifier(bundle, device=device)
-    if clf.device.type == "cuda" and cuda_graphs:
-        clf.enable_cuda_graphs(max(batch_size, 256))
-    if clf.device.type == "cpu" and cpu_int8:
-        import torch
-
-        clf.model = torch.ao.quantization.quantize_dynamic(clf.model, {torch.nn.Linear},
-                                                           dtype=torch.qint8)
+    clf = load_bundle(settings, bundle, "ceiling").classifier
     chunks = [texts[i:i + batch_size] for i in range(0, len(texts) - batch_size + 1, batch_size)]
     chunks = chunks or [texts[:batch_size]]
     encoded = [clf.encode(c) for c in chunks]
@@ -412,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     args.rounds = args.rounds or (1 if args.quick else 3)
 
     from labelloop.settings import load_settings
+    from tests.helpers import free_port, register_untrained_version, stop_process_group
 
     if args.data_dir:
         data_dir = Path(args.data_dir).resolve()
@@ -433,8 +410,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.data_dir:
                 print(f"no champion in {data_dir}; run `labelloop train`", file=sys.stderr)
                 return 2
-            from tests.helpers import register_untrained_version
-
             print("registering an untrained MiniLM as champion in", data_dir, flush=True)
             register_untrained_version(settings, seed=0, champion=True)
             champion = registry.get_champion(settings)
@@ -449,9 +424,11 @@ def main(argv: list[str] | None = None) -> int:
                      "model_version": version, "runs": []}
 
     if "ceiling" not in args.skip:
+        ceiling_settings = load_settings(overrides={"data_dir": str(data_dir), "serving": {
+            "device": args.device, "cuda_graphs": not args.no_cuda_graphs,
+            "cpu_int8": args.cpu_int8}})
         for bs in (1, 32, 256):
-            for res in ceiling(bundle, texts, args.device, bs, seconds=min(duration, 5),
-                               cuda_graphs=not args.no_cuda_graphs, cpu_int8=args.cpu_int8):
+            for res in ceiling(bundle, texts, ceiling_settings, bs, seconds=min(duration, 5)):
                 print(f"  ceiling  batch={bs:<4d} from {res['input']:9s} "
                       f"{res['throughput']:9.1f} texts/s  (CUDA graphs: {res['cuda_graphs']})",
                       flush=True)
@@ -526,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             results["service_metadata"] = httpx.get(f"{urls['service']}/metadata").json()
     finally:
         for proc in procs.values():
-            stop(proc)
+            stop_process_group(proc)
 
     # ---- table and ratios ----
     by = {(r["system"], r.get("concurrency")): r for r in results["runs"]}

@@ -51,7 +51,7 @@ def bucket(value: int, buckets: Sequence[int]) -> int:
 
 
 class GraphedForward:
-    """Captured forward passes of one model on one GPU; `logits(ids, mask)` is thread-safe."""
+    """Captured forward passes of one model on one GPU; `logits(ids, lengths)` is thread-safe."""
 
     def __init__(self, model: torch.nn.Module, max_batch: int, max_length: int,
                  pad_token_id: int, seq_step: int = 16):
@@ -97,28 +97,21 @@ class GraphedForward:
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def logits(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """`ids` [n, L] int64 (padded with anything), `lengths` [n]: float32 logits [n, classes].
-        n may exceed max_batch (split); L must not exceed the model's max length."""
-        n, length = ids.shape
-        out = []
-        for start in range(0, n, self.max_batch):
-            chunk, lens = ids[start:start + self.max_batch], lengths[start:start + self.max_batch]
-            out.append(self._run(chunk, lens, int(lens.max()) if len(lens) else length))
-        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    def padded_shape(self, rows: int, longest: int) -> tuple[int, int]:
+        """The captured (batch, length) that `rows` texts of at most `longest` tokens pad to;
+        rows must not exceed max_batch, longest not the model's max length."""
+        return bucket(rows, self.batches), bucket(longest, self.lengths)
 
-    def _run(self, ids: np.ndarray, lengths: np.ndarray, longest: int) -> np.ndarray:
-        rows = ids.shape[0]
-        b, n = bucket(rows, self.batches), bucket(longest, self.lengths)
-        host_ids = np.full((b, n), self.pad_token_id, dtype=np.int64)
-        width = min(n, ids.shape[1])
-        host_ids[:rows, :width] = ids[:, :width]
-        host_mask = (np.arange(n)[None, :] < np.concatenate(
-            [lengths, np.ones(b - rows, dtype=lengths.dtype)])[:, None]).astype(np.int64)
+    def logits(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """`ids`: a [batch, length] array of one `padded_shape` (rows past len(lengths) are
+        padding), `lengths`: tokens per real row. Returns float32 logits for the real rows."""
+        rows = len(lengths)
+        row_lengths = np.concatenate([lengths, np.ones(ids.shape[0] - rows, dtype=lengths.dtype)])
+        mask = (np.arange(ids.shape[1])[None, :] < row_lengths[:, None]).astype(np.int64)
         with self._lock, torch.cuda.stream(self._stream):
-            graph, static_ids, static_mask, static_out = self._graphs[(b, n)]
-            static_ids.copy_(torch.from_numpy(host_ids))
-            static_mask.copy_(torch.from_numpy(host_mask))
+            graph, static_ids, static_mask, static_out = self._graphs[ids.shape]
+            static_ids.copy_(torch.from_numpy(ids))
+            static_mask.copy_(torch.from_numpy(mask))
             graph.replay()
             result = static_out[:rows].float().cpu().numpy()  # .cpu() waits for the stream
         return result

@@ -164,11 +164,19 @@ class Classifier:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(ids), n_labels), dtype=np.float32)
-        step = batch_size if self.device.type == "cuda" else min(batch_size, self.cpu_chunk)
+        if self.graphs is not None:
+            step = min(batch_size, self.graphs.max_batch)
+        elif self.device.type == "cuda":
+            step = batch_size
+        else:
+            step = min(batch_size, self.cpu_chunk)
         for start in range(0, len(order), step):
             idx = order[start:start + step]
             lens = lengths[idx]
-            padded = np.full((len(idx), int(lens.max())), self.pad_token_id, dtype=np.int64)
+            shape = (len(idx), int(lens.max()))
+            if self.graphs is not None:
+                shape = self.graphs.padded_shape(*shape)
+            padded = np.full(shape, self.pad_token_id, dtype=np.int64)  # padded once, here
             for row, i in enumerate(idx):
                 padded[row, :lens[row]] = ids[i]
             if self.graphs is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 import labelloop  # noqa: F401
 from labelloop import registry
 from labelloop.settings import load_settings
-from tests.helpers import REPO_ROOT, free_port, register_untrained_version
+from tests.helpers import REPO_ROOT, free_port, register_untrained_version, stop_process_group
 
 pytestmark = pytest.mark.integration
 
@@ -67,16 +66,6 @@ def start_server(env: dict[str, str], port: int, log_path: Path) -> subprocess.P
     )
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,7 +95,7 @@ def run_server(tmp_path_factory, **extra_env: str):
         yield {"url": url, "settings": settings, "v1": v1, "v2": v2, "log": log_path,
                "data_dir": data_dir}
     finally:
-        stop_server(proc)
+        stop_process_group(proc)
         # secrets must never reach the logs
         text = log_path.read_text(errors="replace")
         for secret in (ADMIN, LS_PW, HOOK_SECRET):

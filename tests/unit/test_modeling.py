@@ -89,3 +89,37 @@ def test_cuda_graphs_match_eager_on_gpu(classifier):
     eager = gpu.logits(TEXTS)
     gpu.enable_cuda_graphs(16)
     np.testing.assert_allclose(gpu.logits(TEXTS), eager, atol=5e-2)
+
+
+def test_graph_runner_pads_to_captured_shapes_and_matches_eager(classifier):
+    """GraphedForward's padding, masks and bucket lookup, on CPU: each "graph" here replays the
+    eager model on its static buffers (capture itself needs a GPU; see the test below)."""
+    import threading
+
+    from labelloop.cuda_graphs import GraphedForward
+
+    eager = classifier.logits(TEXTS)
+    runner = object.__new__(GraphedForward)
+    runner.batches, runner.lengths = batch_buckets(16), seq_buckets(classifier.max_length, 8)
+    runner.max_batch, runner.pad_token_id = 16, classifier.pad_token_id
+    runner._lock, runner._stream = threading.Lock(), None  # torch.cuda.stream(None): no-op
+
+    class Replay:
+        def __init__(self, ids, mask, out):
+            self.ids, self.mask, self.out = ids, mask, out
+
+        def replay(self):
+            with torch.inference_mode():
+                self.out.copy_(classifier.model(input_ids=self.ids, attention_mask=self.mask).logits)
+
+    runner._graphs = {}
+    for b in runner.batches:
+        for n in runner.lengths:
+            ids, mask = torch.zeros(b, n, dtype=torch.long), torch.zeros(b, n, dtype=torch.long)
+            out = torch.zeros(b, 3)
+            runner._graphs[(b, n)] = (Replay(ids, mask, out), ids, mask, out)
+    classifier.graphs = runner
+    try:
+        np.testing.assert_allclose(classifier.logits(TEXTS, batch_size=32), eager, atol=1e-4)
+    finally:
+        classifier.graphs = None
