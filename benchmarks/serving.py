@@ -369,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a bundle without weights (config, tokenizer, labelloop.json): random "
                         "weights are created from its config (same cost as a trained model)")
     p.add_argument("--texts", default=None, help="file with one text per line (default: corpus)")
+    p.add_argument("--no-metrics", action="store_true",
+                   help="serving.metrics: false (no Prometheus metrics middleware in the service)")
     p.add_argument("--skip", nargs="*", default=[], choices=["service", "naive", "ceiling"])
     p.add_argument("--out", default=None, help="write JSON results here")
     # internal: run the naive server
@@ -445,10 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         env["LABELLOOP__SERVING__CUDA_GRAPHS"] = "false"
     if args.batcher:
         env["LABELLOOP__SERVING__BATCHER"] = args.batcher
+    if args.no_metrics:
+        env["LABELLOOP__SERVING__METRICS"] = "false"
     for key, val in (("MAX_BATCH_SIZE", args.max_batch_size),
                      ("MAX_LATENCY_MS", args.max_latency_ms), ("WORKERS", args.workers)):
         if val is not None:
             env[f"LABELLOOP__SERVING__{key}"] = str(val)
+    results["service_env"] = {k: v for k, v in env.items() if k.startswith("LABELLOOP__SERVING")}
     log_dir = data_dir / "bench-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 

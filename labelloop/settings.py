@@ -143,6 +143,12 @@ class ServingSettings(_Section):
     # through BentoML's in-process self-proxy), "inprocess" = services/batcher.py (continuous
     # batching without the extra in-process HTTP hop; max_batch_size then counts texts).
     batcher: Literal["bentoml", "inprocess"] = "bentoml"
+    # BentoML's Prometheus metrics (GET /metrics; ~5% of a worker's time per request).
+    metrics: bool = True
+    # BentoML's OpenTelemetry request spans. Off: no exporter is configured by default, so the
+    # spans (~20% of a worker's time per request) went nowhere. Turn on together with a
+    # tracing exporter in BentoML's own config ($BENTOML_CONFIG).
+    tracing: bool = False
 
 
 class StudioSettings(_Section):

@@ -9,10 +9,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import mlflow
 import torch
 
-from labelloop import modeling, registry
+from labelloop import modeling
 from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
 
@@ -42,6 +41,9 @@ def register_untrained_version(settings: Settings, seed: int = 0, champion: bool
     Fast (a few seconds), real registry entries: enough for serving and annotation tests that
     need *a* model and can tell versions apart by their outputs.
     """
+    import mlflow  # here, not at the top: the serving benchmark imports this module on
+    from labelloop import registry  # machines that have no MLflow (--bundle runs)
+
     task = task_from_settings(settings)
     base = modeling.resolve_base_model(settings.model.base)
     torch.manual_seed(seed)
