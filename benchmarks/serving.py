@@ -111,6 +111,27 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
+def wait_all_workers(url: str, workers: int, timeout: float = 180) -> int:
+    """Wait until `workers` distinct worker processes answer (a fresh connection per call).
+    BentoML reports ready as soon as one worker is; the others may still be loading, and the
+    connections a load level opens early would all stick to the first ones up."""
+    import httpx
+
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers and time.monotonic() < deadline:
+        try:
+            r = httpx.get(url + "/metadata", timeout=5, headers={"Connection": "close"})
+            if r.status_code == 200:
+                seen.add(r.json()["worker_pid"])
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    if len(seen) < workers:
+        print(f"  warning: only {len(seen)} of {workers} service workers answered", flush=True)
+    return len(seen)
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -480,6 +501,9 @@ def main(argv: list[str] | None = None) -> int:
             urls["service"] = f"http://127.0.0.1:{port}"
         for name, proc in procs.items():
             wait_ready(proc, urls[name])
+        if "service" in urls:
+            n = wait_all_workers(urls["service"], load_settings(environ=env).serving.workers)
+            print(f"  service: {n} worker(s) ready", flush=True)
         for c in levels:
             rounds: dict[str, list[dict]] = {name: [] for name in urls}
             for _ in range(args.rounds):

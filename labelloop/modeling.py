@@ -106,6 +106,9 @@ def read_bundle_meta(bundle_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+# Up to this many texts are tokenized without releasing the GIL (see Classifier.encode).
+SMALL_ENCODE = 16
+
 class Classifier:
     """A loaded bundle ready for batched inference: load once, call many times.
 
@@ -151,6 +154,11 @@ class Classifier:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text (special tokens added, truncated to max_length, not padded)."""
         if self._fast is not None:
+            if len(texts) <= SMALL_ENCODE:
+                # One by one: `encode` keeps the GIL. `encode_batch` releases it, and getting it
+                # back while another thread runs Python (the serving batch thread) takes up to
+                # the interpreter's switch interval (5 ms) for ~30 us of tokenizing.
+                return [self._fast.encode(t).ids for t in texts]
             return [e.ids for e in self._fast.encode_batch(list(texts))]
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         return [list(x) for x in enc["input_ids"]]

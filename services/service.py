@@ -19,6 +19,7 @@ import labelloop  # noqa: F401  (telemetry off, HF offline: before anything else
 
 import json
 import logging
+import os
 import time
 import typing as t
 
@@ -205,6 +206,7 @@ class Labelloop:
         info = self.holder.current.metadata(self.settings)
         info.update({
             "tracking_uri": self.settings.tracking_uri,
+            "worker_pid": os.getpid(),  # which of serving.workers processes answered
             "reloads": self.holder.reloads,
             "poll_interval_s": cfg.poll_interval_s,
             "last_registry_check": self.holder.last_check,

@@ -39,7 +39,9 @@ def classifier(tmp_path_factory) -> modeling.Classifier:
 
 def test_encode_matches_the_hf_tokenizer_and_truncates(classifier):
     want = classifier.tokenizer(TEXTS, truncation=True, max_length=24)["input_ids"]
-    assert classifier.encode(TEXTS) == [list(x) for x in want]
+    assert classifier.encode(TEXTS) == [list(x) for x in want]  # batch path
+    assert len(TEXTS) > modeling.SMALL_ENCODE
+    assert classifier.encode(TEXTS[:3]) == [list(x) for x in want[:3]]  # one-by-one path
     assert len(classifier.encode(["word " * 1000])[0]) == 24
 
 
