@@ -125,6 +125,9 @@ class ServingSettings(_Section):
     # "Connection: close" so clients reconnect and load spreads over the workers
     # (services/balance.py). 0 = never.
     max_requests_per_connection: int = Field(100, ge=0)
+    # ...and once a connection is this many seconds old (jittered; 0 = never), so clients that
+    # send slowly also move off a busy worker within seconds.
+    max_connection_age_s: float = Field(2.0, ge=0.0)
     threads: int = Field(4, gt=0)
     request_timeout_s: float = Field(120.0, gt=0.0)
     inference_batch_size: int = Field(256, gt=0)

@@ -12,11 +12,17 @@ worker that is idle is the one waiting in accept, so load drifts to where there 
 cost is one TCP handshake per N requests on 127.0.0.1 or a LAN. Each connection's N is drawn
 between N/2 and 3N/2, so a pool opened together does not reconnect together (which would
 recreate the pile-up).
+
+A count alone moves slow connections slowly: a client sending 10 requests/s keeps its worker
+for 10 s at N = 100, long enough for an unlucky worker to queue far behind the others. So a
+connection is also closed once it is older than `max_age_s` (jittered the same way), like
+gRPC's MAX_CONNECTION_AGE or Envoy's max_connection_duration.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from typing import Any, Awaitable, Callable
 
 Scope = dict[str, Any]
@@ -30,17 +36,30 @@ MAX_TRACKED = 65_536
 
 
 class RecycleConnections:
-    """ASGI middleware: `Connection: close` on every `max_requests`-th request of a connection."""
+    """ASGI middleware: `Connection: close` on a connection's `max_requests`-th request, or on
+    its first request after it is `max_age_s` old (each limit jittered per connection; a limit
+    of 0 is never reached)."""
 
-    def __init__(self, app: ASGIApp, max_requests: int = 100, seed: int | None = None):
+    def __init__(self, app: ASGIApp, max_requests: int = 100, max_age_s: float = 0.0,
+                 seed: int | None = None, clock: Callable[[], float] = time.monotonic):
         self.app = app
-        self.max_requests = max(1, int(max_requests))
-        self.counts: dict[tuple, list[int]] = {}  # connection -> [served, its limit]
+        self.max_requests = max(0, int(max_requests))
+        self.max_age_s = max(0.0, float(max_age_s))
+        # connection -> [requests served, its request limit, its deadline]
+        self.counts: dict[tuple, list] = {}
         self._rng = random.Random(seed)
+        self._clock = clock
 
     def _limit(self) -> int:
+        if not self.max_requests:
+            return 2**62
         low = max(1, self.max_requests // 2)
         return self._rng.randint(low, max(low, self.max_requests + self.max_requests // 2))
+
+    def _deadline(self, now: float) -> float:
+        if not self.max_age_s:
+            return float("inf")
+        return now + self._rng.uniform(0.5 * self.max_age_s, 1.5 * self.max_age_s)
 
     async def __call__(self, scope: Scope, receive, send) -> None:
         client = scope.get("client")
@@ -48,13 +67,14 @@ class RecycleConnections:
             await self.app(scope, receive, send)
             return
         key = (tuple(client), tuple(scope.get("server") or ()))
+        now = self._clock()
         entry = self.counts.get(key)
         if entry is None:
             if len(self.counts) >= MAX_TRACKED:
                 self.counts.clear()
-            entry = self.counts[key] = [0, self._limit()]
+            entry = self.counts[key] = [0, self._limit(), self._deadline(now)]
         entry[0] += 1
-        if entry[0] < entry[1]:
+        if entry[0] < entry[1] and now < entry[2]:
             await self.app(scope, receive, send)
             return
         self.counts.pop(key, None)

@@ -290,6 +290,7 @@ class Labelloop:
         return JSONResponse(answer)
 
 
-if _CFG.workers > 1 and _CFG.max_requests_per_connection > 0:
+if _CFG.workers > 1 and (_CFG.max_requests_per_connection > 0 or _CFG.max_connection_age_s > 0):
     Labelloop.add_asgi_middleware(RecycleConnections,
-                                  max_requests=_CFG.max_requests_per_connection)
+                                  max_requests=_CFG.max_requests_per_connection,
+                                  max_age_s=_CFG.max_connection_age_s)

@@ -60,3 +60,33 @@ def test_non_http_scopes_pass_through():
     mw = RecycleConnections(_app, max_requests=1)
     assert not _closes(_call(mw, kind="lifespan"))
     assert not mw.counts
+
+
+def test_closes_a_connection_once_it_is_older_than_its_jittered_age():
+    now = [100.0]
+    mw = RecycleConnections(_app, max_requests=0, max_age_s=2.0, seed=3, clock=lambda: now[0])
+    ages = []
+    for port in range(30000, 30010):
+        client = ("127.0.0.1", port)
+        born = now[0]
+        assert not _closes(_call(mw, client))  # first request never closes
+        while not _closes(_call(mw, client)):
+            now[0] += 0.1
+            assert now[0] - born < 3.0 + 1e-9, "age limit not honoured"
+        ages.append(now[0] - born)
+        assert ages[-1] >= 1.0 - 1e-9  # not before half the configured age
+    assert len({round(a, 1) for a in ages}) > 1  # jittered per connection
+
+
+def test_count_and_age_limits_both_apply_and_zero_disables_a_limit():
+    now = [0.0]
+    mw = RecycleConnections(_app, max_requests=10, max_age_s=0.0, seed=4, clock=lambda: now[0])
+    now[0] = 10_000.0  # very old, but the age limit is off: only the count closes it
+    served = 1
+    while not _closes(_call(mw, ("127.0.0.1", 1))):
+        served += 1
+    assert 5 <= served <= 15
+    mw = RecycleConnections(_app, max_requests=1000, max_age_s=1.0, seed=5, clock=lambda: now[0])
+    assert not _closes(_call(mw, ("127.0.0.1", 2)))
+    now[0] += 1.6  # past 1.5x the age: closes long before the count
+    assert _closes(_call(mw, ("127.0.0.1", 2)))
