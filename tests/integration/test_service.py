@@ -152,6 +152,12 @@ def test_metadata(server):
     assert meta["base_model"] and meta["dataset_digest"] == "untrained-seed-0"
     for probe in ("healthz", "livez", "readyz"):
         assert httpx.get(f"{server['url']}/{probe}", timeout=5).status_code == 200
+    # serving.metrics (default on): Prometheus counters include /classify requests
+    assert httpx.post(f"{server['url']}/classify", json={"text": "count me"},
+                      timeout=30).status_code == 200
+    metrics = httpx.get(f"{server['url']}/metrics", timeout=10)
+    assert metrics.status_code == 200
+    assert 'endpoint="/classify"' in metrics.text, metrics.text[:2000]
 
 
 def test_concurrent_requests_are_batched(server):

@@ -28,7 +28,8 @@ def test_several_workers_recycle_keep_alive_connections(tmp_path_factory):
 
     gen = run_server(tmp_path_factory, LABELLOOP__SERVING__BATCHER="inprocess",
                      LABELLOOP__SERVING__WORKERS="2",
-                     LABELLOOP__SERVING__MAX_REQUESTS_PER_CONNECTION="4")
+                     LABELLOOP__SERVING__MAX_REQUESTS_PER_CONNECTION="4",
+                     LABELLOOP__SERVING__MAX_CONNECTION_AGE_S="0")  # count only: deterministic
     srv = next(gen)
     try:
         closes, statuses = 0, []
@@ -39,5 +40,13 @@ def test_several_workers_recycle_keep_alive_connections(tmp_path_factory):
                 closes += r.headers.get("connection", "").lower() == "close"
         assert statuses == [200] * 30
         assert 30 // 6 <= closes <= 30 // 2  # each connection lives 2 to 6 requests
+        # both workers serve: fresh connections reach each of them (/metadata names its pid)
+        pids = set()
+        for _ in range(200):
+            pids.add(httpx.get(f"{srv['url']}/metadata", timeout=30,
+                               headers={"Connection": "close"}).json()["worker_pid"])
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2, pids
     finally:
         gen.close()
