@@ -111,25 +111,35 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180) -> None:
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
-def wait_all_workers(url: str, workers: int, timeout: float = 180) -> int:
-    """Wait until `workers` distinct worker processes answer (a fresh connection per call).
-    BentoML reports ready as soon as one worker is; the others may still be loading, and the
-    connections a load level opens early would all stick to the first ones up."""
+def worker_requests(url: str, workers: int, timeout: float = 180) -> dict[int, int]:
+    """Requests each service worker has batched so far, by pid: /metadata over a fresh connection
+    per call until `workers` distinct workers answered. Also the readiness check: BentoML reports
+    ready as soon as one worker is; the others may still be loading, and the connections a load
+    level opens early would all stick to the first ones up."""
     import httpx
 
-    seen: set[int] = set()
+    seen: dict[int, int] = {}
     deadline = time.monotonic() + timeout
     while len(seen) < workers and time.monotonic() < deadline:
         try:
             r = httpx.get(url + "/metadata", timeout=5, headers={"Connection": "close"})
             if r.status_code == 200:
-                seen.add(r.json()["worker_pid"])
+                meta = r.json()
+                seen[meta["worker_pid"]] = meta["batch_stats"]["requests"]
         except httpx.HTTPError:
             pass
-        time.sleep(0.05)
+        time.sleep(0.02)
     if len(seen) < workers:
         print(f"  warning: only {len(seen)} of {workers} service workers answered", flush=True)
-    return len(seen)
+    return seen
+
+
+def worker_balance(before: dict[int, int], after: dict[int, int]) -> dict:
+    """How evenly a level's requests spread over the workers (1.0 = perfectly even)."""
+    served = sorted((after[pid] - before.get(pid, 0) for pid in after), reverse=True)
+    mean = sum(served) / len(served) if served else 0.0
+    return {"requests_per_worker": served,
+            "max_over_mean": round(served[0] / mean, 2) if mean else None}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -302,15 +312,24 @@ def measure(url: str, texts, c: int, duration: float, max_requests: int, clients
 
 
 def run_levels(name: str, url: str, texts, levels, duration, max_requests,
-               clients: int = 1) -> list[dict]:
+               clients: int = 1, workers: int = 1, rate: float | None = None) -> list[dict]:
+    """One measurement per level; with several service workers, also how evenly the level's
+    requests spread over them (an overloaded worker is where the latency tail comes from)."""
     out = []
+    base = url.rsplit("/", 1)[0]
     for c in levels:
         load_before = os.getloadavg()[0]
-        res = measure(url, texts, c, duration, max_requests, clients)
+        before = worker_requests(base, workers) if workers > 1 else None
+        res = measure(url, texts, c, duration, max_requests, clients, rate=rate)
         res["loadavg_1m_before"] = round(load_before, 2)
         res["system"] = name
-        print(f"  {name:8s} c={c:<4d} {res['throughput']:9.1f} req/s  p50 {res['p50_ms']:8.1f} ms"
-              f"  p99 {res['p99_ms']:8.1f} ms  errors {res['errors']}", flush=True)
+        line = ""
+        if before is not None:
+            res["worker_balance"] = worker_balance(before, worker_requests(base, workers))
+            line = f"  busiest worker {res['worker_balance']['max_over_mean']}x the mean"
+        kind = f"open loop at {rate:.0f} req/s" if rate else f"c={c:<4d}"
+        print(f"  {name:8s} {kind} {res['throughput']:9.1f} req/s  p50 {res['p50_ms']:8.1f} ms"
+              f"  p99 {res['p99_ms']:8.1f} ms  errors {res['errors']}{line}", flush=True)
         out.append(res)
     return out
 
@@ -390,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a bundle without weights (config, tokenizer, labelloop.json): random "
                         "weights are created from its config (same cost as a trained model)")
     p.add_argument("--texts", default=None, help="file with one text per line (default: corpus)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="other serving settings for the service, e.g. max_connection_age_s=0.5")
     p.add_argument("--no-metrics", action="store_true",
                    help="serving.metrics: false (no Prometheus metrics middleware in the service)")
     p.add_argument("--skip", nargs="*", default=[], choices=["service", "naive", "ceiling"])
@@ -399,6 +420,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--naive-bundle", dest="naive_bundle", default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    extra_settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            p.error(f"--set expects KEY=VALUE (a serving setting), got {item!r}")
+        extra_settings[key.strip()] = value
+    if extra_settings:  # fail here, not later in a server's worker
+        from labelloop.settings import load_settings as _load
+
+        try:
+            _load(environ={f"LABELLOOP__SERVING__{k.upper()}": v for k, v in extra_settings.items()})
+        except Exception as exc:  # noqa: BLE001
+            p.error(f"invalid serving settings: {exc}")
 
     if args.naive_server:
         run_naive_server(args.naive_bundle, args.port, args.device)
@@ -470,11 +504,14 @@ def main(argv: list[str] | None = None) -> int:
         env["LABELLOOP__SERVING__BATCHER"] = args.batcher
     if args.no_metrics:
         env["LABELLOOP__SERVING__METRICS"] = "false"
+    for key, value in extra_settings.items():
+        env[f"LABELLOOP__SERVING__{key.upper()}"] = value
     for key, val in (("MAX_BATCH_SIZE", args.max_batch_size),
                      ("MAX_LATENCY_MS", args.max_latency_ms), ("WORKERS", args.workers)):
         if val is not None:
             env[f"LABELLOOP__SERVING__{key}"] = str(val)
     results["service_env"] = {k: v for k, v in env.items() if k.startswith("LABELLOOP__SERVING")}
+    workers = load_settings(environ=env).serving.workers
     log_dir = data_dir / "bench-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -502,14 +539,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, proc in procs.items():
             wait_ready(proc, urls[name])
         if "service" in urls:
-            n = wait_all_workers(urls["service"], load_settings(environ=env).serving.workers)
+            n = len(worker_requests(urls["service"], workers))
             print(f"  service: {n} worker(s) ready", flush=True)
         for c in levels:
             rounds: dict[str, list[dict]] = {name: [] for name in urls}
             for _ in range(args.rounds):
                 for name, url in urls.items():
                     rounds[name] += run_levels(name, f"{url}/classify", texts, [c], duration,
-                                               args.max_requests, args.clients)
+                                               args.max_requests, args.clients,
+                                               workers if name == "service" else 1)
             for name, runs in rounds.items():
                 runs.sort(key=lambda r: r["throughput"])
                 best = dict(runs[len(runs) // 2])
@@ -519,13 +557,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.half_peak and "service" in urls:
             # The latency target's load: open loop at half the best closed-loop throughput.
             peak = max(r["throughput"] for r in results["runs"] if r["system"] == "service")
-            res = measure(f"{urls['service']}/classify", texts, max(levels), duration,
-                          args.max_requests, args.clients, rate=peak / 2)
-            res.update(system="service", open_loop=True, peak_throughput=peak)
+            print(f"  service  open loop at half of peak {peak:.0f} req/s:", flush=True)
+            res = run_levels("service", f"{urls['service']}/classify", texts, [max(levels)],
+                             duration, args.max_requests, args.clients, workers,
+                             rate=peak / 2)[0]
+            res.update(open_loop=True, peak_throughput=peak)
             results["half_peak"] = res
-            print(f"  service  open loop at {peak / 2:.0f} req/s (half of peak {peak:.0f}): "
-                  f"{res['throughput']:.1f} req/s  p50 {res['p50_ms']:.1f} ms  "
-                  f"p99 {res['p99_ms']:.1f} ms  errors {res['errors']}", flush=True)
         if "service" in urls:
             import httpx
 
