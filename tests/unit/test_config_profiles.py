@@ -1,0 +1,31 @@
+"""Every YAML profile in configs/ loads (unknown keys are an error) and means what it says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labelloop.settings import load_settings
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_profile_loads(name):
+    load_settings(CONFIGS / name, environ={})
+
+
+def test_gpu_serving_profile():
+    s = load_settings(CONFIGS / "serving-gpu.yaml", environ={}).serving
+    assert (s.batcher, s.workers, s.cuda_graphs) == ("inprocess", 12, True)
+    assert s.host == "127.0.0.1"  # everything else stays the default
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_setting_in_a_profile_has_a_comment(name):
+    import re
+
+    for line in (CONFIGS / name).read_text().splitlines():
+        if re.match(r"^\s+[a-z_0-9]+:\s*\S", line):  # a leaf setting, not a section header
+            assert "#" in line, f"{name}: setting without a comment: {line!r}"
