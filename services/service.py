@@ -6,6 +6,7 @@ LABELLOOP__SECTION__KEY environment variables (e.g. LABELLOOP__SERVING__ADMIN_TO
 
 Routes:
   POST /classify          {"text": "..."} or {"texts": [...]} -> predictions + model_version
+                          (services/hot_route.py: answered in front of the router)
   POST /classify_batch    internal: the adaptive-batching entry point /classify goes through
   GET  /metadata          model name, version, labels, task, base model, dataset digest
   POST /admin/reload      check the registry now (Authorization: Bearer <serving.admin_token>)
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import labelloop  # noqa: F401  (telemetry off, HF offline: before anything else is imported)
 
-import json
 import logging
 import os
 import time
@@ -32,6 +32,7 @@ from labelloop.prediction_log import PredictionLog
 from labelloop.settings import Settings, load_settings
 from services import ls_backend
 from services.balance import RecycleConnections
+from services.hot_route import HotRoute
 from services.batcher import MicroBatcher, Overloaded
 from services.runtime import (
     BadRequest,
@@ -102,23 +103,6 @@ async def admin_reload(request: Request):
                                       f"serving version {svc.holder.current.version}"},
                             status_code=502)
 
-
-async def classify_route(request: Request) -> JSONResponse:
-    """POST /classify. A plain Starlette route rather than a `@bentoml.api`: BentoML's API layer
-    (input model, dependency injection, signature inspection, response headers) cost a worker
-    about a quarter of its time per single-text request. Batching is unchanged: the default
-    path still goes through the batchable `/classify_batch` API."""
-    svc = _state()
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError as exc:
-        return JSONResponse({"error": f"malformed JSON body: {exc}"}, status_code=400)
-    return await svc.classify(body)
-
-
-# Starlette route, not FastAPI's (whose per-request dependency solving is not needed here).
-ops_app.add_route("/classify", classify_route, methods=["POST"])
 
 ls_app = ls_backend.create_app(_state)
 
@@ -294,3 +278,15 @@ if _CFG.workers > 1 and (_CFG.max_requests_per_connection > 0 or _CFG.max_connec
     Labelloop.add_asgi_middleware(RecycleConnections,
                                   max_requests=_CFG.max_requests_per_connection,
                                   max_age_s=_CFG.max_connection_age_s)
+
+
+def _classify_handler():
+    svc = _current["service"]
+    if svc is None:
+        raise LookupError("the model is still loading")
+    return svc.classify
+
+
+# POST /classify: a pure ASGI endpoint in front of the router (services/hot_route.py says why).
+# Added last: middlewares added earlier wrap later ones, so connection recycling sees it.
+Labelloop.add_asgi_middleware(HotRoute, path="/classify", get_handler=_classify_handler)

@@ -1,5 +1,6 @@
 """What the serving settings turn into on the BentoML service class (read at import time):
-metrics and tracing switches, and connection recycling only with several workers."""
+metrics and tracing switches, connection recycling only with several workers, and the /classify
+endpoint innermost (so recycling wraps it)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, services.service as s
 print(json.dumps({"config": {k: s.Labelloop.config.get(k) for k in ("metrics", "tracing")},
-                  "middlewares": [[m.__name__, o] for m, o in s.Labelloop.middlewares]}))
+                  "middlewares": [[m.__name__, {k: v for k, v in o.items() if k != "get_handler"}]
+                                  for m, o in s.Labelloop.middlewares]}))
 """
+HOT = ["HotRoute", {"path": "/classify"}]
 
 
 def _service_class(**env: str) -> dict:
@@ -29,7 +32,7 @@ def test_defaults_keep_metrics_drop_tracing_and_do_not_recycle_a_single_worker()
     got = _service_class()
     assert got["config"]["metrics"] == {"enabled": True}
     assert got["config"]["tracing"] == {"excluded_urls": [".*"]}  # every URL: no spans
-    assert got["middlewares"] == []
+    assert got["middlewares"] == [HOT]
 
 
 def test_switches_and_recycling_with_several_workers():
@@ -39,8 +42,10 @@ def test_switches_and_recycling_with_several_workers():
                          LABELLOOP__SERVING__MAX_REQUESTS_PER_CONNECTION="7")
     assert got["config"]["metrics"] == {"enabled": False}
     assert not got["config"]["tracing"]  # BentoML's own tracing config applies
-    assert got["middlewares"] == [["RecycleConnections", {"max_requests": 7, "max_age_s": 0.5}]]
+    # Starlette: the first middleware is the outermost, so recycling wraps /classify
+    assert got["middlewares"] == [["RecycleConnections", {"max_requests": 7, "max_age_s": 0.5}],
+                                  HOT]
     off = _service_class(LABELLOOP__SERVING__WORKERS="2",
                          LABELLOOP__SERVING__MAX_CONNECTION_AGE_S="0",
                          LABELLOOP__SERVING__MAX_REQUESTS_PER_CONNECTION="0")
-    assert off["middlewares"] == []
+    assert off["middlewares"] == [HOT]
