@@ -108,6 +108,8 @@ class ServingSettings(_Section):
     max_latency_ms: int = Field(1000, gt=0)
     max_texts_per_request: int = Field(4096, gt=0)
     max_text_chars: int = Field(100_000, gt=0)
+    # /classify refuses request bodies larger than this with 413 before parsing them.
+    max_request_mb: float = Field(64.0, gt=0.0)
     oversize_text: Literal["truncate", "reject"] = "truncate"
     poll_interval_s: float = Field(10.0, ge=0.0)
     prediction_log: bool = True

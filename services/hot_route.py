@@ -23,9 +23,11 @@ Handler = Callable[[Any], Awaitable[JSONResponse]]
 class HotRoute:
     """ASGI middleware answering `method path` with `handler(parsed JSON body)`."""
 
-    def __init__(self, app, path: str, get_handler: Callable[[], Handler], method: str = "POST"):
+    def __init__(self, app, path: str, get_handler: Callable[[], Handler], method: str = "POST",
+                 max_body_bytes: int = 64 * 2**20):
         self.app = app
         self.path, self.method = path, method
+        self.max_body_bytes = max_body_bytes
         # A callable, not the handler: the service instance exists only after start-up.
         self.get_handler = get_handler
 
@@ -37,16 +39,27 @@ class HotRoute:
             response = JSONResponse({"error": f"{self.path} accepts {self.method} only"},
                                     status_code=405, headers={"Allow": self.method})
         else:
-            response = await self._answer(receive)
+            response = await self._answer(scope, receive)
         await response(scope, receive, send)
 
-    async def _answer(self, receive) -> JSONResponse:
-        chunks = []
+    def _too_large(self) -> JSONResponse:
+        return JSONResponse({"error": f"request body over {self.max_body_bytes} bytes "
+                                      "(serving.max_request_mb)"}, status_code=413)
+
+    async def _answer(self, scope, receive) -> JSONResponse:
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                return self._too_large()  # refused before reading it
+        chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return JSONResponse({"error": "client disconnected"}, status_code=400)
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:  # chunked upload without a length
+                return self._too_large()
+            chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         raw = b"".join(chunks)

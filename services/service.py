@@ -289,4 +289,5 @@ def _classify_handler():
 
 # POST /classify: a pure ASGI endpoint in front of the router (services/hot_route.py says why).
 # Added last: middlewares added earlier wrap later ones, so connection recycling sees it.
-Labelloop.add_asgi_middleware(HotRoute, path="/classify", get_handler=_classify_handler)
+Labelloop.add_asgi_middleware(HotRoute, path="/classify", get_handler=_classify_handler,
+                              max_body_bytes=int(_CFG.max_request_mb * 2**20))

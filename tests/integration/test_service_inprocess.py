@@ -18,7 +18,17 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from run_server(tmp_path_factory, LABELLOOP__SERVING__BATCHER="inprocess")
+    yield from run_server(tmp_path_factory, LABELLOOP__SERVING__BATCHER="inprocess",
+                          LABELLOOP__SERVING__MAX_REQUEST_MB="0.5")
+
+
+def test_body_over_max_request_mb_gets_413_and_the_service_keeps_serving(server):
+    import httpx
+
+    url = f"{server['url']}/classify"
+    r = httpx.post(url, json={"text": "word " * 200_000}, timeout=60)  # 1 MB > 0.5 MB
+    assert r.status_code == 413 and "max_request_mb" in r.json()["error"]
+    assert httpx.post(url, json={"text": "still here"}, timeout=30).status_code == 200
 
 
 def test_several_workers_recycle_keep_alive_connections(tmp_path_factory):

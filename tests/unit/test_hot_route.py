@@ -19,7 +19,8 @@ async def _echo(body):
     return JSONResponse({"got": body})
 
 
-def _call(mw, path="/classify", method="POST", chunks=(b'{"text": "hi"}',), kind="http"):
+def _call(mw, path="/classify", method="POST", chunks=(b'{"text": "hi"}',), kind="http",
+          headers=()):
     sent = []
     messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
                 for i, c in enumerate(chunks)]
@@ -30,7 +31,7 @@ def _call(mw, path="/classify", method="POST", chunks=(b'{"text": "hi"}',), kind
     async def send(message):
         sent.append(message)
 
-    scope = {"type": kind, "path": path, "method": method, "headers": []}
+    scope = {"type": kind, "path": path, "method": method, "headers": list(headers)}
     asyncio.run(mw(scope, receive, send))
     status = sent[0]["status"]
     body = b"".join(m.get("body", b"") for m in sent[1:])
@@ -63,3 +64,13 @@ def test_errors_wrong_method_malformed_json_and_not_loaded():
 
     status, body, _ = _call(HotRoute(_next_app, path="/classify", get_handler=loading))
     assert status == 503 and b"still loading" in body
+
+
+def test_bodies_over_the_limit_get_413_with_or_without_a_length():
+    mw = HotRoute(_next_app, path="/classify", get_handler=lambda: _echo, max_body_bytes=10)
+    status, body, _ = _call(mw, chunks=(b'{"text": "0123456789"}',),
+                            headers=[(b"content-length", b"22")])
+    assert status == 413 and b"max_request_mb" in body
+    status, _, _ = _call(mw, chunks=(b'{"text": ', b'"0123456789"}'))  # chunked, no length
+    assert status == 413
+    assert _call(mw, chunks=(b'"small"',))[0] == 200

@@ -17,7 +17,7 @@ print(json.dumps({"config": {k: s.Labelloop.config.get(k) for k in ("metrics", "
                   "middlewares": [[m.__name__, {k: v for k, v in o.items() if k != "get_handler"}]
                                   for m, o in s.Labelloop.middlewares]}))
 """
-HOT = ["HotRoute", {"path": "/classify"}]
+HOT = ["HotRoute", {"path": "/classify", "max_body_bytes": 64 * 2**20}]
 
 
 def _service_class(**env: str) -> dict:
