@@ -162,7 +162,7 @@ class RawHTTP:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, path: str, body: bytes) -> int:
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -186,17 +186,20 @@ class RawHTTP:
                     chunked = True
                 elif name == b"connection" and b"close" in value.lower():
                     close = True
+            payload = b""
             if chunked:
+                parts = []
                 while True:
                     size = int((await self.reader.readline()).split(b";")[0], 16)
-                    await self.reader.readexactly(size + 2)
+                    parts.append((await self.reader.readexactly(size + 2))[:size])
                     if size == 0:
                         break
+                payload = b"".join(parts)
             elif length:
-                await self.reader.readexactly(length)
+                payload = await self.reader.readexactly(length)
             if close:
                 self.close()
-            return status
+            return status, payload
         except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
             self.close()
             raise ConnectionError("request failed") from None
@@ -219,15 +222,26 @@ async def load_level(url: str, texts: list[str], concurrency: int, duration: flo
     bodies = [json.dumps({"text": t}).encode() for t in texts]
     conns = [RawHTTP(parts.hostname, parts.port) for _ in range(concurrency)]
 
+    server_ms: list[float] = []  # the service's own `latency_ms` (handler to answer)
+    send_lag: list[float] = []  # open loop: how late this generator sent a due request
+
     async def one(conn: RawHTTP, k: int) -> bool:
         try:
-            return await conn.post(parts.path, bodies[k % len(bodies)]) == 200
+            status, payload = await conn.post(parts.path, bodies[k % len(bodies)])
         except ConnectionError:
             return False
+        at = payload.rfind(b'"latency_ms":')
+        if at >= 0:
+            try:
+                server_ms.append(float(payload[at + 13:].split(b",")[0].rstrip(b"}")))
+            except ValueError:
+                pass
+        return status == 200
 
     # warm-up: open every connection, then more rounds up to `warmup` requests (batcher state)
     for _ in range(max(1, warmup // concurrency)):
         await asyncio.gather(*[one(conn, k) for k, conn in enumerate(conns)])
+    server_ms.clear()
     latencies: list[float] = []
     errors = 0
     counter = 0
@@ -244,6 +258,7 @@ async def load_level(url: str, texts: list[str], concurrency: int, duration: flo
                 wait = due - time.perf_counter()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                send_lag.append(time.perf_counter() - due)
                 t0, due = due, due + interval
             else:
                 t0 = time.perf_counter()
@@ -265,7 +280,21 @@ async def load_level(url: str, texts: list[str], concurrency: int, duration: flo
         "p50_ms": round(pct(latencies, 50) * 1000, 2),
         "p99_ms": round(pct(latencies, 99) * 1000, 2),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
+        "server_ms": server_ms, "send_lag": send_lag,
     }
+
+
+def _breakdown(res: dict) -> dict:
+    """Where the time went: the service's own handler latency (tokenize, batch queue, forward)
+    against the client's; the rest is HTTP, event-loop queueing and the network. And, open loop,
+    how late the load generator itself sent requests (if large, the generator is the limit)."""
+    server, lag = res.pop("server_ms", []), res.pop("send_lag", [])
+    if server:
+        res["server_p50_ms"] = round(pct(server, 50), 2)
+        res["server_p99_ms"] = round(pct(server, 99), 2)
+    if lag:
+        res["send_lag_p99_ms"] = round(pct(lag, 99) * 1000, 2)
+    return res
 
 
 def _run_async(coro):
@@ -289,7 +318,7 @@ def measure(url: str, texts, c: int, duration: float, max_requests: int, clients
     clients = max(1, min(clients, c))
     warmup = min(2 * c, 256)
     if clients == 1:
-        res = _run_async(load_level(url, texts, c, duration, max_requests, warmup, rate))
+        res = _breakdown(_run_async(load_level(url, texts, c, duration, max_requests, warmup, rate)))
     else:
         import multiprocessing as mp
 
@@ -300,12 +329,14 @@ def measure(url: str, texts, c: int, duration: float, max_requests: int, clients
             parts = pool.map(_client_proc, jobs)
         lat = [x for p in parts for x in p["latencies"]]
         secs = max(p["seconds"] for p in parts)
-        res = {"latencies": lat, "concurrency": c, "requests": len(lat),
-               "errors": sum(p["errors"] for p in parts), "seconds": round(secs, 3),
-               "offered_rate": rate,
-               "throughput": round(sum(p["throughput"] for p in parts), 1),
-               "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2),
-               "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None}
+        res = _breakdown({
+            "latencies": lat, "concurrency": c, "requests": len(lat),
+            "errors": sum(p["errors"] for p in parts), "seconds": round(secs, 3),
+            "offered_rate": rate, "throughput": round(sum(p["throughput"] for p in parts), 1),
+            "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2),
+            "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None,
+            "server_ms": [x for p in parts for x in p["server_ms"]],
+            "send_lag": [x for p in parts for x in p["send_lag"]]})
     res.pop("latencies", None)
     res["clients"] = clients
     return res
@@ -328,6 +359,10 @@ def run_levels(name: str, url: str, texts, levels, duration, max_requests,
             res["worker_balance"] = worker_balance(before, worker_requests(base, workers))
             line = f"  busiest worker {res['worker_balance']['max_over_mean']}x the mean"
         kind = f"open loop at {rate:.0f} req/s" if rate else f"c={c:<4d}"
+        if "server_p99_ms" in res:
+            line += f"  (in the handler: p50 {res['server_p50_ms']} p99 {res['server_p99_ms']} ms)"
+        if "send_lag_p99_ms" in res:
+            line += f"  generator lag p99 {res['send_lag_p99_ms']} ms"
         print(f"  {name:8s} {kind} {res['throughput']:9.1f} req/s  p50 {res['p50_ms']:8.1f} ms"
               f"  p99 {res['p99_ms']:8.1f} ms  errors {res['errors']}{line}", flush=True)
         out.append(res)
