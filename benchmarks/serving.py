@@ -413,6 +413,9 @@ def machine() -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--config", default=None,
+                   help="a labelloop config (e.g. configs/serving-gpu.yaml) for the service and "
+                        "the ceiling; the options below override its serving settings")
     p.add_argument("--concurrency", type=int, nargs="+", default=None,
                    help="concurrency levels (default 1 8 32 128)")
     p.add_argument("--duration", type=float, default=None, help="seconds per level (default 15)")
@@ -461,13 +464,16 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not key.strip():
             p.error(f"--set expects KEY=VALUE (a serving setting), got {item!r}")
         extra_settings[key.strip()] = value
-    if extra_settings:  # fail here, not later in a server's worker
+    if args.config:
+        args.config = str(Path(args.config).resolve())
+    if extra_settings or args.config:  # fail here, not later in a server's worker
         from labelloop.settings import load_settings as _load
 
         try:
-            _load(environ={f"LABELLOOP__SERVING__{k.upper()}": v for k, v in extra_settings.items()})
+            _load(args.config, environ={f"LABELLOOP__SERVING__{k.upper()}": v
+                                       for k, v in extra_settings.items()})
         except Exception as exc:  # noqa: BLE001
-            p.error(f"invalid serving settings: {exc}")
+            p.error(f"invalid settings: {exc}")
 
     if args.naive_server:
         run_naive_server(args.naive_bundle, args.port, args.device)
@@ -486,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = Path(args.data_dir).resolve()
     else:
         data_dir = Path(tempfile.mkdtemp(prefix="labelloop-bench-"))
-    settings = load_settings(overrides={"data_dir": str(data_dir)})
+    settings = load_settings(args.config, overrides={"data_dir": str(data_dir)})
     fixed_bundle = None
     if args.bundle_skeleton:
         fixed_bundle = str(materialize_skeleton(Path(args.bundle_skeleton), data_dir / "bundle"))
@@ -516,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                      "model_version": version, "runs": []}
 
     if "ceiling" not in args.skip:
-        ceiling_settings = load_settings(overrides={"data_dir": str(data_dir), "serving": {
+        ceiling_settings = load_settings(args.config, overrides={"data_dir": str(data_dir), "serving": {
             "device": args.device, "cuda_graphs": not args.no_cuda_graphs,
             "cpu_int8": args.cpu_int8}})
         for bs in (1, 32, 256):
@@ -529,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP")}
     env.update({"LABELLOOP__DATA_DIR": str(data_dir), "LABELLOOP__SERVING__DEVICE": args.device,
                 "LABELLOOP__SERVING__POLL_INTERVAL_S": "0", "PYTHONUNBUFFERED": "1"})
+    if args.config:
+        env["LABELLOOP_CONFIG"] = args.config
     if fixed_bundle:
         env["LABELLOOP__SERVING__BUNDLE_DIR"] = fixed_bundle
     if args.cpu_int8:
@@ -545,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
                      ("MAX_LATENCY_MS", args.max_latency_ms), ("WORKERS", args.workers)):
         if val is not None:
             env[f"LABELLOOP__SERVING__{key}"] = str(val)
-    results["service_env"] = {k: v for k, v in env.items() if k.startswith("LABELLOOP__SERVING")}
+    results["service_env"] = {k: v for k, v in env.items()
+                              if k.startswith("LABELLOOP__SERVING") or k == "LABELLOOP_CONFIG"}
     workers = load_settings(environ=env).serving.workers
     log_dir = data_dir / "bench-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
