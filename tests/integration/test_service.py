@@ -137,8 +137,17 @@ def test_classify_batch_keeps_order(server):
     preds = r.json()["predictions"]
     assert len(preds) == 4
     assert preds[0]["probabilities"] == pytest.approx(preds[3]["probabilities"])  # in its place
-    single = httpx.post(f"{server['url']}/classify", json={"text": texts[1]}, timeout=30).json()
-    assert single["probabilities"] == pytest.approx(preds[1]["probabilities"], abs=1e-4)
+    # A text classified alone matches its own slot in the batch, and more closely than any other
+    # slot. (On a GPU, bf16 and another padded batch shape move probabilities by about 1e-4.)
+    def distance(a: dict, b: dict) -> float:
+        return max(abs(a[k] - b[k]) for k in a)
+
+    for i in (1, 2):
+        single = httpx.post(f"{server['url']}/classify", json={"text": texts[i]},
+                            timeout=30).json()["probabilities"]
+        nearest = min(range(len(preds)), key=lambda j: distance(single, preds[j]["probabilities"]))
+        assert nearest == i
+        assert single == pytest.approx(preds[i]["probabilities"], abs=2e-3)
 
 
 def test_metadata(server):
