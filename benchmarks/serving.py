@@ -272,23 +272,26 @@ async def load_level(url: str, texts: list[str], concurrency: int, duration: flo
     elapsed = time.perf_counter() - t0
     for conn in conns:
         conn.close()
-    return {
-        "latencies": latencies,
-        "concurrency": concurrency, "requests": len(latencies), "errors": errors,
-        "seconds": round(elapsed, 3), "offered_rate": rate,
-        "throughput": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(pct(latencies, 50) * 1000, 2),
-        "p99_ms": round(pct(latencies, 99) * 1000, 2),
-        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
-        "server_ms": server_ms, "send_lag": send_lag,
+    return {"latencies": latencies, "server_ms": server_ms, "send_lag": send_lag,
+            "errors": errors, "seconds": elapsed}
+
+
+def summarize(parts: list[dict], concurrency: int, rate: float | None) -> dict:
+    """One level's figures from the raw samples of its load-generator processes. Beside the
+    client's latency, where the time went: the service's own handler latency (tokenize, batch
+    queue, forward; the rest is HTTP, event-loop queueing and the network) and, open loop, how
+    late the generator itself sent requests (if large, the generator is the limit)."""
+    lat = [x for p in parts for x in p["latencies"]]
+    server = [x for p in parts for x in p["server_ms"]]
+    lag = [x for p in parts for x in p["send_lag"]]
+    res = {
+        "concurrency": concurrency, "requests": len(lat),
+        "errors": sum(p["errors"] for p in parts),
+        "seconds": round(max(p["seconds"] for p in parts), 3), "offered_rate": rate,
+        "throughput": round(sum(len(p["latencies"]) / p["seconds"] for p in parts), 1),
+        "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2),
+        "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None,
     }
-
-
-def _breakdown(res: dict) -> dict:
-    """Where the time went: the service's own handler latency (tokenize, batch queue, forward)
-    against the client's; the rest is HTTP, event-loop queueing and the network. And, open loop,
-    how late the load generator itself sent requests (if large, the generator is the limit)."""
-    server, lag = res.pop("server_ms", []), res.pop("send_lag", [])
     if server:
         res["server_p50_ms"] = round(pct(server, 50), 2)
         res["server_p99_ms"] = round(pct(server, 99), 2)
@@ -318,7 +321,7 @@ def measure(url: str, texts, c: int, duration: float, max_requests: int, clients
     clients = max(1, min(clients, c))
     warmup = min(2 * c, 256)
     if clients == 1:
-        res = _breakdown(_run_async(load_level(url, texts, c, duration, max_requests, warmup, rate)))
+        parts = [_run_async(load_level(url, texts, c, duration, max_requests, warmup, rate))]
     else:
         import multiprocessing as mp
 
@@ -327,17 +330,7 @@ def measure(url: str, texts, c: int, duration: float, max_requests: int, clients
                 for k in range(clients)]
         with mp.get_context("spawn").Pool(clients) as pool:
             parts = pool.map(_client_proc, jobs)
-        lat = [x for p in parts for x in p["latencies"]]
-        secs = max(p["seconds"] for p in parts)
-        res = _breakdown({
-            "latencies": lat, "concurrency": c, "requests": len(lat),
-            "errors": sum(p["errors"] for p in parts), "seconds": round(secs, 3),
-            "offered_rate": rate, "throughput": round(sum(p["throughput"] for p in parts), 1),
-            "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2),
-            "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None,
-            "server_ms": [x for p in parts for x in p["server_ms"]],
-            "send_lag": [x for p in parts for x in p["send_lag"]]})
-    res.pop("latencies", None)
+    res = summarize(parts, c, rate)
     res["clients"] = clients
     return res
 
