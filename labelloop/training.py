@@ -11,6 +11,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -61,6 +62,19 @@ def _apply_lora(model, task: ClassificationTask, cfg: TrainingSettings):
     return get_peft_model(model, config)
 
 
+def check_warm_start(init_bundle: Path, task: ClassificationTask) -> dict:
+    """The bundle's metadata, if a warm start from it can train `task`; ValueError otherwise."""
+    meta = modeling.read_bundle_meta(init_bundle)
+    theirs = meta.get("task") or {}
+    if theirs.get("type", "classification") != task.type or \
+            list(theirs.get("labels") or []) != list(task.labels):
+        raise ValueError(
+            f"cannot warm-start from {init_bundle}: it is a {theirs.get('type', '?')} model for "
+            f"labels {theirs.get('labels')}, the settings ask for {task.type} with labels "
+            f"{list(task.labels)} (train from the base model instead: feedback.train_rule full)")
+    return meta
+
+
 def fine_tune(
     train: pd.DataFrame,
     task: ClassificationTask,
@@ -68,13 +82,25 @@ def fine_tune(
     cfg: TrainingSettings,
     on_log: Optional[LogFn] = None,
     progress: bool = True,
+    init_bundle: Optional[Path] = None,
 ) -> TrainResult:
-    """Fine-tune `model_cfg.base` on `train` (columns text, label) and return the trained model."""
+    """Fine-tune on `train` (columns text, label) and return the trained model.
+
+    From `model_cfg.base` with a new head; or, with `init_bundle`, a warm start: training goes on
+    from that bundle's weights (the champion's, head included), with fresh LoRA adapters when the
+    method is lora, so a few new labels move the model in seconds instead of a full retrain.
+    """
     if train.empty:
         raise ValueError("no training rows")
     seed_everything(cfg.seed)
-    base = modeling.resolve_base_model(model_cfg.base)
     device = modeling.pick_device(cfg.device)
+    if init_bundle is not None:
+        meta = check_warm_start(Path(init_bundle), task)
+        base = str(init_bundle)
+        base_name = meta.get("base_model", model_cfg.base)
+    else:
+        base = modeling.resolve_base_model(model_cfg.base)
+        base_name = model_cfg.base
     tokenizer = modeling.load_tokenizer(base)
     model = modeling.load_base_classifier(base, task)
     if cfg.method == "lora":
@@ -136,5 +162,5 @@ def fine_tune(
     elapsed = time.perf_counter() - start
     bar.close()
     model.eval()
-    return TrainResult(model=model, tokenizer=tokenizer, base_model=model_cfg.base, steps=step,
+    return TrainResult(model=model, tokenizer=tokenizer, base_model=base_name, steps=step,
                        samples_seen=seen, train_seconds=elapsed, final_loss=loss_value)
