@@ -5,7 +5,7 @@ backend and webhook, all idempotent.
 - `ensure_project(settings)` creates the project from the task's label config, or finds it by
   title and checks its config still matches the model (`LabelConfigError` otherwise).
 - `import_pool(settings)` predicts a pool of unlabelled texts with the champion and imports the
-  least certain first (`studio.ordering`: uncertainty | margin | random), each with the
+  most informative first (`studio.ordering`, labelloop/selection.py), each with the
   prediction attached (label, score, model version); texts already in the project are skipped.
 - `connect_ml_backend(settings, project_id)` connects the labelloop service (`/ls`, Basic auth)
   and `ensure_webhook(settings, project_id)` registers `/ls/webhook` with the secret header.
@@ -209,23 +209,17 @@ def connect_ml_backend(settings: Settings, project_id: int, client=None) -> dict
 
 # -- tasks with predictions ---------------------------------------------------------------------
 def uncertainty_order(probabilities: np.ndarray, ordering: str, seed: int = 0) -> np.ndarray:
-    """Indices of rows, most informative first.
-
-    uncertainty: lowest top-class probability first; margin: smallest gap between the two most
-    probable classes first; random: a seeded shuffle (the baseline).
+    """Indices of all rows, most informative first, by a probability-only strategy of
+    labelloop.selection (random, least_confidence/uncertainty, margin, entropy, mix with one of
+    those). `as_given` keeps the rows' order: `import_pool` has selected and ordered them already
+    (the embedding-based strategies need more than probabilities).
     """
+    from labelloop import selection
+
     probs = np.asarray(probabilities, dtype=np.float64)
-    n = probs.shape[0]
-    if ordering == "random":
-        return np.random.default_rng(seed).permutation(n)
-    if ordering == "uncertainty":
-        key = probs.max(axis=1)
-    elif ordering == "margin":
-        top2 = np.sort(probs, axis=1)[:, -2:]
-        key = top2[:, 1] - top2[:, 0]
-    else:
-        raise ValueError(f"unknown ordering {ordering!r} (uncertainty, margin or random)")
-    return np.argsort(key, kind="stable")
+    if ordering == "as_given":
+        return np.arange(probs.shape[0])
+    return selection.select(ordering, probs, probs.shape[0], seed=seed)
 
 
 def prediction_for(label: str, score: float, model_version: str) -> dict[str, Any]:
@@ -294,6 +288,32 @@ def load_champion(settings: Settings):
     return Classifier(bundle, version=str(champion.version)), str(champion.version)
 
 
+def _select_pool(settings: Settings, classifier, pool: list[str], size: int):
+    """(texts, predictions) of the `size` texts to import, in the order `studio.ordering` shows
+    them: one batched pass of the champion gives the probabilities (and, for the diverse and
+    balanced orderings, the embeddings). A pool smaller than `size` is imported whole, ordered."""
+    from labelloop import selection
+
+    if not pool:
+        return [], []
+    st = settings.studio
+    k = min(size, len(pool))
+    if selection.needs_embeddings(st.ordering, st.mix_with):
+        scores = selection.score_texts(classifier, pool)
+        probs, embeddings = scores.probabilities, scores.embeddings
+        # log-probabilities are logits whose softmax is exactly these probabilities
+        preds = classifier.task.predictions_from_logits(np.log(np.clip(probs, 1e-12, 1.0)))
+    else:
+        preds = classifier.predict(pool)
+        labels = list(classifier.task.labels)
+        probs = np.array([[p.probabilities[lab] for lab in labels] for p in preds])
+        embeddings = None
+    order = selection.select(st.ordering, probs, k, embeddings=embeddings,
+                             seed=settings.training.seed, random_share=st.mix_random_share,
+                             mix_with=st.mix_with, diverse_candidates=st.diverse_candidates)
+    return [pool[int(i)] for i in order], [preds[int(i)] for i in order]
+
+
 def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, project_id: Optional[int] = None,
                 client=None, classifier=None, candidates: Optional[int] = None) -> dict[str, Any]:
     """Import up to `studio.pool_size` new texts as tasks, predictions attached, least certain first.
@@ -327,9 +347,8 @@ def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, proje
             continue
         seen.add(t)
         pool.append(t)
-    preds = classifier.predict(pool) if pool else []
-    tasks = build_tasks(pool, preds, version, settings.studio.ordering,
-                        seed=settings.training.seed)[:size]
+    pool, preds = _select_pool(settings, classifier, pool, size)
+    tasks = build_tasks(pool, preds, version, "as_given", seed=settings.training.seed)
     if tasks:
         for start in range(0, len(tasks), 500):
             client.projects.import_tasks(id=project_id, request=tasks[start:start + 500])

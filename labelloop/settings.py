@@ -165,7 +165,16 @@ class StudioSettings(_Section):
     api_token: str = Field("", repr=False)
     project_title: str = "labelloop sentiment"
     pool_size: int = Field(200, gt=0)
-    ordering: Literal["uncertainty", "margin", "random"] = "uncertainty"
+    # Which texts annotators see first (labelloop/selection.py; `uncertainty` is the old name
+    # of least_confidence). One name for the whole pool, checked here before any work.
+    ordering: Literal["random", "least_confidence", "uncertainty", "margin", "entropy",
+                      "diverse", "balanced", "mix"] = "uncertainty"
+    # mix: this share of each import drawn at random, the rest by `mix_with`.
+    mix_random_share: float = Field(0.3, ge=0.0, le=1.0)
+    mix_with: Literal["least_confidence", "uncertainty", "margin", "entropy", "diverse",
+                      "balanced"] = "margin"
+    # diverse: k-means over this many times the round's size of the least certain texts.
+    diverse_candidates: int = Field(10, ge=1)
 
 
 class FeedbackSettings(_Section):
