@@ -46,7 +46,10 @@ def log_agreement(settings: Settings, source: Optional[str] = None, project: Any
         for r in table.itertuples()
     }
     experiment_id = registry.ensure_experiment(settings)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+    # Inside a feedback turn this is one of the turn's nested runs, not a run of its own.
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(experiment_id=None if nested else experiment_id, run_name=run_name,
+                          nested=nested) as run:
         mlflow.set_tags({"labelloop.kind": "agreement", "labelloop.source": source or "all",
                          "labelloop.project": "all" if project is None else str(project)})
         metrics = {}

@@ -1,14 +1,25 @@
 """Champion/challenger: the rule that decides whether a new model version takes over.
 
-Both models are scored on the same frozen test split; the challenger must beat the champion by
-at least `margin` on the configured metric. Kept free of I/O so it is trivially testable.
+Both models are scored on the same frozen test split. Two rules (`promotion.rule`):
+
+- `paired` (default): the score difference is judged against what chance explains, by a paired
+  bootstrap over the same test texts (both models' predictions on one resample each time, so
+  the texts' own difficulty cancels out). A challenger worse beyond chance is kept out; one
+  better beyond chance (and by at least `margin`) goes in; in between, the human labels decide:
+  better on the held-out human labels, or, where those tie or are missing, it learned more of
+  the corrections it was trained on than the champion knew.
+- `margin`: the challenger must beat the champion by at least `margin`, nothing else.
+
+Kept free of I/O so it is trivially testable; `reason` is one line a person can read.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Optional
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -21,11 +32,61 @@ class PromotionDecision:
     champion_version: Optional[str]
     champion_score: Optional[float]
     margin: float
+    rule: str = "margin"
+    # paired rule: the bootstrap interval of challenger - champion on the test split
+    interval: Optional[tuple[float, float]] = None
+    confidence: Optional[float] = None
+    # human evidence: {"heldout": {"n", "challenger", "champion"}, "corrections": {...}}
+    human: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+# -- the paired bootstrap ----------------------------------------------------------------------
+def _scores(refs: np.ndarray, preds: np.ndarray, n_labels: int, metric: str) -> np.ndarray:
+    """Row-wise metric over resamples: refs/preds are (resamples, n) integer arrays."""
+    if metric == "accuracy":
+        return (refs == preds).mean(axis=1)
+    f1s = []
+    for c in range(n_labels):
+        tp = ((preds == c) & (refs == c)).sum(axis=1)
+        fp = ((preds == c) & (refs != c)).sum(axis=1)
+        fn = ((preds != c) & (refs == c)).sum(axis=1)
+        denom = 2 * tp + fp + fn
+        f1s.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+    return np.mean(f1s, axis=0)
+
+
+def score(refs: Sequence[int], preds: Sequence[int], n_labels: int, metric: str) -> float:
+    return float(_scores(np.asarray(refs)[None, :], np.asarray(preds)[None, :], n_labels, metric)[0])
+
+
+def paired_bootstrap(refs: Sequence[int], champion: Sequence[int], challenger: Sequence[int],
+                     n_labels: int, metric: str, resamples: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """(difference, low, high): challenger - champion on the full set and its percentile interval.
+
+    Each resample draws the same texts for both models, so only their disagreements move the
+    difference; a few thousand texts x 1,000 resamples take well under a second.
+    """
+    refs, a, b = (np.asarray(x, dtype=np.int64) for x in (refs, champion, challenger))
+    if not (len(refs) == len(a) == len(b)) or len(refs) == 0:
+        raise ValueError("paired bootstrap needs the same, non-empty set of texts for both models")
+    diff = score(refs, b, n_labels, metric) - score(refs, a, n_labels, metric)
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for start in range(0, resamples, 100):  # chunks bound memory at 100 x n
+        idx = rng.integers(0, len(refs), size=(min(100, resamples - start), len(refs)))
+        r = refs[idx]
+        deltas.append(_scores(r, b[idx], n_labels, metric) - _scores(r, a[idx], n_labels, metric))
+    deltas = np.concatenate(deltas)
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(deltas, [tail, 100 - tail])
+    return float(diff), float(low), float(high)
+
+
+# -- the decision ------------------------------------------------------------------------------
 def decide(
     metric: str,
     challenger_version: str,
@@ -34,19 +95,84 @@ def decide(
     champion_score: Optional[float],
     margin: float,
 ) -> PromotionDecision:
+    """The fixed-margin rule."""
     def make(promote: bool, reason: str) -> PromotionDecision:
         return PromotionDecision(promote, reason, metric, str(challenger_version), challenger_score,
                                  champion_version, champion_score, margin)
 
-    if challenger_score is None or math.isnan(challenger_score):
-        return make(False, "challenger has no valid score")
-    if champion_version is None:
-        return make(True, "no champion yet: the first model becomes champion")
-    if str(champion_version) == str(challenger_version):
-        return make(False, "challenger is already the champion")
-    if champion_score is None or math.isnan(champion_score):
-        return make(True, "current champion could not be scored")
+    early = _preconditions(challenger_score, champion_version, challenger_version, champion_score)
+    if early is not None:
+        return make(*early)
     gain = challenger_score - champion_score
     if gain >= margin:
         return make(True, f"challenger beats champion by {gain:+.4f} {metric} (margin {margin})")
     return make(False, f"challenger {gain:+.4f} {metric} vs champion, below margin {margin}")
+
+
+def _preconditions(challenger_score, champion_version, challenger_version, champion_score):
+    if challenger_score is None or math.isnan(challenger_score):
+        return False, "challenger has no valid score"
+    if champion_version is None:
+        return True, "no champion yet: the first model becomes champion"
+    if str(champion_version) == str(challenger_version):
+        return False, "challenger is already the champion"
+    if champion_score is None or math.isnan(champion_score):
+        return True, "current champion could not be scored"
+    return None
+
+
+def _fmt_human(name: str, h: Optional[dict]) -> str:
+    if not h or not h.get("n"):
+        return f"no {name}"
+    return f"{name} {h['challenger']:.2f} vs {h['champion']:.2f} on {h['n']}"
+
+
+def decide_paired(
+    metric: str,
+    challenger_version: str,
+    champion_version: Optional[str],
+    challenger_score: float,
+    champion_score: Optional[float],
+    interval: Optional[tuple[float, float]],
+    margin: float,
+    confidence: float,
+    heldout: Optional[dict] = None,
+    corrections: Optional[dict] = None,
+) -> PromotionDecision:
+    """The noise-aware rule. `heldout` / `corrections`: {"n", "challenger", "champion"} accuracies
+    on the held-out human labels and on the human labels the challenger trained on."""
+    human = {"heldout": heldout or {}, "corrections": corrections or {}}
+
+    def make(promote: bool, reason: str) -> PromotionDecision:
+        return PromotionDecision(promote, reason, metric, str(challenger_version), challenger_score,
+                                 champion_version, champion_score, margin, rule="paired",
+                                 interval=tuple(interval) if interval else None,
+                                 confidence=confidence, human=human)
+
+    early = _preconditions(challenger_score, champion_version, challenger_version, champion_score)
+    if early is not None:
+        return make(*early)
+    if interval is None:
+        raise ValueError("the paired rule needs the bootstrap interval")
+    low, high = interval
+    gain = challenger_score - champion_score
+    test = (f"test {metric} {challenger_score:.4f} vs {champion_score:.4f} ({gain:+.4f}, paired "
+            f"bootstrap {confidence:.0%} interval [{low:+.4f}, {high:+.4f}])")
+    evidence = f"{_fmt_human('held-out human labels', heldout)}; " \
+               f"{_fmt_human('corrections', corrections)}"
+    if high < 0:
+        return make(False, f"kept the champion: worse beyond chance on the {test}")
+    if low > 0 and gain >= margin:
+        return make(True, f"promoted: better beyond chance on the {test}")
+    h, c = heldout or {}, corrections or {}
+    if h.get("n") and h["challenger"] > h["champion"]:
+        return make(True, f"promoted: within noise on the {test}, better on held-out human "
+                          f"labels ({evidence})")
+    if h.get("n") and h["challenger"] < h["champion"]:
+        return make(False, f"kept the champion: within noise on the {test}, worse on held-out "
+                           f"human labels ({evidence})")
+    if c.get("n") and c["challenger"] > c["champion"]:
+        return make(True, f"promoted: within noise on the {test}, learned the corrections "
+                          f"({evidence})")
+    return make(False, f"kept the champion: within noise on the {test} and no better on human "
+                       f"labels ({evidence})")

@@ -99,6 +99,11 @@ class RegistrySettings(_Section):
 class PromotionSettings(_Section):
     metric: Literal["macro_f1", "accuracy"] = "macro_f1"
     margin: float = Field(0.005, ge=0.0)
+    # paired: a paired bootstrap over the same test texts decides what chance explains, human
+    # labels break ties (labelloop.promotion); margin: the fixed-margin rule alone.
+    rule: Literal["paired", "margin"] = "paired"
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    resamples: int = Field(1000, ge=100)
 
 
 class ServingSettings(_Section):
@@ -154,6 +159,20 @@ class ServingSettings(_Section):
     # spans (~20% of a worker's time per request) went nowhere. Turn on together with a
     # tracing exporter in BentoML's own config ($BENTOML_CONFIG).
     tracing: bool = False
+    # Most tokens one /classify (or /classify_batch) request may cost, counted before tokenizing
+    # as min(model max_length, characters + 2) per text: an upper bound on what it costs the
+    # model. Larger requests get 413, so one client cannot hold the batch for long.
+    max_request_tokens: int = Field(262_144, gt=0)
+    # Host header values the service answers (DNS rebinding guard). Loopback names (localhost,
+    # 127.0.0.1, ::1) are always allowed. Unset: loopback names only when `host` is a loopback
+    # address, any host otherwise (containers). "*" allows any.
+    allowed_hosts: Optional[list[str]] = None
+    # Failed credentials (Basic auth, webhook secret, admin token) one client address may send
+    # per minute; beyond that its auth calls get 429 until the minute is over. 0 = no limit.
+    auth_failures_per_minute: int = Field(20, ge=0)
+    # The prediction log keeps this many leading characters of each text, plus its length and
+    # SHA-256, so anonymous traffic cannot grow the log by more than rows x this.
+    prediction_log_text_chars: int = Field(500, ge=0)
 
 
 class StudioSettings(_Section):
@@ -177,6 +196,15 @@ class StudioSettings(_Section):
     diverse_candidates: int = Field(10, ge=1)
 
 
+class WarmStartSettings(_Section):
+    replay_rows: int = Field(256, ge=0)
+    new_label_repeats: int = Field(4, gt=0)
+    epochs: float = Field(3, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    method: Literal["lora", "full"] = "full"
+    batch_size: int = Field(32, gt=0)
+
+
 class FeedbackSettings(_Section):
     min_new_labels: int = Field(20, gt=0)
     min_fresh_score: float = Field(0.70, ge=0.0, le=1.0)
@@ -191,6 +219,15 @@ class FeedbackSettings(_Section):
     force_retrain: bool = False
     # Push the champion's predictions to unannotated tasks after each run.
     push_predictions: bool = True
+    # warm: continue training the champion on the new labels plus a replay sample (seconds);
+    # full: retrain from the base model on base data plus all human labels; auto: warm unless
+    # there is no champion or `full_retrain_labels` human labels arrived since the last full one.
+    train_rule: Literal["auto", "warm", "full"] = "auto"
+    full_retrain_labels: int = Field(500, gt=0)
+    # A random share of human labels (by a hash of the text) is never trained on: the unbiased
+    # held-out set that scores the champion and compares it with a challenger.
+    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    warm_start: WarmStartSettings = Field(default_factory=WarmStartSettings)
 
 
 class Settings(_Section):

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,16 +84,17 @@ def is_running(settings: Settings, project_id: Any) -> bool:
 
 
 def _settings_snapshot(settings: Settings, project_id: Any) -> Path:
-    """The exact settings of the caller, for the child (0600: it may hold secrets)."""
+    """The exact settings of the caller, for the child (0600: it may hold secrets). One file
+    per run, removed when the run ends (see `_reap`)."""
+    import tempfile
+
     data = settings.model_dump(mode="json")
     data["data_dir"] = str(settings.data_path)
-    path = feedback_dir(settings) / f"settings-{'all' if project_id is None else project_id}.yaml"
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, name = tempfile.mkstemp(prefix=f"settings-{'all' if project_id is None else project_id}-",
+                                suffix=".yaml", dir=feedback_dir(settings))  # mode 0600
     with os.fdopen(fd, "w") as f:
         yaml.safe_dump(data, f, sort_keys=False)
-    os.replace(tmp, path)
-    return path
+    return Path(name)
 
 
 def feedback_command(config_path: Path, project_id: Any, reason: str) -> list[str]:
@@ -132,10 +134,24 @@ def request_feedback_run(settings: Settings, project_id: Any, reason: str,
             "pid": proc.pid, "project": project_id, "reason": reason,
             "started_at": time.time(), "log": str(log_path),
         })
+        # Reap the child when it ends (else it stays a zombie until this process exits) and
+        # remove the settings snapshot, which may hold secrets, as soon as nobody needs it.
+        threading.Thread(target=_reap, args=(proc, config_path), daemon=True,
+                         name=f"labelloop-feedback-reaper-{proc.pid}").start()
     finally:
         # The child holds its own copy of the locked descriptor; ours goes.
         os.close(fd)
     return True
+
+
+def _reap(proc: subprocess.Popen, snapshot: Path) -> None:
+    try:
+        proc.wait()
+    finally:
+        try:
+            snapshot.unlink()
+        except OSError:
+            pass
 
 
 @contextmanager

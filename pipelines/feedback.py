@@ -1,15 +1,20 @@
-"""ZenML pipeline `feedback`: the continual loop.
+"""ZenML pipeline `feedback`: the continual loop. One turn:
 
     sync_annotations -> evaluate_fresh -> decide_retrain -> retrain_if_needed
                      -> reload_service -> push_predictions
 
 1. sync: Label Studio's annotations (created, updated, deleted) into the labels store;
-2. score the champion on fresh human labels it was not trained on;
-3. decide (FeedbackSettings; decision and reason printed and logged to MLflow);
-4. if retraining: the `training` pipeline on base data + all human labels, which promotes the
-   challenger only if it beats the champion on the same frozen test split;
+2. score the champion on held-out human labels, against what its own confidence expects;
+3. decide (FeedbackSettings; decision, reason and estimate printed and logged to MLflow);
+4. if retraining: a challenger trained in this process (a warm start from the champion or a
+   full retrain, `feedback.train_rule`), registered, and promoted only if the paired test on the
+   frozen split and the human labels say it is better (labelloop.challenger);
 5. tell the running service to reload (it also polls the registry);
 6. give the project's unannotated tasks the champion's predictions.
+
+Each turn is one ZenML run and one MLflow run, both named `feedback-turn-<n>-...`, with the
+training nested under it as `training v<version> (<rule>)`. Its stage, progress and outcome go
+to labelloop.loop_status, which the service's status page (/status) and Label Studio show.
 
 Never two at once for one project: `run_feedback_pipeline` holds
 `labelloop.trigger.feedback_lock(settings, project)` for the whole run.
@@ -25,7 +30,6 @@ label threshold (both via labelloop.trigger), and a schedule:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -51,13 +55,14 @@ def pipeline_options(settings: Settings) -> dict[str, Any]:
 
 @pipeline(enable_cache=False)
 def feedback(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
-             project: Optional[int] = None, reason: str = "cli") -> None:
-    report = sync_annotations(config, overrides, project)
-    fresh = evaluate_fresh(report, config, overrides)
-    decision = decide_retrain(fresh, config, overrides, reason, project)
-    result = retrain_if_needed(decision, config, overrides, project)
-    reloaded = reload_service(result, config, overrides)
-    push_predictions(reloaded, config, overrides, project)
+             project: Optional[int] = None, reason: str = "cli",
+             turn: Optional[int] = None) -> None:
+    report = sync_annotations(config, overrides, project, turn)
+    fresh = evaluate_fresh(report, config, overrides, project, turn)
+    decision = decide_retrain(fresh, config, overrides, reason, project, turn)
+    result = retrain_if_needed(decision, config, overrides, project, turn)
+    reloaded = reload_service(result, config, overrides, turn)
+    push_predictions(reloaded, config, overrides, project, turn)
 
 
 def resolve_project(settings: Settings, project: Optional[int]) -> Optional[int]:
@@ -80,33 +85,72 @@ def _output(run, step: str, name: str) -> Any:
     return run.steps[step].outputs[name][0].load()
 
 
+def outcome_of(decision: dict, result: dict) -> tuple[str, str]:
+    """(outcome, one readable line) of a finished turn."""
+    if not result.get("retrained"):
+        return "no-retrain", decision["reason"]
+    verb = "promoted" if result["promoted"] else "kept"
+    head = (f"v{result['version']} ({result['rule']} start) promoted to champion"
+            if result["promoted"] else
+            f"v{result['version']} ({result['rule']} start) not promoted, "
+            f"v{result.get('champion_before')} stays champion")
+    return verb, f"{head}: {result['promotion_reason']}"
+
+
 def run_feedback_pipeline(config: Optional[str] = None, project: Optional[int] = None,
                           reason: str = "cli", overrides: Optional[dict[str, Any]] = None) -> int:
     """One turn of the loop for a project; 0 on success, 3 if one is already running."""
+    import time
+
+    from labelloop import loop_status
     from labelloop.trigger import FeedbackRunning, feedback_lock
     from pipelines.stack import ensure_stack
+    from pipelines.steps.feedback_publish import tell_annotators
 
     settings = load_settings(config, overrides=overrides)
     project = resolve_project(settings, project)
+    started = time.perf_counter()
     try:
         with feedback_lock(settings, project, reason):
-            ensure_stack(settings)
-            run = feedback.with_options(**pipeline_options(settings))(
-                config=str(config) if config else None, overrides=overrides,
-                project=project, reason=reason)
+            turn = loop_status.start_turn(settings, project, reason)
+            tell_annotators(settings, project, f"Training run {turn} started ({reason}).")
+            try:
+                ensure_stack(settings)
+                run = feedback.with_options(
+                    run_name=f"feedback-turn-{turn}-{{date}}-{{time}}", **pipeline_options(settings))(
+                    config=str(config) if config else None, overrides=overrides,
+                    project=project, reason=reason, turn=turn)
+                decision = _output(run, "decide_retrain", "retrain_decision")
+                result = _output(run, "retrain_if_needed", "retrain_result")
+                pushed = _output(run, "push_predictions", "push_result")
+            except BaseException as exc:
+                line = f"failed: {type(exc).__name__}: {str(exc)[:300]}; the champion is unchanged"
+                loop_status.finish_turn(settings, turn, "failed", line, failed=True)
+                tell_annotators(settings, project, f"Training run {turn} {line}.")
+                raise
+            outcome, line = outcome_of(decision, result)
+            seconds = time.perf_counter() - started
+            loop_status.finish_turn(settings, turn, outcome, line, details={
+                "decision": decision, "result": {k: v for k, v in result.items()
+                                                 if k != "decision"},
+                "promotion": result.get("decision"), "pushed": pushed.get("pushed", 0),
+                "seconds": seconds})
+            tell_annotators(settings, project, f"Training run {turn} ended after {seconds:.0f} s: "
+                                               f"{line}")
     except FeedbackRunning as exc:
         print(f"labelloop feedback: {exc}", file=sys.stderr)
         return 3
-    decision = _output(run, "decide_retrain", "retrain_decision")
-    result = _output(run, "retrain_if_needed", "retrain_result")
-    pushed = _output(run, "push_predictions", "push_result")
     print("\n=== labelloop feedback result ===")
-    print(f"trigger        {reason} (project {project if project is not None else '-'})")
+    print(f"turn           {turn} ({seconds:.1f} s; trigger {reason}, project "
+          f"{project if project is not None else '-'})")
     print(f"decision       {'retrain' if decision['retrain'] else 'keep'}: {decision['reason']}")
+    print(f"               {decision.get('estimate', '')}")
     if result.get("retrained"):
+        print(f"training       {result['rule']} start ({result['rule_reason']}), "
+              f"{result['train_rows']} rows, {result['timings'].get('train_s', 0):.1f} s")
         print(f"new version    {result['version']}: "
-              f"{'promoted to champion' if result['promoted'] else 'not promoted'} "
-              f"({result['promotion_reason']})")
+              f"{'promoted to champion' if result['promoted'] else 'not promoted'}")
+        print(f"               {result['promotion_reason']}")
     print(f"predictions    {pushed.get('pushed', 0)} pending task(s) updated"
           + (f" to version {pushed['model_version']}" if pushed.get("model_version") else ""))
     return 0
@@ -151,21 +195,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     s.add_argument("--config")
     s.add_argument("--project", type=int)
     s.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * *"')
-    t = sub.add_parser("retrain", help="internal: the training pipeline with human labels")
-    t.add_argument("--config", required=True)
-    t.add_argument("--labels-seq", type=int, required=True)
-    t.add_argument("--result", required=True)
     args = p.parse_args(argv)
     if args.action == "run":
         return run_feedback_pipeline(args.config, args.project, args.reason)
-    if args.action == "schedule":
-        return schedule(args.config, args.cron, args.project)
-    from pipelines.steps.feedback_retrain import run_training_with_labels
-
-    result = run_training_with_labels(args.config, args.labels_seq)
-    with open(args.result, "w") as f:
-        json.dump(result, f, default=str)
-    return 0
+    return schedule(args.config, args.cron, args.project)
 
 
 if __name__ == "__main__":

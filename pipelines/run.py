@@ -33,7 +33,9 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
     removed = registry.cleanup_pending(settings)
     if removed:
         print(f"removed unfinished model version(s) left by an interrupted run: {removed}")
-    run = training.with_options(**pipeline_options(settings.registry))(
+    next_version = max((int(v.version) for v in registry.list_versions(settings)), default=0) + 1
+    run = training.with_options(run_name=f"training-v{next_version}-{{date}}-{{time}}",
+                                **pipeline_options(settings.registry))(
         config=str(config) if config else None, overrides=overrides,
         include_human_labels=include_human_labels,
     )

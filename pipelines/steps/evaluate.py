@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, Tuple
 
 import pandas as pd
 from zenml import step
@@ -20,10 +20,12 @@ def evaluate_model(
     test: pd.DataFrame,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
-) -> Annotated[dict, "metrics"]:
+) -> Tuple[Annotated[dict, "metrics"], Annotated[list, "test_predicted"]]:
     settings = settings_for(config, overrides)
     classifier = Classifier(model_bundle, device=settings.training.device)
     result = evaluation.evaluate_classifier(classifier, test, settings.evaluation.batch_size)
     evaluation.log_to_mlflow(result, settings.evaluation.sample_predictions)
     print("evaluation on the frozen test split:\n" + result.summary())
-    return result.metrics
+    # Label ids per test text, in test order: promotion's paired test needs them.
+    predicted = [classifier.task.encode_label(lab) for lab in result.predictions["predicted"]]
+    return result.metrics, predicted

@@ -1,23 +1,31 @@
-"""Feedback step 2: score the champion on fresh human labels, ones it was not trained on.
+"""Feedback step 2: score the champion on human labels, without the bias of how they were chosen.
+
+Two biases make a plain "champion accuracy on new labels" useless: the champion may have been
+trained on them, and the tasks annotators see first are the ones it is least sure of, so its
+score there is low by construction (it would always look degraded). So:
+
+- the estimate uses the HELD-OUT human labels only (`feedback.holdout_fraction`, a random share
+  by a hash of the text, never trained on by any version);
+- it is compared with what the champion itself expects on exactly those texts: the mean of its
+  top-class probability. Hard texts lower both alike; a champion doing worse than its own
+  confidence says has degraded. `adjusted` = test accuracy + (held-out accuracy - expected) is
+  the selection-adjusted estimate the absolute rule (`feedback.min_fresh_score`) is checked on.
 
 A model version trained by the feedback loop carries the tag `labelloop.labels_seq`: the labels
-store's sequence number when its training data was read. Fresh labels for it are the active
-human labels written (created or changed) after that; a version without the tag (trained on the
-base data alone) has seen no human label, so every human label is fresh for it. Texts of the
-frozen test split count too: they are never trained on, so the champion has never seen them.
+store's sequence number when its training data was read; labels written after it are "new".
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 
-import pandas as pd
 from zenml import step
 
 from labelloop.settings import Settings
 from pipelines.steps.common import settings_for
 
 LABELS_SEQ_TAG = "labelloop.labels_seq"
+FULL_SEQ_TAG = "labelloop.full_seq"
 
 
 def champion_info(settings: Settings) -> Optional[dict[str, Any]]:
@@ -29,6 +37,8 @@ def champion_info(settings: Settings) -> Optional[dict[str, Any]]:
         return None
     info: dict[str, Any] = {"version": str(champion.version),
                             "labels_seq": int(champion.tags.get(LABELS_SEQ_TAG, 0) or 0),
+                            "full_seq": int(champion.tags.get(FULL_SEQ_TAG, 0) or 0),
+                            "human_digest": champion.tags.get("labelloop.human_digest"),
                             "test": {}}
     try:
         run = registry.client(settings).get_run(champion.run_id)
@@ -40,53 +50,55 @@ def champion_info(settings: Settings) -> Optional[dict[str, Any]]:
     return info
 
 
-def fresh_labels(settings: Settings, after_seq: int) -> pd.DataFrame:
-    """Active human labels written after `after_seq`, one per text (the latest wins)."""
-    from labelloop import labels_store
-
-    with labels_store.open_store(settings) as store:
-        df = store.rows(status=labels_store.ACTIVE)
-    if df.empty:
-        return pd.DataFrame(columns=["text", "label", "seq"])
-    df = df.sort_values(["updated_ts", "seq"]).drop_duplicates("text", keep="last")
-    df = df[df["seq"] > after_seq]
-    return df[["text", "label", "seq"]].reset_index(drop=True)
-
-
-def evaluate_on_fresh(settings: Settings) -> dict[str, Any]:
-    from labelloop import evaluation, labels_store, registry
-    from labelloop.modeling import Classifier
-    from labelloop.tasks import LabelError, task_from_settings
+def evaluate_on_fresh(settings: Settings, project: Optional[int] = None) -> dict[str, Any]:
+    from labelloop import challenger, labels_store
+    from labelloop.tasks import task_from_settings
 
     champ = champion_info(settings)
     with labels_store.open_store(settings) as store:
         new_since_run = store.new_labels_since_last_run()
         seq_now = store.current_seq()
-    out: dict[str, Any] = {"champion": champ, "fresh_labels": 0, "fresh": None,
-                           "new_labels_since_last_retrain": new_since_run, "store_seq": seq_now}
+        last_digest = store.get_meta(f"last_retrain_digest:{'all' if project is None else project}")
+    human = challenger.human_labels(settings, max_seq=seq_now)
+    task = task_from_settings(settings)
+    if not human.empty:
+        human = human[human["label"].map(lambda lab: lab in task.labels)]
+    trainable, heldout = challenger.human_split(human, settings.feedback.holdout_fraction)
+    out: dict[str, Any] = {
+        "champion": champ, "fresh_labels": len(heldout), "fresh": None,
+        "new_labels_since_last_retrain": new_since_run, "store_seq": seq_now,
+        "human_labels": len(human), "trainable_labels": len(trainable),
+        "new_trainable_labels": int((trainable["seq"] > (champ or {}).get("labels_seq", 0)).sum())
+        if not trainable.empty else 0,
+        "human_digest": challenger.human_digest(trainable), "last_retrain_digest": last_digest,
+        "estimate": "held-out human labels",
+    }
     if champ is None:
         print("fresh evaluation: no champion yet")
         return out
-    fresh = fresh_labels(settings, champ["labels_seq"])
-    task = task_from_settings(settings)
-    known = fresh["label"].map(lambda lab: lab in task.labels) if not fresh.empty else []
-    if len(fresh) and not all(known):
-        fresh = fresh[known].reset_index(drop=True)  # the store validates; belt and braces
-    out["fresh_labels"] = len(fresh)
-    if fresh.empty:
-        print(f"fresh evaluation: champion v{champ['version']}: no fresh human labels")
+    if heldout.empty:
+        print(f"fresh evaluation: champion v{champ['version']}: no held-out human labels yet "
+              f"({len(human)} human labels, {settings.feedback.holdout_fraction:.0%} are held out)")
         return out
-    classifier = Classifier(registry.fetch_bundle(settings, champ["version"]),
-                            device=settings.training.device, version=champ["version"])
-    try:
-        result = evaluation.evaluate_classifier(classifier, fresh, settings.evaluation.batch_size)
-    except LabelError as exc:
-        raise ValueError(f"champion v{champ['version']} does not know a human label: {exc}") from exc
-    out["fresh"] = {k: float(v) for k, v in result.metrics.items()}
-    print(f"fresh evaluation: champion v{champ['version']} on {len(fresh)} fresh human labels: "
-          f"accuracy {result.metrics['accuracy']:.4f}, macro-F1 {result.metrics['macro_f1']:.4f}"
-          + (f" (test: accuracy {champ['test'].get('accuracy', float('nan')):.4f}, "
-             f"macro-F1 {champ['test'].get('macro_f1', float('nan')):.4f})" if champ["test"] else ""))
+    clf = challenger.classifier_for(settings, champ["version"])
+    probs = clf.task.predictions_from_logits(
+        clf.logits(list(heldout["text"]), settings.evaluation.batch_size))
+    refs = list(heldout["label"])
+    correct = [p.label == r for p, r in zip(probs, refs)]
+    accuracy = sum(correct) / len(correct)
+    expected = sum(p.score for p in probs) / len(probs)
+    from labelloop import evaluation
+
+    f1 = evaluation.compute_metrics([task.encode_label(r) for r in refs],
+                                    [task.encode_label(p.label) for p in probs], task)["macro_f1"]
+    test_acc = champ["test"].get("accuracy")
+    adjusted = (test_acc + accuracy - expected) if test_acc is not None else None
+    out["fresh"] = {"accuracy": accuracy, "macro_f1": float(f1), "expected_accuracy": expected,
+                    "adjusted_accuracy": adjusted}
+    print(f"fresh evaluation: champion v{champ['version']} on {len(heldout)} held-out human "
+          f"labels: accuracy {accuracy:.4f} where its own confidence expects {expected:.4f}"
+          + (f" (selection-adjusted {adjusted:.4f}; test accuracy {test_acc:.4f})"
+             if adjusted is not None else ""))
     return out
 
 
@@ -95,5 +107,11 @@ def evaluate_fresh(
     sync_report: dict,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
+    project: Optional[int] = None,
+    turn: Optional[int] = None,
 ) -> Annotated[dict, "fresh_evaluation"]:
-    return evaluate_on_fresh(settings_for(config, overrides))
+    from labelloop import loop_status
+
+    settings = settings_for(config, overrides)
+    loop_status.set_stage(settings, turn, "evaluate")
+    return evaluate_on_fresh(settings, project)

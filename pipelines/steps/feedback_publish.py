@@ -76,7 +76,7 @@ def push(settings: Settings, project: Optional[int], client=None,
          classifier=None) -> dict[str, Any]:
     """The champion's predictions onto the project's unannotated tasks (skip already-done ones)."""
     from annotation.labelstudio import (
-        StudioConnectionError, connect, find_project, load_champion, prediction_for,
+        StudioConnectionError, connect, find_project, prediction_for,
     )
 
     try:
@@ -89,16 +89,46 @@ def push(settings: Settings, project: Optional[int], client=None,
     except StudioConnectionError as exc:
         return {"pushed": 0, "note": f"Label Studio unreachable: {exc}"}
     if classifier is None:
-        classifier, version = load_champion(settings)
+        from labelloop import challenger, registry
+
+        champion = registry.get_champion(settings)
+        if champion is None:
+            return {"pushed": 0, "note": "no champion yet"}
+        version = str(champion.version)
+        classifier = challenger.classifier_for(settings, version)  # loaded once per process
     else:
         version = str(classifier.version)
     tasks = [t for t in pending_tasks(client, project) if version not in t["versions"]]
     preds = classifier.predict([t["text"] for t in tasks]) if tasks else []
-    for t, p in zip(tasks, preds):
-        body = prediction_for(p.label, p.score, version)
-        client.predictions.create(task=t["id"], project=project, **body)
+    requests = [{"task": t["id"], **prediction_for(p.label, p.score, version)}
+                for t, p in zip(tasks, preds)]
+    for start in range(0, len(requests), 500):  # one request per 500 tasks, not one per task
+        client.projects.import_predictions(id=project, request=requests[start:start + 500])
     client.projects.update(id=project, model_version=version)
     return {"pushed": len(tasks), "project": project, "model_version": version}
+
+
+def status_page_url(settings: Settings) -> str:
+    return service_base_url(settings) + "/status"
+
+
+def tell_annotators(settings: Settings, project: Optional[int], line: str) -> bool:
+    """Put the loop's latest news into the project's instructions (the labeling page's "i"
+    button shows them), with a link to the status page. Best effort: never fails a turn."""
+    if project is None:
+        return False
+    try:
+        from annotation.labelstudio import connect
+
+        client = connect(settings, timeout=5.0)
+        html = (f"<p><b>Model:</b> {line}</p><p>Versions, scores and every training run: "
+                f'<a href="{status_page_url(settings)}" target="_blank">'
+                f"{status_page_url(settings)}</a></p>")
+        client.projects.update(id=project, expert_instruction=html)
+        return True
+    except Exception as exc:  # noqa: BLE001 - Label Studio down or the project gone
+        print(f"note: could not update the project's instructions: {type(exc).__name__}")
+        return False
 
 
 @step(enable_cache=False)
@@ -106,8 +136,16 @@ def reload_service(
     retrain_result: dict,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
+    turn: Optional[int] = None,
 ) -> Annotated[dict, "reload_result"]:
+    from labelloop import loop_status
+
     settings = settings_for(config, overrides)
+    loop_status.set_stage(settings, turn, "reload")
+    if not retrain_result.get("promoted"):
+        out = {"reloaded": False, "note": "no new champion: nothing to reload"}
+        print("service: " + out["note"])
+        return out
     out = reload(settings)
     print("service: " + (f"reloaded, serving {out['service']}" if out["reloaded"] else out["note"]))
     return out
@@ -119,8 +157,12 @@ def push_predictions(
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
     project: Optional[int] = None,
+    turn: Optional[int] = None,
 ) -> Annotated[dict, "push_result"]:
+    from labelloop import loop_status
+
     settings = settings_for(config, overrides)
+    loop_status.set_stage(settings, turn, "push")
     if not settings.feedback.push_predictions:
         return {"pushed": 0, "note": "feedback.push_predictions is off"}
     out = push(settings, project)

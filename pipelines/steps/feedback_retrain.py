@@ -1,112 +1,176 @@
-"""Feedback step 4: when the decision says so, run the `training` pipeline on the base data plus
-all human labels (`include_human_labels=True`: human labels win for the same text, test-split
-texts are never trained on), which registers a challenger and promotes it only if it beats the
-champion on the frozen test split.
+"""Feedback step 4: when the decision says so, train a challenger in this process, register it
+and promote it only if it is better (labelloop.challenger, labelloop.promotion).
 
-The training pipeline runs as its own ZenML run in a child process (`python -m pipelines.feedback
-retrain ...`): a pipeline run inside a running step is not something ZenML supports, and a child
-keeps this step's memory small. The child tags the new version with the labels-store sequence
-number its data was read at (`labelloop.labels_seq`), which is what later runs call "seen".
+The rule (`feedback.train_rule`) picks a warm start (the champion continued on the new human
+labels plus a replay sample: seconds on a CPU) or a full retrain from the base model (base data
+plus all trainable human labels). Held-out human labels (`feedback.holdout_fraction`) and the
+frozen test split are never trained on. The training is one MLflow run nested under the turn's
+run, named after the version it registers. The new version is tagged with the labels-store seq
+its data was read at (`labelloop.labels_seq`: what later turns call "seen") and the seq of the
+last full retrain behind it (`labelloop.full_seq`, for the auto rule).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import math
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 from zenml import step
 
 from labelloop.settings import Settings
+from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
-from pipelines.steps.feedback_evaluate import LABELS_SEQ_TAG
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from pipelines.steps.feedback_evaluate import LABELS_SEQ_TAG, champion_info
 
 
-def settings_snapshot(settings: Settings, path: Path) -> Path:
-    """The exact settings as a YAML file the child reads (0600: it may hold secrets)."""
-    import yaml
+def _next_version(settings: Settings) -> int:
+    from labelloop import registry
 
-    data = settings.model_dump(mode="json")
-    data["data_dir"] = str(settings.data_path)
-    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-    return path
+    versions = registry.list_versions(settings)
+    return max((int(v.version) for v in versions), default=0) + 1
 
 
-def retrain_in_child(settings: Settings, project: Optional[int] = None) -> dict[str, Any]:
-    """Run `training` with human labels in a child process; returns its result dict."""
-    from labelloop import labels_store
+def retrain(settings: Settings, project: Optional[int] = None,
+            turn: Optional[int] = None) -> dict[str, Any]:
+    """Train, score, register and (maybe) promote one challenger; returns what happened."""
+    import mlflow
 
+    from labelloop import challenger, data, evaluation, labels_store, loop_status, modeling, \
+        registry, training
+    from labelloop.tasks import task_from_settings
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    task = task_from_settings(settings)
     with labels_store.open_store(settings) as store:
         seq = store.current_seq()  # labels up to here are what the challenger trains on
+    human = challenger.human_labels(settings, max_seq=seq)
+    trainable, heldout = challenger.human_split(human, settings.feedback.holdout_fraction)
+    champ = champion_info(settings)
+    rule, why = challenger.choose_rule(settings, champ, seq)
+    df = data.load_labelled(settings.dataset, task)
+    base_train, test = data.split(df, settings.dataset.test_fraction)
+    base_train = data.limit_rows(base_train, settings.dataset.max_train_rows)
+    seen_seq = int(champ["labels_seq"]) if champ else 0
+    new = trainable[trainable["seq"] > seen_seq] if rule == "warm" else trainable
+    champion_bundle = None
+    if rule == "warm":
+        champion_bundle = registry.fetch_bundle(settings, champ["version"])
+        training.check_warm_start(champion_bundle, task)  # a clear error before any work
+    rows = challenger.training_rows(settings, rule, base_train, test, trainable, new)
+    timings["prepare_s"] = time.perf_counter() - t0
+    cfg = challenger.warm_training_settings(settings) if rule == "warm" else settings.training
+    total_steps = cfg.max_steps or max(1, math.ceil(math.ceil(len(rows) / cfg.batch_size)
+                                                    * cfg.epochs))
+    print(f"retrain: {rule} ({why}): {len(rows)} rows = {len(new)} new human labels"
+          f"{' x ' + str(settings.feedback.warm_start.new_label_repeats) if rule == 'warm' else ''}"
+          f" + earlier rows; {len(heldout)} human labels held out; {total_steps} steps")
+
+    def on_log(step_no: int, values: dict[str, float]) -> None:
+        mlflow.log_metrics(values, step=step_no)
+        loop_status.set_stage(settings, turn, "train",
+                              (3 + min(1.0, step_no / total_steps)) / len(loop_status.STAGES))
+
+    version_guess = _next_version(settings)
     workdir = settings.data_path / "feedback"
     workdir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        cfg = settings_snapshot(settings, Path(tmp) / "settings.yaml")
-        result_path = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "pipelines.feedback", "retrain", "--config", str(cfg),
-               "--labels-seq", str(seq), "--result", str(result_path)]
-        env = dict(os.environ)
-        env.pop("LABELLOOP_CONFIG", None)
-        for key in [k for k in env if k.startswith("LABELLOOP__")]:
-            env.pop(key)  # the snapshot already holds every setting
-        code = subprocess.call(cmd, cwd=str(REPO_ROOT), env=env)
-        if code != 0 or not result_path.is_file():
-            raise RuntimeError(f"the training pipeline failed (exit code {code}); the champion "
-                               "is unchanged")
-        result = json.loads(result_path.read_text())
+    tmp = Path(tempfile.mkdtemp(prefix="challenger-", dir=workdir))
+    try:
+        with mlflow.start_run(run_name=f"training v{version_guess} ({rule})", nested=True) as run:
+            mlflow.set_tags({"labelloop.kind": "training", "labelloop.train_rule": rule})
+            mlflow.log_params({"train_rule": rule, "train_rule_why": why[:250],
+                               "train_rows": len(rows), "new_human_labels": len(new),
+                               "heldout_human_labels": len(heldout), "method": cfg.method,
+                               "epochs": cfg.epochs, "learning_rate": cfg.learning_rate,
+                               "batch_size": cfg.batch_size,
+                               "warm_from": champ["version"] if rule == "warm" else None})
+            t1 = time.perf_counter()
+            result = challenger.train(settings, rule, rows, champion_bundle, on_log=on_log)
+            timings["train_s"] = time.perf_counter() - t1
+            bundle = modeling.save_bundle(result.model, result.tokenizer, tmp / "bundle", {
+                "task": task.to_dict(), "base_model": result.base_model,
+                "max_length": settings.model.max_length, "method": cfg.method,
+                "dataset": settings.dataset.path, "dataset_digest": data.digest(rows),
+                "train_rows": len(rows), "train_rule": rule,
+                "warm_from": champ["version"] if rule == "warm" else None,
+            })
+            del result
+            t2 = time.perf_counter()
+            loop_status.set_stage(settings, turn, "promote")
+            clf = modeling.Classifier(bundle, device=settings.training.device)
+            scored = evaluation.evaluate_classifier(clf, test, settings.evaluation.batch_size)
+            evaluation.log_to_mlflow(scored, settings.evaluation.sample_predictions)
+            ids = scored.predictions["predicted"].map(task.encode_label).to_numpy()
+            timings["test_eval_s"] = time.perf_counter() - t2
+            t3 = time.perf_counter()
+            mlflow.log_artifacts(str(bundle), registry.BUNDLE_ARTIFACT_PATH)
+            test_digest = data.digest(test)
+            full_seq = seq if rule == "full" else int((champ or {}).get("full_seq") or 0)
+            mv = registry.register_bundle(settings, run.info.run_id, tags={
+                "task": task.name, "base_model": result_base(bundle), "method": cfg.method,
+                "dataset_digest": data.digest(rows), "test_digest": test_digest,
+                **{f"test_{k}": repr(float(scored.metrics[k])) for k in ("macro_f1", "accuracy")},
+                LABELS_SEQ_TAG: str(seq), challenger.FULL_SEQ_TAG: str(full_seq),
+                challenger.RULE_TAG: rule,
+                "labelloop.human_digest": challenger.human_digest(trainable),
+            })
+            version = str(mv.version)
+            mlflow.set_tag("mlflow.runName", f"training v{version} ({rule})")
+            challenger.store_test_predictions(settings, version, test_digest, ids)
+            timings["register_s"] = time.perf_counter() - t3
+            t4 = time.perf_counter()
+            clf.version = version
+            challenger._classifiers[(settings.registry.model_name, version)] = clf
+            decision = challenger.judge(settings, version, ids, clf, test,
+                                        champ["version"] if champ else None, heldout, new)
+            if decision.promote:
+                registry.set_champion(settings, version)
+            timings["judge_s"] = time.perf_counter() - t4
+            mlflow.log_dict(decision.to_dict(), "promotion/decision.json")
+            mlflow.log_metrics({"promoted": float(decision.promote), **{
+                f"time_{k}": v for k, v in timings.items()}})
+            mlflow.set_tag("promotion", decision.reason[:5000])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     with labels_store.open_store(settings) as store:
         store.mark_feedback_run(None, "retrain", seq)
         if project is not None:
             store.mark_feedback_run(project, "retrain", seq)
-    result["labels_seq"] = seq
-    return result
+        store.set_meta(f"last_retrain_digest:{'all' if project is None else project}",
+                       challenger.human_digest(trainable))
+    return {"version": version, "promoted": bool(decision.promote), "rule": rule,
+            "rule_reason": why, "promotion_reason": decision.reason,
+            "decision": decision.to_dict(), "metrics": scored.metrics, "labels_seq": seq,
+            "champion_before": champ["version"] if champ else None, "timings": timings,
+            "train_rows": len(rows), "new_labels": len(new), "heldout_labels": len(heldout)}
 
 
-def run_training_with_labels(config: str, labels_seq: int) -> dict[str, Any]:
-    """In the child: the training pipeline with human labels; tag the challenger; return outputs."""
-    from labelloop import registry
-    from labelloop.settings import load_settings
-    from pipelines.run import _step_output, validate_inputs
-    from pipelines.stack import ensure_stack
-    from pipelines.training import pipeline_options, training
+def result_base(bundle: Path) -> str:
+    from labelloop.modeling import read_bundle_meta
 
-    settings = load_settings(config)
-    validate_inputs(settings)
-    ensure_stack(settings)
-    registry.cleanup_pending(settings)
-    run = training.with_options(**pipeline_options(settings.registry))(
-        config=config, overrides=None, include_human_labels=True,
-        human_labels_max_seq=labels_seq)
-    metrics = _step_output(run, "evaluate_model", "metrics")
-    decision = _step_output(run, "promote_model", "promotion_decision")
-    version = str(decision["challenger_version"])
-    registry.client(settings).set_model_version_tag(
-        settings.registry.model_name, version, LABELS_SEQ_TAG, str(labels_seq))
-    return {"version": version, "promoted": bool(decision["promote"]),
-            "promotion_reason": decision["reason"], "metrics": metrics,
-            "champion_before": decision.get("champion_version"), "pipeline_run": str(run.id)}
+    return str(read_bundle_meta(bundle).get("base_model", ""))
 
 
-@step(enable_cache=False)
+@step(enable_cache=False, experiment_tracker=TRACKER_NAME)
 def retrain_if_needed(
     retrain_decision: dict,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
     project: Optional[int] = None,
+    turn: Optional[int] = None,
 ) -> Annotated[dict, "retrain_result"]:
+    from labelloop import loop_status
+
     if not retrain_decision.get("retrain"):
         print("retrain: not needed")
         return {"retrained": False}
     settings = settings_for(config, overrides)
-    result = retrain_in_child(settings, project)
+    loop_status.set_stage(settings, turn, "train")
+    result = retrain(settings, project, turn)
     print(f"retrain: version {result['version']} "
           f"{'PROMOTED to champion' if result['promoted'] else 'not promoted'} - "
           f"{result['promotion_reason']}")

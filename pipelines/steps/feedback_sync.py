@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 from zenml import step
 
 from labelloop.settings import Settings
+from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
 
 # One INFO line per HTTP call (a task list, a prediction each) drowns the run's own output.
@@ -55,10 +56,15 @@ def sync_labels(settings: Settings, project: Optional[int]) -> dict[str, Any]:
     return report
 
 
-@step(enable_cache=False)
+@step(enable_cache=False, experiment_tracker=TRACKER_NAME)
 def sync_annotations(
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
     project: Optional[int] = None,
+    turn: Optional[int] = None,
 ) -> Annotated[dict, "sync_report"]:
-    return sync_labels(settings_for(config, overrides), project)
+    from labelloop import loop_status
+
+    settings = settings_for(config, overrides)
+    loop_status.set_stage(settings, turn, "sync")
+    return sync_labels(settings, project)

@@ -5,23 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Optional
 
 import mlflow
+import numpy as np
 import pandas as pd
 from zenml import get_step_context, log_metadata, step
 
-from labelloop import data, evaluation, promotion, registry
-from labelloop.modeling import Classifier
+from labelloop import challenger, registry
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
-
-
-def recorded_score(tags: dict, metric: str, test_digest: str) -> Optional[float]:
-    """The champion's recorded score, if it was measured on the same test rows; else None."""
-    if tags.get("test_digest") != test_digest or f"test_{metric}" not in tags:
-        return None
-    try:
-        return float(tags[f"test_{metric}"])
-    except ValueError:
-        return None
 
 
 @step(experiment_tracker=TRACKER_NAME)
@@ -29,29 +19,21 @@ def promote_model(
     model_version: str,
     metrics: dict,
     test: pd.DataFrame,
+    test_predicted: list,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
 ) -> Annotated[dict, "promotion_decision"]:
+    """The rule of `promotion.rule` (labelloop.challenger.judge). A training run has no human
+    labels of its own to break a tie within noise, so there the champion stays."""
     settings = settings_for(config, overrides)
-    metric = settings.promotion.metric
     champion = registry.get_champion(settings)
-    champion_version, champion_score = None, None
+    champion_version = None
     if champion is not None and str(champion.version) != str(model_version):
         champion_version = str(champion.version)
-        champion_score = recorded_score(champion.tags, metric, data.digest(test))
-        if champion_score is None:
-            # The champion was scored on other test rows (or not at all): score it now, on
-            # exactly this split, so the comparison is like for like.
-            classifier = Classifier(registry.fetch_bundle(settings, champion.version),
-                                    device=settings.training.device)
-            champion_score = evaluation.evaluate_classifier(
-                classifier, test, settings.evaluation.batch_size).metrics[metric]
-            print(f"promotion: champion {champion_version} re-scored on this test split")
-        else:
-            print(f"promotion: champion {champion_version} was scored on these exact test rows "
-                  f"(same digest); reusing its {metric}")
-    decision = promotion.decide(metric, model_version, metrics[metric],
-                                champion_version, champion_score, settings.promotion.margin)
+    empty = pd.DataFrame(columns=["text", "label"])
+    decision = challenger.judge(settings, model_version, np.asarray(test_predicted), None, test,
+                                champion_version, empty, empty)
+    champion_score = decision.champion_score
     if decision.promote:
         registry.set_champion(settings, model_version)
         try:

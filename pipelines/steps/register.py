@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import mlflow
+import numpy as np
 import pandas as pd
 from zenml import log_metadata, step
 
 from labelloop import data, registry
+from labelloop.challenger import store_test_predictions
 from labelloop.modeling import read_bundle_meta
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
@@ -24,6 +26,7 @@ def register_model(
     model_bundle: Path,
     metrics: dict,
     test: pd.DataFrame,
+    test_predicted: list,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
 ) -> Annotated[str, "model_version"]:
@@ -45,5 +48,9 @@ def register_model(
         "mlflow_model_name": mv.name, "mlflow_model_version": mv.version,
         "mlflow_run_id": run.info.run_id, **{f"test_{k}": v for k, v in metrics.items()},
     }, infer_model=True)
+    # The paired promotion test reads these instead of scoring the version again.
+    store_test_predictions(settings, str(mv.version), data.digest(test),
+                           np.asarray(test_predicted, dtype=np.int64))
+    mlflow.set_tag("mlflow.runName", f"training v{mv.version} (full)")
     print(f"registered {mv.name} version {mv.version} (run {run.info.run_id})")
     return str(mv.version)

@@ -1,23 +1,23 @@
+"""Promotion rules: the fixed margin and the noise-aware paired rule (pure functions)."""
+
 import math
 
-from labelloop.promotion import decide
+import numpy as np
+import pytest
+
+from labelloop.promotion import decide, decide_paired, paired_bootstrap, score
 
 
-def test_first_model_becomes_champion():
+def test_first_model_is_promoted():
     d = decide("macro_f1", "1", 0.5, None, None, 0.01)
     assert d.promote and "first model" in d.reason
 
 
-def test_challenger_must_beat_by_margin():
+def test_margin_rule():
     assert decide("macro_f1", "2", 0.80, "1", 0.79, 0.005).promote
     kept = decide("macro_f1", "2", 0.793, "1", 0.79, 0.005)
     assert not kept.promote and "below margin" in kept.reason
     assert not decide("macro_f1", "2", 0.70, "1", 0.79, 0.0).promote
-
-
-def test_equal_score_with_zero_margin_promotes_only_when_not_worse():
-    assert decide("macro_f1", "2", 0.79, "1", 0.79, 0.0).promote
-    assert not decide("macro_f1", "2", 0.7899, "1", 0.79, 0.0).promote
 
 
 def test_invalid_scores():
@@ -26,17 +26,72 @@ def test_invalid_scores():
     assert not decide("macro_f1", "1", 0.9, "1", 0.5, 0.0).promote
 
 
-def test_decision_records_both_scores():
-    d = decide("accuracy", "3", 0.9, "2", 0.8, 0.01).to_dict()
-    assert d["challenger_score"] == 0.9 and d["champion_score"] == 0.8
-    assert d["champion_version"] == "2" and d["challenger_version"] == "3"
+def _pair(n=3000, champ_acc=0.75, flips=0, seed=0):
+    """refs, champion and challenger predictions; the challenger fixes (+) or breaks (-) texts."""
+    rng = np.random.default_rng(seed)
+    refs = rng.integers(0, 3, n)
+    champ = np.where(rng.random(n) < champ_acc, refs, (refs + 1) % 3)
+    chal = champ.copy()
+    if flips > 0:
+        wrong = np.flatnonzero(champ != refs)[:flips]
+        chal[wrong] = refs[wrong]
+    elif flips < 0:
+        right = np.flatnonzero(champ == refs)[: -flips]
+        chal[right] = (refs[right] + 1) % 3
+    return refs, champ, chal
 
 
-def test_recorded_score_is_reused_only_for_the_same_test_rows():
-    from pipelines.steps.promote import recorded_score
+def test_paired_bootstrap_sees_real_gains_and_losses():
+    refs, champ, chal = _pair(flips=150)  # +5 points of accuracy
+    diff, low, high = paired_bootstrap(refs, champ, chal, 3, "macro_f1", 500)
+    assert diff > 0 and low > 0
+    refs, champ, chal = _pair(flips=-150)
+    diff, low, high = paired_bootstrap(refs, champ, chal, 3, "accuracy", 500)
+    assert diff < 0 and high < 0
+    # Same predictions: a zero-width interval at zero.
+    assert paired_bootstrap(refs, champ, champ, 3, "macro_f1", 200) == (0.0, 0.0, 0.0)
 
-    tags = {"test_digest": "abc", "test_macro_f1": "0.75", "test_accuracy": "0.8"}
-    assert recorded_score(tags, "macro_f1", "abc") == 0.75
-    assert recorded_score(tags, "macro_f1", "other-split") is None
-    assert recorded_score({"test_macro_f1": "0.75"}, "macro_f1", "abc") is None
-    assert recorded_score({"test_digest": "abc"}, "macro_f1", "abc") is None
+
+def test_paired_bootstrap_on_a_tiny_difference_includes_zero():
+    refs, champ, chal = _pair(flips=3)
+    _, low, high = paired_bootstrap(refs, champ, chal, 3, "macro_f1", 1000)
+    assert low <= 0 <= high
+
+
+def test_paired_bootstrap_needs_matching_sets():
+    with pytest.raises(ValueError):
+        paired_bootstrap([0, 1], [0], [0, 1], 2, "accuracy")
+
+
+def test_score_matches_sklearn():
+    from sklearn.metrics import f1_score
+
+    refs, champ, _ = _pair(n=500)
+    assert score(refs, champ, 3, "macro_f1") == pytest.approx(
+        f1_score(refs, champ, average="macro"), abs=1e-12)
+
+
+def _paired(low, high, gain=0.0, heldout=None, corrections=None):
+    return decide_paired("macro_f1", "2", "1", 0.75 + gain, 0.75, (low, high), 0.005, 0.95,
+                         heldout=heldout, corrections=corrections)
+
+
+def test_paired_rule():
+    worse = _paired(-0.02, -0.001, gain=-0.01, heldout={"n": 5, "challenger": 1.0, "champion": 0.0})
+    assert not worse.promote and "worse beyond chance" in worse.reason
+    better = _paired(0.002, 0.02, gain=0.01)
+    assert better.promote and "better beyond chance" in better.reason
+    assert "paired bootstrap 95% interval [+0.0020, +0.0200]" in better.reason
+    # Within noise: the human labels decide.
+    h = _paired(-0.004, 0.004, heldout={"n": 4, "challenger": 0.75, "champion": 0.5})
+    assert h.promote and "better on held-out human labels" in h.reason
+    h = _paired(-0.004, 0.004, heldout={"n": 4, "challenger": 0.25, "champion": 0.5},
+                corrections={"n": 16, "challenger": 1.0, "champion": 0.2})
+    assert not h.promote and "worse on held-out" in h.reason
+    c = _paired(-0.004, 0.004, heldout={"n": 4, "challenger": 0.5, "champion": 0.5},
+                corrections={"n": 16, "challenger": 0.9, "champion": 0.2})
+    assert c.promote and "learned the corrections" in c.reason
+    none = _paired(-0.004, 0.004)
+    assert not none.promote and "no better on human labels" in none.reason
+    d = none.to_dict()
+    assert d["rule"] == "paired" and d["interval"] == (-0.004, 0.004)
