@@ -23,7 +23,7 @@ import pandas as pd
 
 from labelloop import data, promotion
 from labelloop.data import text_bucket
-from labelloop.settings import Settings, TrainingSettings
+from labelloop.settings import ConfigError, Settings, TrainingSettings
 
 FULL_SEQ_TAG = "labelloop.full_seq"   # labels-store seq of the last full retrain behind a version
 RULE_TAG = "labelloop.train_rule"
@@ -83,7 +83,7 @@ def choose_rule(settings: Settings, champion: Optional[dict], human_seq: int) ->
     cfg = settings.feedback
     if cfg.train_rule == "warm":
         if champion is None:
-            raise ValueError("feedback.train_rule is warm but there is no champion to continue "
+            raise ConfigError("feedback.train_rule is warm but there is no champion to continue "
                              "from: train one first (`labelloop train`) or use auto/full")
         return "warm", "feedback.train_rule is warm"
     if cfg.train_rule == "full":
@@ -96,6 +96,23 @@ def choose_rule(settings: Settings, champion: Optional[dict], human_seq: int) ->
                         f"(feedback.full_retrain_labels {cfg.full_retrain_labels})")
     return "warm", (f"{since_full} label writes since the last full retrain < "
                     f"feedback.full_retrain_labels {cfg.full_retrain_labels}")
+
+
+def preflight(settings: Settings) -> None:
+    """Before a turn does any work: the data and base model load, and a warm start (rule warm,
+    or auto with a champion) is possible from the champion; one clear error otherwise."""
+    from labelloop import registry, training
+    from labelloop.tasks import task_from_settings
+
+    data.load_labelled(settings.dataset, task_from_settings(settings))
+    if settings.feedback.train_rule == "full":
+        return
+    champion = registry.get_champion(settings)
+    if champion is None:
+        choose_rule(settings, None, 0)  # raises for rule warm
+        return
+    training.check_warm_start(registry.fetch_bundle(settings, champion.version),
+                              task_from_settings(settings))
 
 
 def warm_training_settings(settings: Settings) -> TrainingSettings:

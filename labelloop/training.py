@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from labelloop import modeling
+from labelloop.modeling import ModelError
 from labelloop.settings import ModelSettings, TrainingSettings
 from labelloop.tasks import ClassificationTask
 
@@ -63,12 +64,12 @@ def _apply_lora(model, task: ClassificationTask, cfg: TrainingSettings):
 
 
 def check_warm_start(init_bundle: Path, task: ClassificationTask) -> dict:
-    """The bundle's metadata, if a warm start from it can train `task`; ValueError otherwise."""
+    """The bundle's metadata, if a warm start from it can train `task`; ModelError otherwise."""
     meta = modeling.read_bundle_meta(init_bundle)
     theirs = meta.get("task") or {}
     if theirs.get("type", "classification") != task.type or \
             list(theirs.get("labels") or []) != list(task.labels):
-        raise ValueError(
+        raise ModelError(
             f"cannot warm-start from {init_bundle}: it is a {theirs.get('type', '?')} model for "
             f"labels {theirs.get('labels')}, the settings ask for {task.type} with labels "
             f"{list(task.labels)} (train from the base model instead: feedback.train_rule full)")

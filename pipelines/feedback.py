@@ -107,6 +107,8 @@ def run_feedback_pipeline(config: Optional[str] = None, project: Optional[int] =
     from pipelines.stack import ensure_stack
     from pipelines.steps.feedback_publish import tell_annotators
 
+    from labelloop.challenger import preflight
+
     settings = load_settings(config, overrides=overrides)
     project = resolve_project(settings, project)
     started = time.perf_counter()
@@ -115,6 +117,8 @@ def run_feedback_pipeline(config: Optional[str] = None, project: Optional[int] =
             turn = loop_status.start_turn(settings, project, reason)
             tell_annotators(settings, project, f"Training run {turn} started ({reason}).")
             try:
+                # Bad data, or a warm start the champion cannot give: before any work.
+                preflight(settings)
                 ensure_stack(settings)
                 run = feedback.with_options(
                     run_name=f"feedback-turn-{turn}-{{date}}-{{time}}", **pipeline_options(settings))(

@@ -113,18 +113,25 @@ def status_page_url(settings: Settings) -> str:
 
 
 def tell_annotators(settings: Settings, project: Optional[int], line: str) -> bool:
-    """Put the loop's latest news into the project's instructions (the labeling page's "i"
-    button shows them), with a link to the status page. Best effort: never fails a turn."""
+    """Put the loop's latest news where annotators look: the project's instructions (the
+    labeling page's "i" button), with a link to the status page, and the description of the ML
+    backend's card (project settings, Model: where "Start training" is pressed). Label Studio
+    1.23 drops the webhook's answer to "Start training", so these are the channels it offers.
+    Best effort: never fails a turn."""
     if project is None:
         return False
     try:
-        from annotation.labelstudio import connect
+        from annotation.labelstudio import connect, service_url
 
         client = connect(settings, timeout=5.0)
         html = (f"<p><b>Model:</b> {line}</p><p>Versions, scores and every training run: "
                 f'<a href="{status_page_url(settings)}" target="_blank">'
                 f"{status_page_url(settings)}</a></p>")
         client.projects.update(id=project, expert_instruction=html)
+        for backend in client.ml.list(project=project):
+            if _get(backend, "url") == service_url(settings):
+                client.ml.update(id=backend.id, project=project,
+                                 description=f"{line} Status: {status_page_url(settings)}"[:1000])
         return True
     except Exception as exc:  # noqa: BLE001 - Label Studio down or the project gone
         print(f"note: could not update the project's instructions: {type(exc).__name__}")

@@ -1,6 +1,6 @@
-"""The real `feedback` pipeline (real ZenML and MLflow stores, a child training pipeline) without
+"""The real `feedback` pipeline (real ZenML and MLflow stores, training inside the turn) without
 Label Studio: sync is skipped with a note, labels come from the store as the webhook writes them.
-The loop with the real Label Studio and service is tests/integration/test_loop_e2e.py.
+The loop with the real Label Studio, service and browser is tests/integration/test_loop_e2e.py.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from labelloop import labels_store, registry
@@ -61,36 +62,68 @@ def add_labels(settings, rows, start_id):
             for i, (text, label) in enumerate(rows)])
 
 
-def test_retrains_on_enough_new_labels_then_keeps(workspace):
+def test_warm_turn_one_named_run_then_no_retrain_on_identical_data(workspace):
+    from labelloop import challenger, loop_status
+
     root, env, settings, corpus = workspace
     texts = corpus["text"].tolist()
-    add_labels(settings, [(texts[0], "positive"), (texts[1], "negative"), (texts[2], "neutral"),
-                          (texts[3], "positive")], start_id=100)
+    labels = ["positive", "negative", "neutral", "positive", "negative", "neutral"]
+    rows = list(zip(texts[:6], labels))
+    add_labels(settings, rows, start_id=100)
     r = feedback(env, "--project", "1", "--reason", "test")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     print(r.stdout[-3000:])
     assert "sync: skipped" in out
-    assert "decision       retrain" in out and "4 new human labels since the last retrain" in out
+    assert "decision       retrain" in out and "6 new human labels since the last retrain" in out
+    # A champion exists and few labels arrived: a warm start, trained inside the turn.
+    assert "training       warm start" in out
     versions = {str(mv.version): mv for mv in registry.list_versions(settings)}
     assert set(versions) == {"1", "2"}
-    assert versions["2"].tags.get("labelloop.labels_seq") == "4"
+    tags = versions["2"].tags
+    assert tags["labelloop.labels_seq"] == "6" and tags["labelloop.train_rule"] == "warm"
+    trainable = [t for t, _ in rows if not challenger.is_holdout(t, settings.feedback.holdout_fraction)]
+    assert tags["labelloop.human_digest"] == challenger.human_digest(
+        pd.DataFrame([(t, lab) for t, lab in rows if t in trainable], columns=["text", "label"]))
+    # The promotion line names the paired test and both scores, in the output and in MLflow.
+    assert "paired bootstrap 95% interval" in out
     champion = str(registry.get_champion(settings).version)
     assert ("promoted to champion" in out) == (champion == "2")
-    # The decision is in MLflow with its reason.
+
+    # One MLflow run per turn, named after the turn, with the training nested under it.
     import mlflow
 
     mlflow.set_tracking_uri(settings.tracking_uri)
-    runs = mlflow.search_runs(experiment_names=[settings.registry.experiment],
-                              filter_string="tags.`labelloop.kind` = 'feedback'")
-    assert len(runs) == 1 and runs.iloc[0]["params.decision"] == "retrain"
-    # The service is not running: not an error, the run says the service polls.
-    assert "does not answer" in out
+    runs = mlflow.search_runs(experiment_names=[settings.registry.experiment])
+    turn_runs = runs[runs["tags.labelloop.kind"] == "feedback"]
+    assert len(turn_runs) == 1 and turn_runs.iloc[0]["params.decision"] == "retrain"
+    assert turn_runs.iloc[0]["tags.mlflow.runName"].startswith("feedback-turn-1-")
+    child = runs[runs["tags.mlflow.parentRunId"] == turn_runs.iloc[0]["run_id"]]
+    assert "training v2 (warm)" in set(child["tags.mlflow.runName"])
+    assert runs[runs["tags.mlflow.runName"] == "training v2 (warm)"].iloc[0][
+        "tags.promotion"].startswith(("promoted", "kept"))
 
-    # Nothing new: the next run keeps the champion and trains nothing.
-    r = feedback(env, "--project", "1")
+    # The turn is recorded for the status page, with the one-line reason.
+    turn = loop_status.turns(settings, limit=1)[0]
+    assert turn["state"] == "done" and turn["outcome"] in ("promoted", "kept")
+    assert "paired bootstrap" in turn["summary"]
+
+    # The same labels again (forced past the label count): no retrain on identical data.
+    r = feedback({**env, "LABELLOOP__FEEDBACK__MIN_NEW_LABELS": "1"}, "--project", "1")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "decision       keep" in r.stdout
+    assert "decision       keep" in r.stdout and "identical to the last retrain's" in r.stdout
+    assert len(registry.list_versions(settings)) == 2
+    assert loop_status.turns(settings, limit=1)[0]["outcome"] == "no-retrain"
+
+
+def test_warm_start_from_a_champion_with_other_labels_fails_before_training(workspace):
+    root, env, settings, corpus = workspace
+    add_labels(settings, [(corpus["text"].tolist()[10], "positive")], start_id=200)
+    bad = {**env, "LABELLOOP__TASK__LABELS": "[negative, positive]",
+           "LABELLOOP__FEEDBACK__FORCE_RETRAIN": "true", "LABELLOOP__FEEDBACK__TRAIN_RULE": "warm"}
+    r = feedback(bad, "--project", "1")
+    assert r.returncode != 0
+    assert "cannot warm-start" in (r.stdout + r.stderr)
     assert len(registry.list_versions(settings)) == 2
 
 

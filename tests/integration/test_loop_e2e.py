@@ -30,6 +30,7 @@ from labelloop import labels_store, modeling, registry
 from labelloop.settings import load_settings, resolve_path
 from labelloop.tasks import task_from_settings
 from tests.helpers import free_port
+from tests.integration.test_browser import browser_page  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -182,38 +183,54 @@ def test_annotations_reach_the_labels_store(loop):
     assert changed[texts[0]] == 0 and changed[texts[1]] == 1
 
 
-def test_feedback_retrains_promotes_serves_and_updates_pending_tasks(loop):
-    from zenml.client import Client
-
+def _press_start_training(s, pid):
+    """What an annotator's "Start training" button does: LS -> POST /ls/webhook START_TRAINING."""
     from annotation import labelstudio as L
+    from annotation.studio import api_token
+
+    client = L.connect(s)
+    backend = next(b for b in client.ml.list(project=pid) if b.url == L.service_url(s))
+    r = httpx.post(f"{L.studio_url(s)}/api/ml/{backend.id}/train",
+                   headers={"Authorization": f"Token {api_token(s)}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return backend.id
+
+
+def test_start_training_retrains_promotes_serves_and_shows_it(loop, browser_page):
+    from annotation import labelstudio as L
+    from labelloop import challenger
 
     s, pid = loop["settings"], loop["project"]
+    base = f"http://{s.serving.host}:{s.serving.port}"
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "labelloop.cli", "feedback", "--config",
-                        str(loop["settings_file"]), "--project", str(pid), "--reason", "e2e"],
-                       cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    backend_id = _press_start_training(s, pid)
+    _press_start_training(s, pid)  # a second press while the first runs starts nothing
+    deadline = time.time() + 600
+    while True:
+        turns = httpx.get(base + "/status/json", timeout=10).json()["turns"]
+        if turns and turns[0]["state"] != "running":
+            break
+        assert time.time() < deadline, turns
+        time.sleep(1)
     elapsed = time.perf_counter() - t0
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-5000:]
-    print(f"\nfeedback turn (sync -> retrain -> promote -> reload -> push): {elapsed:.1f}s")
-    assert "decision       retrain" in out, out[-3000:]
+    print(f"\nfeedback turn from the button (sync -> train -> promote -> reload -> push): "
+          f"{elapsed:.1f}s")
+    assert len(turns) == 1, turns  # one turn for two presses
+    turn = turns[0]
+    assert turn["state"] == "done" and turn["trigger"] == "label-studio: start training", turn
+    assert turn["outcome"] == "promoted", turn["summary"]
 
-    # The labels store and the training run's data hold exactly the final annotations.
+    # The new version trained on exactly the final trainable annotations, promoted over the
+    # constant champion.
+    new = str(registry.get_champion(s).version)
+    assert new != loop["champion"]
+    tags = registry.get_version(s, new).tags
     rows = labels_store.training_rows(s)
     assert dict(zip(rows["text"], rows["label"])) == loop["expected"]
-    run = Client().get_pipeline("training").runs[0]
-    train = run.steps["load_data"].outputs["train"][0].load()
-    assert train["text"].is_unique
-    got = dict(zip(train["text"], train["label"]))
-    assert {t: got.get(t) for t in loop["expected"]} == loop["expected"]
+    trainable, _ = challenger.human_split(rows, s.feedback.holdout_fraction)
+    assert tags["labelloop.human_digest"] == challenger.human_digest(trainable)
 
-    # A new version, trained on those labels, promoted over the constant champion.
-    new = str(registry.get_champion(s).version)
-    assert new != loop["champion"] and "promoted to champion" in out
-    assert registry.get_version(s, new).tags.get("labelloop.labels_seq")
-
-    # The running service answers with it (the pipeline called /admin/reload).
-    base = f"http://{s.serving.host}:{s.serving.port}"
+    # The running service answers with it (the turn called /admin/reload).
     answer = httpx.post(base + "/classify", json={"text": "what a lovely day"}, timeout=30).json()
     assert str(answer["model_version"]) == new, answer
 
@@ -226,3 +243,18 @@ def test_feedback_retrains_promotes_serves_and_updates_pending_tasks(loop):
         else:
             assert new in versions, (text, versions)
     assert str(client.projects.get(id=pid).model_version) == new
+    # Where annotators look in Label Studio: the instructions and the Model card.
+    project = client.projects.get(id=pid)
+    assert f"v{new}" in project.expert_instruction and "/status" in project.expert_instruction
+    assert f"v{new}" in (client.ml.get(id=backend_id).description or "")
+
+    # The status page, in a real browser: the turn, its outcome and reason, the versions.
+    page = browser_page
+    page.goto(base + "/status")
+    row = page.locator(f"tr.turn[data-turn='{turn['id']}']")
+    assert "promoted" in row.locator("td.outcome").inner_text()
+    assert "paired bootstrap" in row.locator("td.summary").inner_text()
+    champion_row = page.locator("#versions tr.champion")
+    assert champion_row.count() == 1 and f"v{new}" in champion_row.inner_text()
+    assert page.locator("#curve circle").count() >= 1
+    assert f"Serving version {new}" in page.locator("#serving").inner_text()

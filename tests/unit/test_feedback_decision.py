@@ -8,7 +8,8 @@ import pytest
 
 from labelloop import challenger, labels_store
 from labelloop.labels_store import LabelRecord
-from labelloop.settings import FeedbackSettings, Settings
+from labelloop.modeling import ModelError
+from labelloop.settings import ConfigError, FeedbackSettings, Settings
 from pipelines.steps.feedback_decide import decide
 
 
@@ -126,7 +127,7 @@ def test_training_rule(tmp_path):
     rule, why = challenger.choose_rule(auto, champ, 700)
     assert rule == "full" and "600 label writes since the last full retrain" in why
     assert challenger.choose_rule(_settings(tmp_path, train_rule="full"), champ, 101)[0] == "full"
-    with pytest.raises(ValueError, match="no champion to continue from"):
+    with pytest.raises(ConfigError, match="no champion to continue from"):
         challenger.choose_rule(_settings(tmp_path, train_rule="warm"), None, 1)
 
 
@@ -158,5 +159,5 @@ def test_warm_start_from_a_model_with_other_labels_is_refused(tmp_path):
 
     (tmp_path / "labelloop.json").write_text(json.dumps(
         {"task": {"type": "classification", "name": "x", "labels": ["spam", "ham"]}}))
-    with pytest.raises(ValueError, match="cannot warm-start"):
+    with pytest.raises(ModelError, match="cannot warm-start"):
         training.check_warm_start(tmp_path, ClassificationTask("s", ("negative", "positive")))
