@@ -1,13 +1,22 @@
-"""Model/annotator agreement: how often annotators keep the model's prediction, per model version.
+"""Agreement, two kinds, both from the labels store.
 
+Model/annotator agreement: how often annotators keep the model's prediction, per model version.
 The live quality signal of the loop. Computed from the labels store (only annotations whose shown
 prediction is known), logged to MLflow as one run in the `registry.experiment` experiment with
 metrics `agreement/v<N>` and `annotations/v<N>` per version, and tagged on the registered model
 versions (`labelloop.agreement`, `labelloop.agreement_n`) so `labelloop status` can show it.
+
+Inter-annotator agreement (`task_agreement`, `annotator_agreement_summary`): where a task has
+several active annotations, how far the annotators agree with each other: per task the majority
+label and the share of annotations that give it; over all such tasks the pairwise agreement and
+Krippendorff's alpha (nominal), which, unlike Fleiss' kappa, allows a different number of
+annotations per task. Plain functions over the store's rows, so `labelloop labels export` and
+`labelloop labels agreement` report the same figures.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Optional
 
 import pandas as pd
@@ -71,3 +80,89 @@ def log_agreement(settings: Settings, source: Optional[str] = None, project: Any
         except Exception:  # noqa: BLE001 - a version from another registry: metrics suffice
             pass
     return {"run_id": run.info.run_id, "versions": versions}
+
+
+# -- inter-annotator agreement --------------------------------------------------------------------
+TASK_KEY = ["source", "project", "task_id"]
+TASK_COLUMNS = TASK_KEY + ["annotations", "annotators", "majority_label", "task_agreement",
+                           "labels"]
+
+
+def _task_keys(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a task key: the tool's task id, else the text (a task shows one text)."""
+    task_id = rows["task_id"].where(rows["task_id"].notna(), "text:" + rows["text"].astype(str))
+    return rows.assign(task_id=task_id.astype(str), project=rows["project"].astype(str))
+
+
+def task_agreement(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per task with at least one label: annotations, distinct annotators, the majority
+    label (ties: the alphabetically first, so the figure is stable), the share of annotations
+    giving it, and the labels given (`label:count;...`). `rows` are the store's active rows."""
+    if rows.empty:
+        return pd.DataFrame(columns=TASK_COLUMNS)
+    out = []
+    for key, group in _task_keys(rows).groupby(TASK_KEY, sort=True):
+        counts = Counter(group["label"])
+        majority = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        out.append({
+            **dict(zip(TASK_KEY, key)),
+            "annotations": len(group),
+            "annotators": int(group["annotator"].nunique(dropna=True)),
+            "majority_label": majority,
+            "task_agreement": counts[majority] / len(group),
+            "labels": ";".join(f"{lab}:{n}" for lab, n in sorted(counts.items())),
+        })
+    return pd.DataFrame(out, columns=TASK_COLUMNS)
+
+
+def krippendorff_alpha_nominal(label_lists: list[list[str]]) -> Optional[float]:
+    """Krippendorff's alpha for nominal labels over units with 2+ labels each; None when it is
+    undefined (no such unit, or every label the same, so no disagreement is possible)."""
+    units = [labels for labels in label_lists if len(labels) >= 2]
+    coincidence: Counter = Counter()  # (c, k) -> o_ck
+    for labels in units:
+        m = len(labels)
+        counts = Counter(labels)
+        for c in counts:
+            for k in counts:
+                pairs = counts[c] * (counts[k] - (1 if c == k else 0))
+                coincidence[(c, k)] += pairs / (m - 1)
+    n_c: Counter = Counter()
+    for (c, _k), o in coincidence.items():
+        n_c[c] += o
+    n = sum(n_c.values())
+    expected = sum(n_c[c] * n_c[k] for c in n_c for k in n_c if c != k)
+    if n <= 1 or expected == 0:
+        return None
+    observed = sum(o for (c, k), o in coincidence.items() if c != k)
+    return 1.0 - (n - 1) * observed / expected
+
+
+def annotator_agreement_summary(rows: pd.DataFrame) -> dict[str, Any]:
+    """Agreement between annotators over the tasks that several annotations cover.
+
+    `pairwise_agreement`: the share of agreeing pairs among all pairs of annotations of one task;
+    `mean_task_agreement`: the mean share of a task's annotations that give its majority label;
+    `krippendorff_alpha`: chance-corrected (1 = perfect, 0 = chance, None = undefined)."""
+    tasks = task_agreement(rows)
+    multi = tasks[tasks["annotations"] >= 2] if not tasks.empty else tasks
+    summary: dict[str, Any] = {
+        "labelled_tasks": int(len(tasks)),
+        "tasks_with_several_annotations": int(len(multi)),
+        "annotations_on_those_tasks": int(multi["annotations"].sum()) if len(multi) else 0,
+        "disagreeing_tasks": int((multi["task_agreement"] < 1).sum()) if len(multi) else 0,
+        "pairwise_agreement": None, "mean_task_agreement": None, "krippendorff_alpha": None,
+    }
+    if multi.empty:
+        return summary
+    keyed = _task_keys(rows)
+    label_lists = [list(g["label"]) for _, g in keyed.groupby(TASK_KEY) if len(g) >= 2]
+    agree = total = 0
+    for labels in label_lists:
+        counts = Counter(labels)
+        agree += sum(v * (v - 1) // 2 for v in counts.values())
+        total += len(labels) * (len(labels) - 1) // 2
+    summary["pairwise_agreement"] = agree / total
+    summary["mean_task_agreement"] = float(multi["task_agreement"].mean())
+    summary["krippendorff_alpha"] = krippendorff_alpha_nominal(label_lists)
+    return summary

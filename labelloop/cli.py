@@ -58,6 +58,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args)
 
 
+def _cmd_labels(args: argparse.Namespace) -> int:
+    import json
+
+    from labelloop import labels_export
+    from labelloop.settings import load_settings
+
+    if args.action == "export" and not args.output:
+        raise labels_export.LabelsExportError("export needs --output FILE (.csv or .jsonl)")
+    settings = load_settings(args.config)
+    if args.action == "export":
+        out = labels_export.export_labels(settings, args.output, fmt=args.format,
+                                          status=args.status, project=args.project)
+        print(f"exported {out['rows']} label(s) on {out['tasks']} task(s) "
+              f"({out['tasks_with_several_annotations']} with several annotations) to "
+              f"{out['path']} ({out['format']})")
+        return 0
+    print(json.dumps(labels_export.agreement_report(settings, project=args.project), indent=2))
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipelines.run import show_status
 
@@ -100,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
             "Set up the Label Studio project, import tasks with predictions, sync annotations.")
     p.add_argument("action", choices=["setup", "import", "sync"], help="what to do")
 
+    p = add("labels", _cmd_labels,
+            "The human labels in the labels store: export them with provenance (CSV/JSONL), or "
+            "report the agreement between annotators where a task has several annotations.")
+    p.add_argument("action", choices=["export", "agreement"], help="what to do")
+    p.add_argument("--output", "-o", metavar="FILE", help="export: the file to write (replaced "
+                   "atomically; the format follows the suffix .csv/.jsonl unless --format)")
+    p.add_argument("--format", choices=["csv", "jsonl"], default=None, help="export: file format")
+    p.add_argument("--status", choices=["active", "all"], default="active",
+                   help="export: active labels only (default), or also the invalid ones, with "
+                        "the reason they cannot be trained on")
+    p.add_argument("--project", default=None, help="only this project (default: all)")
+
     p = add("demo", _cmd_demo,
             "The whole loop locally: train, serve, start Label Studio with predicted tasks.")
     p.add_argument("--stop", action="store_true",
@@ -115,10 +147,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from annotation.studio import StudioError
     from annotation.sync import ExportError
     from labelloop.errors import USER_ERRORS
+    from labelloop.labels_export import LabelsExportError
     from labelloop.trigger import FeedbackRunning
 
     return USER_ERRORS + (LabelConfigError, StudioConnectionError, StudioError, ExportError,
-                          FeedbackRunning)
+                          FeedbackRunning, LabelsExportError)
 
 
 def main(argv: list[str] | None = None) -> int:
