@@ -46,6 +46,33 @@ def _as_list(value: Any, what: str) -> list[Any]:
     raise ValueError(f"malformed webhook payload: {what} must be an object or a list")
 
 
+def _scalar_id(value: Any, what: str) -> Any:
+    """An id as the payload gives it (an int, a numeric string, or None): never a list or an
+    object, which cannot key anything (a list as 'task' was a TypeError, so a 500)."""
+    if value is None or (isinstance(value, (int, str)) and not isinstance(value, bool)):
+        return value
+    raise ValueError(f"malformed webhook payload: {what} must be an integer id, got "
+                     f"{type(value).__name__}")
+
+
+_SCALARS = (str, int, float, type(None))
+
+
+def _to_record(task_def: Any, project_id: int, ann: dict, task: dict) -> Any:
+    """`record_from_annotation`, with any shape it did not foresee reported as bad input, and
+    only plain values let through to SQLite."""
+    try:
+        record = record_from_annotation(task_def, project_id, ann, task, via="webhook")
+    except (TypeError, AttributeError, KeyError) as exc:
+        raise ValueError(f"malformed webhook payload: annotation {ann.get('id')} has an "
+                         f"unexpected shape ({type(exc).__name__}: {str(exc)[:100]})") from None
+    for name, value in vars(record).items():
+        if name != "extra" and not isinstance(value, _SCALARS):
+            raise ValueError(f"malformed webhook payload: annotation {ann.get('id')}: {name} "
+                             f"must be a plain value, got {type(value).__name__}")
+    return record
+
+
 def _project(payload: dict[str, Any]) -> int:
     project_id = project_id_of(payload.get("project"))
     if project_id is None:
@@ -85,7 +112,7 @@ def handle_event(settings: Settings, payload: dict) -> dict:
     annotations = _as_list(payload.get("annotation"), "'annotation'")
     tasks = payload.get("task")
     tasks = _as_list(tasks, "'task'") if tasks is not None else []
-    tasks_by_id = {t.get("id"): t for t in tasks if isinstance(t, dict)}
+    tasks_by_id = {_scalar_id(t.get("id"), "task.id"): t for t in tasks if isinstance(t, dict)}
     task_def = task_from_settings(settings)
     records, skipped = [], []
     for ann in annotations:
@@ -93,7 +120,8 @@ def handle_event(settings: Settings, payload: dict) -> dict:
         if isinstance(ann.get("id"), bool) or not isinstance(ann.get("id"), int):
             raise ValueError("malformed webhook payload: annotation without an integer 'id'")
         task_ref = ann.get("task")
-        task_id = task_ref.get("id") if isinstance(task_ref, dict) else task_ref
+        task_id = _scalar_id(task_ref.get("id") if isinstance(task_ref, dict) else task_ref,
+                             "annotation.task")
         task = tasks_by_id.get(task_id) or (task_ref if isinstance(task_ref, dict) else None)
         if task is None and len(tasks) == 1 and len(annotations) == 1:
             task = tasks[0]
@@ -108,7 +136,7 @@ def handle_event(settings: Settings, payload: dict) -> dict:
             skipped.append({"annotation": ann["id"],
                             "reason": f"task {task_id} does not belong to project {project_id}"})
             continue
-        records.append(record_from_annotation(task_def, project_id, ann, task, via="webhook"))
+        records.append(_to_record(task_def, project_id, ann, task))
     with open_store(settings) as store:
         outcomes = store.upsert_many(records) if records else []
         for rec in records:

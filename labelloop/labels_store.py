@@ -11,7 +11,10 @@ annotator was shown, whether they changed it) and a status:
 - `deleted`  removed in the tool (a tombstone: a late create of the same id never resurrects it).
 
 Ordering: every write carries the tool's own `updated_at`; a write older than what the row holds
-is ignored, so webhook events and export pulls agree whichever arrives first or twice.
+is ignored, so webhook events and export pulls agree whichever arrives first or twice. Two
+different versions with the same `updated_at` are ordered by a digest of their content (the
+larger wins), so concurrent deliveries end in the same state in any order; provenance a loser
+brings (the prediction shown) still fills what the winner lacks.
 Every write is one SQLite transaction (WAL journal), so a process killed midway loses nothing
 that was committed and leaves nothing half-written.
 
@@ -21,6 +24,8 @@ wins). A per-write sequence number lets the feedback loop count "labels since th
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -68,6 +73,7 @@ CREATE TABLE IF NOT EXISTS labels (
     seq            INTEGER NOT NULL,
     first_seq      INTEGER NOT NULL,
     stored_at      REAL NOT NULL,
+    content_digest TEXT,
     PRIMARY KEY (source, project, annotation_id)
 );
 CREATE INDEX IF NOT EXISTS labels_status ON labels (status, text);
@@ -87,6 +93,24 @@ _CONTENT_FIELDS = (
     "task_id", "text", "label", "annotator", "created_at", "model_version", "shown_label",
     "shown_score", "changed", "status", "reason",
 )
+
+
+def content_digest(record: "LabelRecord") -> str:
+    """Breaks ties between versions of one annotation with the same `updated_at`: a digest of
+    the content the record brings (before any merge with what the store holds)."""
+    values = [getattr(record, k) for k in _CONTENT_FIELDS]
+    return hashlib.sha256(json.dumps(values, default=str).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Stores created before tie-breaking lack `content_digest` (NULL ranks lowest)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(labels)")}
+    if "content_digest" not in have:
+        try:
+            conn.execute("ALTER TABLE labels ADD COLUMN content_digest TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it meanwhile
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def parse_time(value: Any) -> float:
@@ -164,6 +188,7 @@ class LabelsStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        _migrate(self._conn)
 
     def close(self) -> None:
         self._conn.close()
@@ -209,6 +234,7 @@ class LabelsStore:
 
     def _upsert(self, conn: sqlite3.Connection, r: LabelRecord) -> str:
         new_ts = parse_time(r.updated_at)
+        digest = content_digest(r)
         old = conn.execute(
             "SELECT * FROM labels WHERE source=? AND project=? AND annotation_id=?",
             (r.source, r.project, r.annotation_id),
@@ -226,6 +252,7 @@ class LabelsStore:
             if old["status"] == DELETED:
                 return GONE
             if new_ts < old["updated_ts"]:
+                self._fill_provenance(conn, r, old)
                 return STALE
             # Provenance does not change between versions of one annotation; a channel that
             # lacks some of it (a webhook does not carry the prediction shown) keeps what the
@@ -234,24 +261,30 @@ class LabelsStore:
                 if values[k] is None:
                     values[k] = old[k]
             values["changed"] = _changed(values)
+            # Total order on (updated_at, content digest): which of two same-time versions
+            # wins never depends on which arrived last.
+            newer = (new_ts, digest) > (old["updated_ts"], old["content_digest"] or "")
             if all(old[k] == values[k] for k in _CONTENT_FIELDS):
-                if new_ts > old["updated_ts"]:
+                if newer:
                     conn.execute(
-                        "UPDATE labels SET updated_at=?, updated_ts=? WHERE source=? AND"
-                        " project=? AND annotation_id=?",
-                        (r.updated_at, new_ts, r.source, r.project, r.annotation_id),
+                        "UPDATE labels SET updated_at=?, updated_ts=?, content_digest=? WHERE"
+                        " source=? AND project=? AND annotation_id=?",
+                        (r.updated_at, new_ts, digest, r.source, r.project, r.annotation_id),
                     )
                 return UNCHANGED
+            if not newer:
+                self._fill_provenance(conn, r, old)
+                return STALE
             seq = self._next_seq(conn)
             conn.execute(
                 "UPDATE labels SET task_id=:task_id, text=:text, label=:label, annotator=:annotator,"
                 " created_at=:created_at, updated_at=:updated_at, updated_ts=:updated_ts,"
                 " model_version=:model_version, shown_label=:shown_label,"
                 " shown_score=:shown_score, changed=:changed, status=:status, reason=:reason,"
-                " via=:via, seq=:seq, stored_at=:stored_at"
+                " via=:via, seq=:seq, stored_at=:stored_at, content_digest=:digest"
                 " WHERE source=:source AND project=:project AND annotation_id=:annotation_id",
                 {**values, "updated_at": r.updated_at, "updated_ts": new_ts, "via": r.via,
-                 "seq": seq, "stored_at": time.time(), "source": r.source,
+                 "seq": seq, "stored_at": time.time(), "digest": digest, "source": r.source,
                  "project": r.project, "annotation_id": r.annotation_id},
             )
             return UPDATED
@@ -259,15 +292,35 @@ class LabelsStore:
         conn.execute(
             "INSERT INTO labels (source, project, annotation_id, task_id, text, label, annotator,"
             " created_at, updated_at, updated_ts, model_version, shown_label, shown_score,"
-            " changed, status, reason, via, seq, first_seq, stored_at) VALUES (:source,"
-            " :project, :annotation_id, :task_id, :text, :label, :annotator, :created_at,"
-            " :updated_at, :updated_ts, :model_version, :shown_label, :shown_score, :changed,"
-            " :status, :reason, :via, :seq, :seq, :stored_at)",
+            " changed, status, reason, via, seq, first_seq, stored_at, content_digest) VALUES"
+            " (:source, :project, :annotation_id, :task_id, :text, :label, :annotator,"
+            " :created_at, :updated_at, :updated_ts, :model_version, :shown_label, :shown_score,"
+            " :changed, :status, :reason, :via, :seq, :seq, :stored_at, :digest)",
             {**values, "source": r.source, "project": r.project,
              "annotation_id": r.annotation_id, "updated_at": r.updated_at,
-             "updated_ts": new_ts, "via": r.via, "seq": seq, "stored_at": time.time()},
+             "updated_ts": new_ts, "via": r.via, "seq": seq, "stored_at": time.time(),
+             "digest": digest},
         )
         return INSERTED
+
+    @staticmethod
+    def _fill_provenance(conn: sqlite3.Connection, r: LabelRecord, old: sqlite3.Row) -> None:
+        """A version that lost still brings provenance the winner lacked (provenance does not
+        change between versions), so the final row is the same whichever arrived first.
+        Only for an active row whose label it would derive `changed` for; no new write number:
+        the label did not change."""
+        fill = {k: getattr(r, k) for k in _PROVENANCE_FIELDS
+                if old[k] is None and getattr(r, k) is not None}
+        if not fill:
+            return
+        if "shown_score" in fill:
+            fill["shown_score"] = float(fill["shown_score"])
+        merged = {**dict(old), **fill}
+        fill["changed"] = _changed(merged)
+        sets = ", ".join(f"{k}=:{k}" for k in fill)
+        conn.execute(f"UPDATE labels SET {sets} WHERE source=:s AND project=:p AND"
+                     " annotation_id=:a", {**fill, "s": r.source, "p": r.project,
+                                           "a": r.annotation_id})
 
     def delete(self, source: str, project: Any, annotation_id: Any, via: str | None = None) -> str:
         return self.delete_many(source, project, [annotation_id], via=via)[0]

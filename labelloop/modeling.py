@@ -109,6 +109,17 @@ def read_bundle_meta(bundle_dir: Path) -> dict[str, Any]:
 # Up to this many texts are tokenized without releasing the GIL (see Classifier.encode).
 SMALL_ENCODE = 16
 
+# Characters the model's `max_length` tokens can plausibly cover: a WordPiece/BPE token of
+# real text averages 4-5 characters, so 32 per token keeps long words, URLs and whitespace runs
+# and still bounds the work: a 100,000-character text is tokenized as 2,048 characters at
+# max_length 64 instead of in full (the tokenizer's truncation comes only after it read it all).
+CHARS_PER_TOKEN = 32
+
+
+def max_chars_for(max_length: int) -> int:
+    return max_length * CHARS_PER_TOKEN
+
+
 class Classifier:
     """A loaded bundle ready for batched inference: load once, call many times.
 
@@ -122,6 +133,7 @@ class Classifier:
         self.meta = read_bundle_meta(self.bundle_dir)
         self.task: ClassificationTask = task_from_dict(self.meta["task"])
         self.max_length: int = int(self.meta.get("max_length", 128))
+        self.max_chars: int = max_chars_for(self.max_length)  # texts are cut here first
         self.version = version or self.meta.get("version")
         self.device = pick_device(device)
         self.tokenizer = load_tokenizer(str(self.bundle_dir))
@@ -152,7 +164,11 @@ class Classifier:
         return self
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text (special tokens added, truncated to max_length, not padded)."""
+        """Token ids per text (special tokens added, truncated to max_length, not padded).
+        Texts are cut to `max_chars` first: tokenizing costs what the text holds, not what the
+        model reads."""
+        cut = self.max_chars
+        texts = [t if len(t) <= cut else t[:cut] for t in texts]
         if self._fast is not None:
             if len(texts) <= SMALL_ENCODE:
                 # One by one: `encode` keeps the GIL. `encode_batch` releases it, and getting it

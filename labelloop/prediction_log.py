@@ -6,11 +6,15 @@ are dropped and counted); a background thread writes batches to SQLite and keeps
 by deleting the oldest rows beyond `max_rows`.
 
 Table `predictions`: id (autoincrement), ts (unix seconds, float), source ('classify', 'ls', ...),
-model_version, text, label, score, probabilities (JSON object label -> probability).
+model_version, text (its first `text_chars` characters), text_chars (its full length),
+text_sha256 (hex SHA-256 of its UTF-8), label, score, probabilities (JSON object label ->
+probability). Texts are capped so anonymous traffic cannot grow the file beyond about
+max_rows x text_chars; the hash still joins a row with the full text held elsewhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -36,6 +40,23 @@ CREATE TABLE IF NOT EXISTS predictions (
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 """
+# Added later; older files get them on open (NULL for the rows written before).
+_NEW_COLUMNS = {"text_chars": "INTEGER", "text_sha256": "TEXT"}
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+    for name, kind in _NEW_COLUMNS.items():
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE predictions ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -47,6 +68,8 @@ class LoggedPrediction:
     label: str
     score: float
     probabilities: dict[str, float]
+    text_chars: Optional[int] = None
+    text_sha256: Optional[str] = None
 
 
 class PredictionLog:
@@ -62,12 +85,14 @@ class PredictionLog:
         max_queued_rows: int = 50_000,
         flush_interval_s: float = 0.5,
         enabled: bool = True,
+        text_chars: int = 500,
     ):
         self.path = Path(path)
         self.max_rows = int(max_rows)
         self.max_queued_rows = int(max_queued_rows)
         self.flush_interval_s = float(flush_interval_s)
         self.enabled = enabled
+        self.text_chars = int(text_chars)
         self._queue: deque[list[tuple]] = deque()
         self._queued_rows = 0
         self._lock = threading.Lock()
@@ -81,6 +106,7 @@ class PredictionLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as conn:
                 conn.executescript(SCHEMA)
+                _migrate(conn)
             self._thread = threading.Thread(
                 target=self._run, name="prediction-log-writer", daemon=True
             )
@@ -139,11 +165,19 @@ class PredictionLog:
                 self._queued_rows -= len(rows)
         return rows
 
+    def _capped(self, rows: list[tuple]) -> list[tuple]:
+        """Rows as stored: the text cut to `text_chars`, plus its length and hash (computed here,
+        in the writer thread, not in the request path)."""
+        cap = self.text_chars
+        return [(ts, src, ver, text[:cap], len(text), text_digest(text), label, score, probs)
+                for ts, src, ver, text, label, score, probs in rows]
+
     def _write(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
         with conn:
             conn.executemany(
-                "INSERT INTO predictions (ts, source, model_version, text, label, score, "
-                "probabilities) VALUES (?, ?, ?, ?, ?, ?, ?)", rows,
+                "INSERT INTO predictions (ts, source, model_version, text, text_chars, "
+                "text_sha256, label, score, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self._capped(rows),
             )
             # Keep the table bounded: ids are monotonic, so the newest max_rows survive.
             conn.execute(
@@ -217,8 +251,10 @@ def read_predictions(
         return []
     conn = sqlite3.connect(str(path), timeout=30)
     try:
-        query = ("SELECT ts, source, model_version, text, label, score, probabilities "
-                 "FROM predictions")
+        have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+        extra = ", text_chars, text_sha256" if "text_sha256" in have else ", NULL, NULL"
+        query = ("SELECT ts, source, model_version, text, label, score, probabilities"
+                 f"{extra} FROM predictions")
         params: list[Any] = []
         if since_ts is not None:
             query += " WHERE ts > ?"
@@ -229,8 +265,8 @@ def read_predictions(
     finally:
         conn.close()
     return [
-        LoggedPrediction(ts, src, ver, text, label, score, json.loads(probs))
-        for ts, src, ver, text, label, score, probs in rows
+        LoggedPrediction(ts, src, ver, text, label, score, json.loads(probs), chars, digest)
+        for ts, src, ver, text, label, score, probs, chars, digest in rows
     ]
 
 

@@ -12,10 +12,15 @@ Every other path passes through untouched.
 
 from __future__ import annotations
 
-import json
+import logging
 from typing import Any, Awaitable, Callable
 
 from starlette.responses import JSONResponse
+
+from services.guard import parse_json
+from services.runtime import BadRequest
+
+logger = logging.getLogger("labelloop.serving")
 
 Handler = Callable[[Any], Awaitable[JSONResponse]]
 
@@ -64,11 +69,16 @@ class HotRoute:
                 break
         raw = b"".join(chunks)
         try:
-            body = json.loads(raw) if raw else None
-        except ValueError as exc:
-            return JSONResponse({"error": f"malformed JSON body: {exc}"}, status_code=400)
+            body = parse_json(raw) if raw else None
+        except BadRequest as exc:
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
         try:
             handler = self.get_handler()
         except LookupError as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
-        return await handler(body)
+        try:
+            return await handler(body)
+        except Exception as exc:  # noqa: BLE001 - answer now; an exception here hung the client
+            logger.exception("POST %s failed", self.path)
+            return JSONResponse({"error": f"internal error ({type(exc).__name__}); the service "
+                                          "keeps serving"}, status_code=500)

@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from services.runtime import BadRequest, LoadedModel, predict_with, secret_equals
+from services.runtime import BadRequest, LoadedModel, check_unicode, predict_with, secret_equals
 
 logger = logging.getLogger("labelloop.serving.ls")
 
@@ -42,10 +42,15 @@ class LabelConfigError(BadRequest):
 
 
 class AuthError(Exception):
-    def __init__(self, status: int, message: str):
+    """`wrong`: the caller sent credentials and they were wrong (counted by the throttle)."""
+
+    def __init__(self, status: int, message: str, wrong: bool = False,
+                 headers: Optional[dict] = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.wrong = wrong
+        self.headers = headers
 
 
 # ---- label config -------------------------------------------------------------------------
@@ -147,9 +152,11 @@ def task_texts(tasks: Any, data_key: str, max_chars: int) -> list[str]:
             )
         text = data[data_key]
         if not isinstance(text, str):
-            raise BadRequest(f"task {tid}: data[{data_key!r}] has type {type(text).__name__}, "
-                             "expected text")
-        out.append(text[:max_chars])
+            raise BadRequest(f"task {str(tid)[:50]}: data[{data_key!r}] has type "
+                             f"{type(text).__name__}, expected text")
+        text = text[:max_chars]
+        check_unicode(text, f"task {str(tid)[:50]}: data[{data_key!r}]")
+        out.append(text)
     return out
 
 
@@ -200,7 +207,7 @@ def check_basic(request: Request, user: str, password: str) -> None:
         raise AuthError(401, "HTTP Basic auth required (configure it in Label Studio's model "
                              "connection: Basic Authentication user and password)")
     if not basic_auth_ok(header, user, password):
-        raise AuthError(401, "invalid Basic auth credentials")
+        raise AuthError(401, "invalid Basic auth credentials", wrong=True)
 
 
 def check_webhook(request: Request, secret: str, user: str, password: str) -> None:
@@ -212,32 +219,50 @@ def check_webhook(request: Request, secret: str, user: str, password: str) -> No
                                  "(serving.webhook_secret)")
         if secret_equals(given, secret):
             return
-        raise AuthError(403, f"wrong {SECRET_HEADER}")
-    if password and basic_auth_ok(request.headers.get("authorization"), user, password):
+        raise AuthError(403, f"wrong {SECRET_HEADER}", wrong=True)
+    header = request.headers.get("authorization")
+    if password and basic_auth_ok(header, user, password):
         return
     if not secret and not password:
         raise AuthError(403, f"webhook auth is not configured: set {WEBHOOK_SECRET_ENV} "
                              f"(and/or {PASSWORD_ENV})")
-    raise AuthError(401, f"send the {SECRET_HEADER} header (webhook secret) or HTTP Basic auth")
+    raise AuthError(401, f"send the {SECRET_HEADER} header (webhook secret) or HTTP Basic auth",
+                    wrong=header is not None)
+
+
+def throttled(request: Request, throttle: Any, check: Callable[[], None]) -> None:
+    """Run an auth `check`, refusing with 429 a client address that sent too many wrong
+    credentials this minute (serving.auth_failures_per_minute), whatever it sends now."""
+    if throttle is None:
+        check()
+        return
+    client = request.client.host if request.client else "?"
+    wait = throttle.retry_after(client)
+    if wait:
+        raise AuthError(429, f"too many failed authentications from {client}; retry in "
+                             f"{wait:.0f} s (serving.auth_failures_per_minute)",
+                        headers={"Retry-After": str(max(1, round(wait)))})
+    try:
+        check()
+    except AuthError as exc:
+        if exc.wrong:
+            throttle.failed(client)
+        raise
 
 
 # ---- app --------------------------------------------------------------------------------
 
-def _error(status: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Basic realm="labelloop"'} if status == 401 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="labelloop"'
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
 async def _json_body(request: Request) -> dict:
-    raw = await request.body()
-    if not raw:
-        raise BadRequest("empty request body; expected a JSON object", status=400)
-    import json
+    from services.guard import parse_json
 
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"malformed JSON: {exc}", status=400) from None
+    body = parse_json(await request.body())
     if not isinstance(body, dict):
         raise BadRequest("expected a JSON object", status=400)
     return body
@@ -255,12 +280,13 @@ def create_app(get_state: Callable[[], Any]) -> FastAPI:
 
     @app.exception_handler(AuthError)
     async def _auth(_: Request, exc: AuthError):
-        return _error(exc.status, exc.message)
+        return _error(exc.status, exc.message, exc.headers)
 
     def basic(request: Request):
         state = get_state()
         s = state.settings.serving
-        check_basic(request, s.ls_basic_auth_user, s.ls_basic_auth_password)
+        throttled(request, getattr(state, "auth_throttle", None),
+                  lambda: check_basic(request, s.ls_basic_auth_user, s.ls_basic_auth_password))
         return state
 
     @app.get("/health")
@@ -292,6 +318,8 @@ def create_app(get_state: Callable[[], Any]) -> FastAPI:
         model: LoadedModel = state.holder.current  # one version for the whole call
         params = body.get("params") or {}
         from_name = params.get("from_name") if isinstance(params, dict) else None
+        if from_name is not None and not isinstance(from_name, str):
+            raise BadRequest("'params.from_name' must be a string (a <Choices> name)")
         control = select_control(parse_label_config(config), model.labels, from_name)
         cfg = state.settings.serving
         tasks = body["tasks"]
@@ -299,7 +327,9 @@ def create_app(get_state: Callable[[], Any]) -> FastAPI:
             raise BadRequest(f"{len(tasks)} tasks in one call; the maximum is "
                              f"{cfg.ls_max_tasks_per_request} "
                              "(serving.ls_max_tasks_per_request)", status=413)
-        texts = task_texts(tasks, control.data_key, cfg.max_text_chars)
+        # cut to what the model reads before anything else touches the texts
+        max_chars = min(cfg.max_text_chars, getattr(model.classifier, "max_chars", cfg.max_text_chars))
+        texts = task_texts(tasks, control.data_key, max_chars)
         if not texts:
             return {"results": [], "model_version": model.version}
         preds = await run_in_threadpool(predict_with, model, texts, cfg.inference_batch_size)
@@ -311,7 +341,9 @@ def create_app(get_state: Callable[[], Any]) -> FastAPI:
     async def webhook(request: Request):
         state = get_state()
         s = state.settings.serving
-        check_webhook(request, s.webhook_secret, s.ls_basic_auth_user, s.ls_basic_auth_password)
+        throttled(request, getattr(state, "auth_throttle", None),
+                  lambda: check_webhook(request, s.webhook_secret, s.ls_basic_auth_user,
+                                        s.ls_basic_auth_password))
         body = await _json_body(request)
         action = body.get("action")
         if not isinstance(action, str) or not action:
@@ -326,6 +358,12 @@ def create_app(get_state: Callable[[], Any]) -> FastAPI:
             answer = await run_in_threadpool(handle_event, state.settings, body)
         except ValueError as exc:
             raise BadRequest(f"rejected webhook payload: {exc}", status=400) from None
+        except (TypeError, KeyError, AttributeError, RecursionError) as exc:
+            # A payload shape handle_event's checks did not foresee: still the sender's error.
+            logger.warning("webhook payload not understood: %s: %s", type(exc).__name__,
+                           str(exc)[:200])
+            raise BadRequest(f"rejected webhook payload: unexpected shape ({type(exc).__name__}:"
+                             f" {str(exc)[:200]})", status=400) from None
         return {"status": "ok", "action": action, **(answer or {})}
 
     @app.get("/versions")

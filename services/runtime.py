@@ -195,8 +195,29 @@ class ModelHolder:
 
 # ---- input checks (shared by /classify and the Label Studio backend) ------------------------
 
-def clean_texts(texts: Sequence[Any], settings: Settings, what: str = "texts") -> list[str]:
-    """Validate texts; returns the texts to feed the model (possibly truncated)."""
+def text_cost(text: str, max_length: int) -> int:
+    """Tokens a text can cost the model, known before tokenizing: every token covers at least
+    one character, two special tokens are added, and the tokenizer keeps `max_length`."""
+    return min(max_length, len(text) + 2)
+
+
+def check_unicode(text: str, what: str) -> None:
+    """A lone UTF-16 surrogate (JSON "\\ud800") is no Unicode text: the tokenizer, the JSON
+    encoder and SQLite all fail on it, so it is refused here with its position."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"{what} holds a lone UTF-16 surrogate at character {exc.start} "
+                         f"({text[exc.start]!a}); send valid Unicode text") from None
+
+
+def clean_texts(texts: Sequence[Any], settings: Settings, what: str = "texts",
+                max_chars: Optional[int] = None, max_length: Optional[int] = None) -> list[str]:
+    """Validate texts; returns the texts to feed the model, each cut to `max_chars` (what the
+    model's `max_length` tokens can cover) before anything tokenizes it. With `max_length`, the
+    request's token cost is checked against serving.max_request_tokens."""
     cfg = settings.serving
     if len(texts) == 0:
         raise BadRequest(f"'{what}' is empty: send at least one text")
@@ -205,40 +226,77 @@ def clean_texts(texts: Sequence[Any], settings: Settings, what: str = "texts") -
             f"{len(texts)} texts in one request; the maximum is {cfg.max_texts_per_request} "
             "(serving.max_texts_per_request)", status=413,
         )
+    cut = min(cfg.max_text_chars, max_chars or cfg.max_text_chars)
     out: list[str] = []
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise BadRequest(f"{what}[{i}] has type {type(t).__name__}, expected a string")
+        if len(t) > cfg.max_text_chars and cfg.oversize_text == "reject":
+            raise BadRequest(
+                f"{what}[{i}] has {len(t)} characters; the maximum is {cfg.max_text_chars} "
+                "(serving.max_text_chars, serving.oversize_text=reject)", status=413,
+            )
+        # The model reads at most max_length tokens: cut long before tokenizing.
+        t = t[:cut]
         if not t.strip():
             raise BadRequest(f"{what}[{i}] is empty or only whitespace")
-        if len(t) > cfg.max_text_chars:
-            if cfg.oversize_text == "reject":
-                raise BadRequest(
-                    f"{what}[{i}] has {len(t)} characters; the maximum is {cfg.max_text_chars} "
-                    "(serving.max_text_chars, serving.oversize_text=reject)", status=413,
-                )
-            # The model reads at most max_length tokens anyway; cut long before tokenizing.
-            t = t[:cfg.max_text_chars]
+        check_unicode(t, f"{what}[{i}]")
         out.append(t)
+    if max_length:
+        cost = sum(text_cost(t, max_length) for t in out)
+        if cost > cfg.max_request_tokens:
+            raise BadRequest(
+                f"this request may cost {cost} tokens (min(max_length={max_length}, characters"
+                f" + 2) per text); the maximum is {cfg.max_request_tokens} "
+                "(serving.max_request_tokens): send fewer or shorter texts", status=413,
+            )
     return out
 
 
-def parse_classify_body(body: Any, settings: Settings) -> tuple[list[str], bool]:
+def parse_classify_body(body: Any, settings: Settings, max_chars: Optional[int] = None,
+                        max_length: Optional[int] = None) -> tuple[list[str], bool]:
     """`{"text": str}` or `{"texts": [str, ...]}` -> (texts, single)."""
     if not isinstance(body, dict):
         raise BadRequest('expected a JSON object: {"text": "..."} or {"texts": ["...", ...]}')
     unknown = set(body) - {"text", "texts"}
     if unknown:
-        raise BadRequest(f"unknown field(s) {sorted(unknown)}; send 'text' or 'texts'")
+        names = sorted(str(k)[:50] for k in unknown)[:10]
+        raise BadRequest(f"unknown field(s) {names}; send 'text' or 'texts'")
     has_text, has_texts = body.get("text") is not None, body.get("texts") is not None
     if has_text == has_texts:
         raise BadRequest('send exactly one of "text" (a string) or "texts" (a list of strings)')
     if has_text:
-        return clean_texts([body["text"]], settings, what="text"), True
+        return clean_texts([body["text"]], settings, "text", max_chars, max_length), True
     texts = body["texts"]
     if not isinstance(texts, list):
         raise BadRequest(f"'texts' must be a list of strings, got type {type(texts).__name__}")
-    return clean_texts(texts, settings), False
+    return clean_texts(texts, settings, "texts", max_chars, max_length), False
+
+
+def check_batch_body(body: Any, settings: Settings, max_chars: Optional[int] = None,
+                     max_length: Optional[int] = None) -> None:
+    """`/classify_batch` input, `{"requests": [[str, ...], ...]}`, checked like /classify's (each
+    item as one request) before BentoML parses it; the whole body shares one token budget."""
+    if not isinstance(body, dict) or set(body) != {"requests"}:
+        raise BadRequest('expected {"requests": [["text", ...], ...]} (one list of texts per '
+                         "request)")
+    items = body["requests"]
+    if not isinstance(items, list) or not items:
+        raise BadRequest("'requests' must be a non-empty list of lists of strings")
+    cfg = settings.serving
+    if len(items) > cfg.max_batch_size:
+        raise BadRequest(f"{len(items)} requests in one call; the maximum is "
+                         f"{cfg.max_batch_size} (serving.max_batch_size)", status=413)
+    cost = 0
+    for i, texts in enumerate(items):
+        if not isinstance(texts, list):
+            raise BadRequest(f"requests[{i}] must be a list of strings, got type "
+                             f"{type(texts).__name__}")
+        clean = clean_texts(texts, settings, f"requests[{i}]", max_chars)
+        cost += sum(text_cost(t, max_length) for t in clean) if max_length else 0
+    if cost > cfg.max_request_tokens:
+        raise BadRequest(f"this call may cost {cost} tokens; the maximum is "
+                         f"{cfg.max_request_tokens} (serving.max_request_tokens)", status=413)
 
 
 def predict_with(model: LoadedModel, texts: Sequence[str], batch_size: int = 256) -> list[dict]:

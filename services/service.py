@@ -34,11 +34,14 @@ from services import ls_backend
 from services.balance import RecycleConnections
 from services.hot_route import HotRoute
 from services.batcher import MicroBatcher, Overloaded
+from services.guard import AuthThrottle, Guard, bound_library_logs, host_policy, parse_json
+from services.lifecycle import parent_alive, watch_parent
 from services.runtime import (
     BadRequest,
     Encoded,
     ModelHolder,
     NoChampionError,
+    check_batch_body,
     no_champion_message,
     parse_classify_body,
     predict_requests,
@@ -59,6 +62,9 @@ PRE_TOKENIZE_MAX_TEXTS = 16
 
 _current: dict[str, t.Any] = {"service": None}
 
+# A bad body costs one log line, and only a few per minute reach the log (services/guard.py).
+bound_library_logs()
+
 
 def _state() -> "Labelloop":
     svc = _current["service"]
@@ -73,7 +79,7 @@ ops_app = FastAPI(title="labelloop ops", docs_url=None, redoc_url=None, openapi_
 
 @ops_app.exception_handler(ls_backend.AuthError)
 async def _ops_auth_error(_: Request, exc: ls_backend.AuthError):
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 @ops_app.get("/metadata")
@@ -82,19 +88,23 @@ async def metadata():
     return svc.metadata()
 
 
+def _check_admin(request: Request, token: str) -> None:
+    if not token:
+        raise ls_backend.AuthError(403, f"admin calls are disabled: set {ADMIN_TOKEN_ENV} "
+                                        "(serving.admin_token)")
+    header = request.headers.get("authorization") or ""
+    if not header.lower().startswith("bearer "):
+        raise ls_backend.AuthError(401, "send Authorization: Bearer <admin token>",
+                                   wrong=bool(header), headers={"WWW-Authenticate": "Bearer"})
+    if not secret_equals(header[7:].strip(), token):
+        raise ls_backend.AuthError(403, "invalid admin token", wrong=True)
+
+
 @ops_app.post("/admin/reload")
 async def admin_reload(request: Request):
     svc = _state()
-    token = svc.settings.serving.admin_token
-    if not token:
-        return JSONResponse({"error": f"admin calls are disabled: set {ADMIN_TOKEN_ENV} "
-                                      "(serving.admin_token)"}, status_code=403)
-    header = request.headers.get("authorization") or ""
-    if not header.lower().startswith("bearer "):
-        return JSONResponse({"error": "send Authorization: Bearer <admin token>"},
-                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
-    if not secret_equals(header[7:].strip(), token):
-        return JSONResponse({"error": "invalid admin token"}, status_code=403)
+    ls_backend.throttled(request, svc.auth_throttle,
+                         lambda: _check_admin(request, svc.settings.serving.admin_token))
     try:
         return await run_in_threadpool(svc.holder.check)
     except Exception as exc:  # noqa: BLE001 - report, keep serving the loaded version
@@ -140,7 +150,10 @@ class Labelloop:
         self.plog = PredictionLog(
             self.settings.prediction_log_path, max_rows=cfg.prediction_log_max_rows,
             max_queued_rows=cfg.prediction_log_queue_rows, enabled=cfg.prediction_log,
+            text_chars=cfg.prediction_log_text_chars,
         )
+        # Wrong credentials per client address (services/guard.py), shared by every auth check.
+        self.auth_throttle = AuthThrottle(cfg.auth_failures_per_minute)
         # What adaptive batching did so far (batches formed, requests and texts in them).
         self.batch_stats = {"batches": 0, "requests": 0, "texts": 0, "largest_batch": 0}
         self.batcher = None
@@ -149,6 +162,9 @@ class Labelloop:
                                         max_latency_ms=cfg.max_latency_ms)
         settle_heap()  # after loading, before serving: no full-collection pauses later
         self.holder.start_polling(cfg.poll_interval_s)
+        # An orphaned worker (its `bentoml serve` parent killed) exits instead of holding the
+        # port unsupervised (services/lifecycle.py); what the log queued is flushed first.
+        watch_parent(on_orphan=lambda: self.plog.close(timeout_s=2.0))
         _current["service"] = self
 
     @bentoml.on_deployment
@@ -175,7 +191,8 @@ class Labelloop:
         registry.fetch_bundle(SETTINGS, champion.version)
 
     def __is_ready__(self) -> bool:
-        return _current["service"] is self
+        # Not ready once the parent is gone: the worker is about to exit (services/lifecycle.py).
+        return _current["service"] is self and parent_alive()
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:
@@ -231,6 +248,11 @@ class Labelloop:
         cap = self.settings.serving.max_texts_per_request
         return self._infer([texts[:cap] for texts in requests])
 
+    def window(self) -> tuple[int, int]:
+        """(characters, tokens) of a text the loaded model reads: texts are cut to the first."""
+        clf = self.holder.current.classifier
+        return clf.max_chars, clf.max_length
+
     def _infer(self, requests: t.Sequence[t.Any]) -> list[dict[str, t.Any]]:
         """One forward pass for a batch of requests (shared by both batchers): each request is
         a list of texts or an `Encoded` (tokenized by the handler); never split."""
@@ -249,7 +271,7 @@ class Labelloop:
         """Classify `text` (one string) or `texts` (a list of strings): label, score and all
         class probabilities per text, and the model version that produced them."""
         try:
-            clean, single = parse_classify_body(body, self.settings)
+            clean, single = parse_classify_body(body, self.settings, *self.window())
         except BadRequest as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         t0 = time.perf_counter()
@@ -280,6 +302,14 @@ if _CFG.workers > 1 and (_CFG.max_requests_per_connection > 0 or _CFG.max_connec
                                   max_age_s=_CFG.max_connection_age_s)
 
 
+def _check_body(path: str, raw: bytes) -> None:
+    """/classify_batch bodies, checked before BentoML parses them (a 4xx with a message instead
+    of a logged traceback; the same bounds as /classify)."""
+    svc = _current["service"]
+    if path == "/classify_batch" and svc is not None:
+        check_batch_body(parse_json(raw), svc.settings, *svc.window())
+
+
 def _classify_handler():
     svc = _current["service"]
     if svc is None:
@@ -289,5 +319,12 @@ def _classify_handler():
 
 # POST /classify: a pure ASGI endpoint in front of the router (services/hot_route.py says why).
 # Added last: middlewares added earlier wrap later ones, so connection recycling sees it.
+# Host check, JSON-only bodies, /classify_batch checked before BentoML parses it: outside the
+# /classify endpoint, so it guards that too (services/guard.py).
+Labelloop.add_asgi_middleware(
+    Guard, hosts=host_policy(_CFG.host, _CFG.allowed_hosts),
+    json_routes=("/classify", "/classify_batch", "/ls/setup", "/ls/predict", "/ls/webhook"),
+    read_routes=("/classify_batch",), max_body_bytes=int(_CFG.max_request_mb * 2**20),
+    check_body=_check_body)
 Labelloop.add_asgi_middleware(HotRoute, path="/classify", get_handler=_classify_handler,
                               max_body_bytes=int(_CFG.max_request_mb * 2**20))

@@ -14,10 +14,17 @@ REPO = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, services.service as s
 print(json.dumps({"config": {k: s.Labelloop.config.get(k) for k in ("metrics", "tracing")},
-                  "middlewares": [[m.__name__, {k: v for k, v in o.items() if k != "get_handler"}]
-                                  for m, o in s.Labelloop.middlewares]}))
+                  "middlewares": [[m.__name__, {k: v for k, v in o.items()
+                                                if k not in ("get_handler", "check_body")}]
+                                  for m, o in s.Labelloop.middlewares]},
+                 default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else list(o)))
 """
 HOT = ["HotRoute", {"path": "/classify", "max_body_bytes": 64 * 2**20}]
+# Host check and JSON-only bodies (services/guard.py): outside /classify, inside recycling.
+GUARD = ["Guard", {"hosts": ["127.0.0.1", "::1", "localhost"],
+                   "json_routes": ["/classify", "/classify_batch", "/ls/setup", "/ls/predict",
+                                   "/ls/webhook"],
+                   "read_routes": ["/classify_batch"], "max_body_bytes": 64 * 2**20}]
 
 
 def _service_class(**env: str) -> dict:
@@ -32,7 +39,7 @@ def test_defaults_keep_metrics_drop_tracing_and_do_not_recycle_a_single_worker()
     got = _service_class()
     assert got["config"]["metrics"] == {"enabled": True}
     assert got["config"]["tracing"] == {"excluded_urls": [".*"]}  # every URL: no spans
-    assert got["middlewares"] == [HOT]
+    assert got["middlewares"] == [GUARD, HOT]
 
 
 def test_switches_and_recycling_with_several_workers():
@@ -44,8 +51,8 @@ def test_switches_and_recycling_with_several_workers():
     assert not got["config"]["tracing"]  # BentoML's own tracing config applies
     # Starlette: the first middleware is the outermost, so recycling wraps /classify
     assert got["middlewares"] == [["RecycleConnections", {"max_requests": 7, "max_age_s": 0.5}],
-                                  HOT]
+                                  GUARD, HOT]
     off = _service_class(LABELLOOP__SERVING__WORKERS="2",
                          LABELLOOP__SERVING__MAX_CONNECTION_AGE_S="0",
                          LABELLOOP__SERVING__MAX_REQUESTS_PER_CONNECTION="0")
-    assert off["middlewares"] == [HOT]
+    assert off["middlewares"] == [GUARD, HOT]
