@@ -197,10 +197,11 @@ class AuthThrottle:
 
 class BoundedErrorLog(logging.Filter):
     """Keeps a logger's error output bounded under junk traffic: a client's bad body (a
-    validation or HTTP 4xx error) is one line without a traceback, and at most `per_minute`
-    records pass per minute; the next one that passes says how many were left out."""
+    validation or HTTP 4xx error) or load shedding is one line without a traceback, and at most
+    `per_minute` records pass per minute; the next one that passes says how many were left out."""
 
-    CLIENT_ERRORS = ("ValidationError", "HTTPException", "BadRequest", "JSONDecodeError")
+    EXPECTED = ("ValidationError", "HTTPException", "BadRequest", "JSONDecodeError",
+                "ServiceUnavailable")
 
     def __init__(self, per_minute: int = 20, clock: Callable[[], float] = time.monotonic):
         super().__init__()
@@ -221,7 +222,7 @@ class BoundedErrorLog(logging.Filter):
             return False
         self._passed += 1
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and type(exc).__name__ in self.CLIENT_ERRORS:
+        if exc is not None and type(exc).__name__ in self.EXPECTED:
             first = (str(exc).splitlines() or [""])[0][:200]
             record.msg = f"{record.getMessage()}: {type(exc).__name__}: {first}"
             record.args = None

@@ -12,6 +12,7 @@ Routes:
   POST /admin/reload      check the registry now (Authorization: Bearer <serving.admin_token>)
   GET  /healthz /livez    BentoML liveness;  GET /readyz: ready once the champion is loaded
   /ls/...                 Label Studio ML backend (services/ls_backend.py)
+  GET  /status            the loop's status page for annotators (services/status_page.py)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from labelloop.prediction_log import PredictionLog
 from labelloop.settings import Settings, load_settings
-from services import ls_backend
+from services import ls_backend, status_page
 from services.balance import RecycleConnections
 from services.hot_route import HotRoute
 from services.batcher import MicroBatcher, Overloaded
@@ -115,10 +116,12 @@ async def admin_reload(request: Request):
 
 
 ls_app = ls_backend.create_app(_state)
+status_app = status_page.create_app(_state)
 
 
 @bentoml.asgi_app(ops_app, path="/")  # mounted passively: only its own routes match
 @bentoml.asgi_app(ls_app, path="/ls")
+@bentoml.asgi_app(status_app, path="/status")
 @bentoml.service(
     name="labelloop",
     workers=_CFG.workers,
@@ -286,7 +289,12 @@ class Labelloop:
             except Overloaded as exc:
                 return JSONResponse({"error": f"overloaded: {exc}"}, status_code=503)
         else:
-            result = (await self.to_async.classify_batch([clean]))[0]
+            try:
+                result = (await self.to_async.classify_batch([clean]))[0]
+            except bentoml.exceptions.ServiceUnavailable:
+                # BentoML's batcher sheds load when a request would wait over max_latency_ms
+                return JSONResponse({"error": "overloaded: the model is busy beyond "
+                                              "serving.max_latency_ms; retry"}, status_code=503)
         version, preds = result["model_version"], result["predictions"]
         self.plog.record(clean, preds, version, source="classify")
         answer: dict[str, t.Any] = {"model_version": version, "predictions": preds}
