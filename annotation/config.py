@@ -4,6 +4,14 @@ Kept free of the SDK so the webhook (inside the service) imports it cheaply. One
 type in `CONFIG_BUILDERS`: classification is a `<Choices>` over the task's labels; text
 generation will add a `<TextArea>` (answer) or `<Pairwise>` (preference) builder with the same
 signature, and `parse_label_config` already reports those control tags.
+
+The classification config shows, above the choices, the model's guess and how sure it was
+(`$model_hint`, a sentence `annotation.labelstudio.build_tasks` puts in the task data): Label
+Studio preselects the model's choice, and without the hint an annotator cannot tell a
+preselected guess from their own earlier answer. The header tag has no `name`, so Label Studio
+does not count `model_hint` as a data field a task must carry: tasks imported without it (older
+projects, other tools) show an empty header. `check_label_config` looks only at the
+choices, so projects made before the hint existed are still accepted.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from labelloop.tasks import ClassificationTask
 TEXT_KEY = "text"  # task data key holding the text: tasks are {"data": {"text": ...}}
 TEXT_NAME = "text"  # the <Text name=...> object tag
 CHOICES_NAME = "label"  # the <Choices name=...> control tag (from_name in results)
+HINT_KEY = "model_hint"  # task data key: "Model v3's guess: positive, 87% sure ..."
 
 
 class LabelConfigError(ValueError):
@@ -29,6 +38,7 @@ def classification_config(task: ClassificationTask) -> str:
     return (
         "<View>\n"
         f"  <Text name={quoteattr(TEXT_NAME)} value=\"${TEXT_KEY}\"/>\n"
+        f"  <Header value=\"${HINT_KEY}\" size=\"5\"/>\n"
         f"  <Header value={quoteattr(f'{task.name}: pick one')}/>\n"
         f"  <Choices name={quoteattr(CHOICES_NAME)} toName={quoteattr(TEXT_NAME)} "
         "choice=\"single-radio\" showInline=\"true\" required=\"true\">\n"

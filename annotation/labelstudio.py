@@ -20,7 +20,8 @@ import numpy as np
 
 import labelloop  # noqa: F401  (offline switches)
 from annotation.config import (
-    CHOICES_NAME, TEXT_KEY, TEXT_NAME, LabelConfigError, check_label_config, label_config_for,
+    CHOICES_NAME, HINT_KEY, TEXT_KEY, TEXT_NAME, LabelConfigError, check_label_config,
+    label_config_for,
 )
 from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
@@ -232,9 +233,28 @@ def prediction_for(label: str, score: float, model_version: str) -> dict[str, An
     }
 
 
+def model_hint(label: str, score: float, model_version: str) -> str:
+    """The sentence the label config's header shows above the (preselected) choices."""
+    return (f"Model v{model_version}'s guess: {label}, {score:.0%} sure. It is preselected "
+            "below: keep it if right, pick another if not.")
+
+
+def task_data(text: str, prediction: Any, rank: int, model_version: str) -> dict[str, Any]:
+    """A task's data. `uncertainty`, `margin` and `rank` are JSON numbers (plain Python floats
+    and ints, never strings or numpy scalars); Label Studio sorts them as numbers only in a
+    Data Manager tab that types them Number (`ensure_numeric_columns`)."""
+    top2 = sorted(float(v) for v in prediction.probabilities.values())[-2:]
+    score = float(prediction.score)
+    return {TEXT_KEY: text,
+            "uncertainty": round(1.0 - score, 6),
+            "margin": round(top2[-1] - top2[0], 6),
+            "rank": int(rank),
+            HINT_KEY: model_hint(prediction.label, score, model_version)}
+
+
 def build_tasks(texts: Sequence[str], predictions: Sequence[Any], model_version: str,
                 ordering: str, seed: int = 0) -> list[dict[str, Any]]:
-    """Tasks {"data", "predictions", "meta"} in the requested order."""
+    """Tasks {"data", "predictions"} in the requested order."""
     if not texts:
         return []
     labels = list(predictions[0].probabilities)
@@ -243,15 +263,41 @@ def build_tasks(texts: Sequence[str], predictions: Sequence[Any], model_version:
     tasks = []
     for rank, i in enumerate(order):
         p = predictions[int(i)]
-        top2 = sorted(p.probabilities.values())[-2:]
         tasks.append({
-            "data": {TEXT_KEY: texts[int(i)],
-                     "uncertainty": round(1.0 - p.score, 6),
-                     "margin": round(top2[-1] - top2[0], 6),
-                     "rank": rank},
+            "data": task_data(texts[int(i)], p, rank, model_version),
             "predictions": [prediction_for(p.label, p.score, model_version)],
         })
     return tasks
+
+
+NUMERIC_FIELDS = ("uncertainty", "margin", "rank")
+
+
+def ensure_numeric_columns(client, project_id: int) -> int:
+    """Make the Data Manager sort `uncertainty`, `margin` and `rank` as numbers.
+
+    Label Studio types task-data columns it does not know from the label config as text and
+    sorts them as text ("10" before "2"), whatever the JSON type; it sorts a column as a number
+    only when the tab's `columnsDisplayType` says Number (data_manager/managers.py,
+    `apply_ordering`). So: a project without tabs gets a "Default" tab with those types; existing
+    tabs get them added where unset (a type someone chose stays). Returns the tabs written.
+    """
+    wanted = {f"tasks:data.{name}": "Number" for name in NUMERIC_FIELDS}
+    views = list(client.views.list(project=project_id))
+    if not views:
+        client.views.create(project=project_id,
+                            data={"title": "Default", "columnsDisplayType": wanted})
+        return 1
+    written = 0
+    for view in views:
+        data = dict(_get(view, "data") or {})
+        types = dict(data.get("columnsDisplayType") or {})
+        if all(key in types for key in wanted):
+            continue
+        data["columnsDisplayType"] = {**wanted, **types}
+        client.views.update(id=str(view.id), project=project_id, data=data)
+        written += 1
+    return written
 
 
 def default_pool(settings: Settings, size: int) -> list[str]:
@@ -352,10 +398,21 @@ def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, proje
     if tasks:
         for start in range(0, len(tasks), 500):
             client.projects.import_tasks(id=project_id, request=tasks[start:start + 500])
+        # Label Studio's "Prediction score" column and the labeling stream show only the
+        # predictions of the project's `model_version`, which connecting the ML backend sets to
+        # the backend's title: point it at the version whose predictions were just imported
+        # (what `push_predictions` does after a promotion).
+        client.projects.update(id=project_id, model_version=version)
+    ensure_numeric_columns(client, project_id)
     return {"project": project_id, "imported": len(tasks), "skipped_existing_or_empty": dup,
             "model_version": version, "ordering": settings.studio.ordering,
             "mean_uncertainty": (float(np.mean([t["data"]["uncertainty"] for t in tasks]))
                                  if tasks else None)}
+
+
+# Label Studio's MLBackendState codes, in words for the progress line.
+ML_STATES = {"CO": "connected", "DI": "disconnected", "ER": "error (see Label Studio's log)",
+             "TR": "training", "PR": "predicting"}
 
 
 def setup(settings: Settings, client=None, ml_backend: Optional[bool] = None,
@@ -394,7 +451,8 @@ def setup(settings: Settings, client=None, ml_backend: Optional[bool] = None,
                      "LABELLOOP__SERVING__LS_BASIC_AUTH_PASSWORD for the service and setup)")
     if ml_backend:
         out["ml_backend"] = connect_ml_backend(settings, info.id, client)
-        progress(f"ML backend {out['ml_backend']['url']}: state {out['ml_backend']['state']}")
+        state = out["ml_backend"]["state"]
+        progress(f"ML backend {out['ml_backend']['url']}: {ML_STATES.get(state, state)}")
     out["url"] = f"{studio_url(settings)}/projects/{info.id}/data"
     return out
 

@@ -236,6 +236,37 @@ def test_import_attaches_predictions_least_certain_first(label_studio, tmp_path)
                          classifier=FakeClassifier())["imported"] == 0
 
 
+def test_imported_tasks_sort_numerically_and_show_their_score(label_studio, tmp_path):
+    """What the UI needs: the project's model_version is the predictions' (so the "Prediction
+    score" column is filled), and the Data Manager sorts rank/uncertainty/margin as numbers."""
+    from annotation.config import HINT_KEY
+
+    s = make_settings(label_studio, tmp_path, studio={"pool_size": 12})
+    client = L.connect(s)
+    pid = L.ensure_project(s, client).id
+    texts = [f"numeric sort {'y' * i}" for i in range(12)]
+    L.import_pool(s, texts=texts, project_id=pid, client=client, classifier=FakeClassifier())
+    assert client.projects.get(id=pid).model_version == "7"
+    tasks = list(client.tasks.list(project=pid, fields="all"))
+    assert all(t.predictions_score is not None and 0 < t.predictions_score < 1 for t in tasks)
+    data = [t.data for t in tasks]
+    assert all(type(d["rank"]) is int and type(d["uncertainty"]) is float
+               and type(d["margin"]) is float for d in data)
+    assert all(d[HINT_KEY].startswith("Model v7's guess: positive") for d in data)
+
+    # The tab import_pool made types the three columns Number, so Label Studio casts them to
+    # numbers when sorting (as text, descending would give 9, 8, ..., 2, 11, 10, 1, 0; SQLite
+    # happens to compare JSON numbers as numbers, PostgreSQL's ->> compares text).
+    (default,) = client.views.list(project=pid)
+    assert {f"tasks:data.{n}" for n in L.NUMERIC_FIELDS} <= {
+        k for k, v in default.data["columnsDisplayType"].items() if v == "Number"}
+    client.views.update(id=str(default.id), project=pid,
+                        data={**default.data, "ordering": ["-tasks:data.rank"]})
+    ranks = [t.data["rank"] for t in client.tasks.list(project=pid, view=default.id)]
+    assert ranks == list(range(11, -1, -1))  # the tab's ordering, as the UI asks: by view id
+    assert L.ensure_numeric_columns(client, pid) == 0  # idempotent
+
+
 def test_import_with_the_real_champion(label_studio, tmp_path):
     """The champion from the MLflow registry predicts a pool from the dataset's train split."""
     from tests.helpers import register_untrained_version

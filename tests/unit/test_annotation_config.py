@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from annotation.config import (
-    LabelConfigError, check_label_config, classification_config, label_config_for,
+    HINT_KEY, LabelConfigError, check_label_config, classification_config, label_config_for,
     parse_label_config,
 )
-from annotation.labelstudio import build_tasks, prediction_for, uncertainty_order
+from annotation.labelstudio import (
+    NUMERIC_FIELDS, build_tasks, ensure_numeric_columns, prediction_for, uncertainty_order,
+)
 from annotation.records import chosen, project_id_of, record_from_annotation
 from labelloop.tasks import ClassificationTask, Prediction
 
@@ -23,6 +25,35 @@ def test_generated_config_round_trips():
     assert parsed.controls["label"]["labels"] == list(TASK.labels)
     assert parsed.objects == {"text": "text"}
     check_label_config(xml, TASK)  # no error
+
+
+# The config labelloop generated before the model's-guess header: projects made with it stay valid.
+OLD_CONFIG = """<View>
+  <Text name="text" value="$text"/>
+  <Header value="sentiment: pick one"/>
+  <Choices name="label" toName="text" choice="single-radio" showInline="true" required="true">
+    <Choice value="negative"/>
+    <Choice value="neutral"/>
+    <Choice value="positive"/>
+  </Choices>
+</View>
+"""
+
+
+def test_config_shows_the_models_guess_and_old_configs_still_pass():
+    import xml.etree.ElementTree as ET
+
+    xml = label_config_for(TASK)
+    headers = [h for h in ET.fromstring(xml).iter("Header")]
+    hint = [h for h in headers if h.get("value") == f"${HINT_KEY}"]
+    assert len(hint) == 1
+    # no `name`: Label Studio does not make model_hint a data field every task must carry
+    assert hint[0].get("name") is None
+    assert parse_label_config(xml).objects == {"text": "text"}
+    check_label_config(xml, TASK)
+    check_label_config(OLD_CONFIG, TASK)
+    with pytest.raises(LabelConfigError, match="do not match"):
+        check_label_config(OLD_CONFIG.replace('<Choice value="neutral"/>', ""), TASK)
 
 
 def test_labels_with_quotes_are_escaped():
@@ -73,6 +104,55 @@ def test_build_tasks_orders_and_attaches_predictions():
     assert tasks[0]["predictions"][0] == prediction_for("negative", 0.4, "5")
     assert tasks[0]["data"]["rank"] == 0
     assert build_tasks([], [], "5", "uncertainty") == []
+
+
+def test_task_fields_are_json_numbers_and_the_hint_names_the_guess():
+    import json
+
+    preds = [_pred(np.array(p, dtype=np.float32)) for p in
+             ([0.1, 0.1, 0.8], [0.4, 0.3, 0.3], [0.2, 0.5, 0.3])]
+    tasks = build_tasks(["a", "b", "c"], preds, "5", "uncertainty")
+    for t in tasks:
+        for name in NUMERIC_FIELDS:  # plain numbers: never strings, never numpy scalars
+            assert type(t["data"][name]) is (int if name == "rank" else float), name
+    decoded = json.loads(json.dumps(tasks))  # what the SDK sends
+    assert [t["data"]["rank"] for t in decoded] == [0, 1, 2]
+    assert decoded[0]["data"]["uncertainty"] == pytest.approx(0.6)
+    assert decoded[0]["data"]["margin"] == pytest.approx(0.1)
+    assert decoded[0]["data"][HINT_KEY].startswith("Model v5's guess: negative, 40% sure.")
+    assert decoded[2]["data"][HINT_KEY].startswith("Model v5's guess: positive, 80% sure.")
+
+
+class FakeViews:
+    def __init__(self, views):
+        self.views, self.calls = views, []
+
+    def list(self, project):
+        return list(self.views)
+
+    def create(self, project, data):
+        self.calls.append(("create", project, data))
+
+    def update(self, id, project, data):
+        self.calls.append(("update", id, project, data))
+
+
+def test_numeric_columns_default_tab_and_existing_tabs():
+    from types import SimpleNamespace
+
+    number = {f"tasks:data.{n}": "Number" for n in NUMERIC_FIELDS}
+    fresh = SimpleNamespace(views=FakeViews([]))
+    assert ensure_numeric_columns(fresh, 3) == 1
+    assert fresh.views.calls == [("create", 3, {"title": "Default", "columnsDisplayType": number})]
+    mine = SimpleNamespace(id=7, data={"title": "Mine", "ordering": ["tasks:data.rank"],
+                                       "columnsDisplayType": {"tasks:data.rank": "String"}})
+    done = SimpleNamespace(id=8, data={"title": "Done", "columnsDisplayType": dict(number)})
+    client = SimpleNamespace(views=FakeViews([mine, done]))
+    assert ensure_numeric_columns(client, 3) == 1
+    (_, view_id, project, data), = client.views.calls
+    assert (view_id, project, data["title"], data["ordering"]) == ("7", 3, "Mine", ["tasks:data.rank"])
+    # the type someone chose stays; the missing ones are added
+    assert data["columnsDisplayType"] == {**number, "tasks:data.rank": "String"}
 
 
 def test_record_conversion():
