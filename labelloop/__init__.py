@@ -1,8 +1,9 @@
 """labelloop: human-in-the-loop NLP (fine-tune, serve, annotate, retrain).
 
 Importing the package switches off the telemetry of every library the project uses and keeps
-Hugging Face offline, so nothing phones home. `os.environ.setdefault` lets a user who really
-wants a switch on say so explicitly in the environment.
+Hugging Face offline, so nothing phones home, and turns the libraries' chatter down (the env
+switches below, then labelloop/quiet.py) so progress and results stand out. `os.environ.setdefault`
+lets a user who really wants a switch on say so explicitly in the environment.
 """
 
 import os
@@ -24,9 +25,17 @@ OFFLINE_ENV = {
     "FRONTEND_SENTRY_DSN": "",
     "LATEST_VERSION_CHECK": "false",
     "COLLECT_ANALYTICS": "false",
+    # Chatter: MLflow's INFO lines ("Creating initial MLflow database tables..."), and the
+    # Hugging Face progress bars for loading and writing weights (labelloop's own bars stay).
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
+
+from labelloop import quiet as _quiet  # noqa: E402  (after the env: it reads none of it)
+
+_quiet.install()
 
 __version__ = "0.1.0"

@@ -6,10 +6,12 @@
    `<data_dir>/demo-settings.yaml` (mode 0600), which every process of the demo reads;
 2. train the first model if there is no champion yet (the `training` pipeline);
 3. start the BentoML service in the background (`bentoml serve`, log and pid under the data dir);
-4. start Label Studio (`labelloop studio up`);
+4. start Label Studio (`labelloop studio up`), in the background from the start, so its
+   start-up overlaps the training;
 5. set up the project (label config from the model's labels), the webhook and the ML backend,
    and import a pool of unlabelled texts with the champion's predictions, least certain first;
-6. print the URL, the login and the next command.
+6. print the URL, the login and the next command, as the user can run it (`make feedback`
+   from the repository, else the venv's `labelloop` by its path unless it is on the PATH).
 
 Running it again reuses what is there (champion, running service and Label Studio, project,
 tasks). `labelloop demo --stop` stops the service and Label Studio (data stays).
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -203,37 +207,102 @@ def setup_project(settings: Settings) -> dict[str, Any]:
     return out
 
 
+class _Background:
+    """`fn()` in a daemon thread; `result()` re-raises what it raised. Label Studio starts
+    (30-90 s on this 2-core box, most of it a Django start) while the first model trains."""
+
+    def __init__(self, fn):
+        self._out: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self._out["error"] = exc
+
+    def check_early(self, wait: float = 1.0) -> None:
+        """Raise now what failed at once (a port taken by someone else's Label Studio), rather
+        than after minutes of training."""
+        self._thread.join(wait)
+        if "error" in self._out:
+            raise self._out["error"]
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]
+
+
+def _studio_progress(msg: str) -> None:
+    # The periodic "waiting for /health" lines would cut through the training output.
+    if not msg.startswith("waiting for"):
+        print(f"[studio] {msg}", file=sys.stderr, flush=True)
+
+
+def command_hint(args: str, make_target: Optional[str] = None) -> str:
+    """How the user who ran the demo runs `labelloop <args>`: `make <target>` from the repo,
+    else the venv's `labelloop` by its path unless that very script is on the PATH."""
+    script = Path(sys.executable).parent / "labelloop"
+    found = shutil.which("labelloop")
+    if found and Path(found).resolve() == script.resolve():
+        direct = f"labelloop {args}"
+    else:
+        try:
+            direct = f"{os.path.relpath(script)} {args}"
+        except ValueError:  # another drive (Windows)
+            direct = f"{script} {args}"
+    if make_target and Path.cwd().resolve() == REPO_ROOT:
+        return f"make {make_target}   (= {direct})"
+    return direct
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
 def up(config: Optional[str]) -> int:
     from annotation import studio
     from labelloop import registry
 
+    started = time.monotonic()
     chosen = base_config(config)
     say(f"settings: {chosen or 'built-in defaults'}")
     settings_file, settings = write_demo_settings(chosen)
     say(f"demo settings (with generated secrets, mode 0600): {settings_file}")
-    if registry.get_champion(settings) is None:
-        say("no champion yet: training the first model (`labelloop train`)")
+    label_studio = _Background(lambda: studio.start(settings, timeout=600,
+                                                    progress=_studio_progress))
+    label_studio.check_early()
+    champion = registry.get_champion(settings)
+    if champion is None:
+        say("no champion yet: training the first model (Label Studio starts meanwhile)")
         from pipelines.run import run_training
 
         run_training(str(settings_file))
+        say(f"first model trained after {_minutes(time.monotonic() - started)}")
     else:
-        say(f"champion: {settings.registry.model_name} version "
-            f"{registry.get_champion(settings).version}")
+        say(f"champion: {settings.registry.model_name} version {champion.version}")
     start_service(settings_file, settings)
-    server = studio.start(settings, timeout=600)
+    server = label_studio.result()
     out = setup_project(settings)
     rel = os.path.relpath(settings_file)
+    default_file = (REPO_ROOT / ".labelloop" / SETTINGS_FILE).resolve() == settings_file.resolve()
     print()
-    print("=== labelloop demo is running ===")
+    print(f"=== labelloop demo is running (ready after {_minutes(time.monotonic() - started)}) ===")
     print(f"Label Studio   {out['url']}")
     print(f"  login        {server.username} / {server.password}")
     print(f"service        {service_url(settings)}  (POST /classify, GET /metadata)")
     print("next           open a few tasks, correct the model's choice and Submit, then press")
     print("               'Start training' (Settings > Model) or run:")
-    print(f"                 labelloop feedback --config {rel}")
+    print("                 " + command_hint(f"feedback --config {rel}",
+                                             "feedback" if default_file else None))
     print("               the new champion answers at "
           f"{service_url(settings)}/metadata once promoted")
-    print("stop           labelloop demo --stop")
+    print("stop           " + command_hint("demo --stop" + ("" if default_file else
+                                                           f" --config {rel}"),
+                                           "stop" if default_file else None))
     return 0
 
 

@@ -1,0 +1,74 @@
+"""Library chatter off, at its source, so labelloop's own progress and results stand out.
+
+Installed by `import labelloop`, before the libraries are imported (a logger's level and
+filters can be set before its module exists). Each switch names what it silences; real warnings
+and errors of these libraries still show.
+
+- httpx logs one `HTTP Request: GET ...` line at INFO per call (every Label Studio SDK call);
+- ZenML's pipeline start lists the user, the stack and each component, says caching is off and
+  advertises its dashboard and ZenML Pro, all at INFO (step start/finish lines stay);
+- ZenML's MLflow tracker warns, after every step, that it could not switch off MLflow
+  autologging for fastai, which is not installed (the project never turns autologging on);
+- transformers prints a LOAD REPORT table when a new classification head is initialised: the
+  expected case for a base encoder (a report with other keys or statuses still shows);
+- peft calls a transformers method deprecated in v6 (a FutureWarning nobody here can act on).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import warnings
+
+QUIET_LOGGERS = {
+    "httpx": logging.WARNING,
+    "httpcore": logging.WARNING,
+    "zenml.pipelines.pipeline_definition": logging.WARNING,
+    "zenml.orchestrators.step_run_utils": logging.WARNING,
+}
+
+_HEAD_KEY = re.compile(r"^(classifier|score|pre_classifier|classification_head)\.")
+_REPORT_ROW = re.compile(r"^\s*(\S+)\s*\|\s*([A-Z_]+)\s*\|")
+
+
+def is_new_head_report(message: str) -> bool:
+    """A transformers LOAD REPORT listing only MISSING classification-head keys."""
+    if "LOAD REPORT" not in message:
+        return False
+    rows = [m.groups() for m in map(_REPORT_ROW.match, message.splitlines()) if m]
+    rows = [(key, status) for key, status in rows if key != "Key"]  # the table's header
+    return bool(rows) and all(status == "MISSING" and _HEAD_KEY.match(key)
+                              for key, status in rows)
+
+
+def is_autolog_noise(message: str) -> bool:
+    """ZenML's "Failed to disable MLflow autologging for ... ['fastai']" where every framework
+    named is not even installed (nothing was autologging)."""
+    if not message.startswith("Failed to disable MLflow autologging"):
+        return False
+    names = re.findall(r"'([A-Za-z0-9_]+)'", message)
+    return bool(names) and all(importlib.util.find_spec(name) is None for name in names)
+
+
+class _DropIf(logging.Filter):
+    def __init__(self, predicate):
+        super().__init__()
+        self.predicate = predicate
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return not self.predicate(record.getMessage())
+        except Exception:  # noqa: BLE001 - a filter must never lose a record by failing
+            return True
+
+
+def install() -> None:
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger("transformers.modeling_utils").addFilter(_DropIf(is_new_head_report))
+    logging.getLogger(
+        "zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker"
+    ).addFilter(_DropIf(is_autolog_noise))
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
+                            category=FutureWarning)

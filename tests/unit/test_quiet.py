@@ -1,0 +1,45 @@
+"""labelloop/quiet.py: library chatter is dropped, real warnings are kept."""
+
+from __future__ import annotations
+
+import logging
+
+from labelloop import quiet
+
+NEW_HEAD = """BertForSequenceClassification LOAD REPORT from: /x/model
+Key               | Status  | 
+------------------+---------+-
+classifier.weight | MISSING | 
+classifier.bias   | MISSING | 
+
+Notes:
+- MISSING:\tthose params were newly initialized because missing from the checkpoint."""
+
+
+def test_new_head_report_is_dropped_other_reports_kept():
+    assert quiet.is_new_head_report(NEW_HEAD)
+    assert not quiet.is_new_head_report(NEW_HEAD.replace("classifier.bias   | MISSING",
+                                                         "bert.pooler.dense | MISSING"))
+    assert not quiet.is_new_head_report(NEW_HEAD.replace("classifier.bias   | MISSING",
+                                                         "classifier.bias   | UNEXPECTED"))
+    assert not quiet.is_new_head_report("some other warning")
+
+
+def test_autolog_noise_only_for_frameworks_not_installed():
+    assert quiet.is_autolog_noise("Failed to disable MLflow autologging for the following "
+                                  "frameworks: ['fastai_not_installed_here'].")
+    # pytest is installed: a failure for an installed framework is a real warning
+    assert not quiet.is_autolog_noise("Failed to disable MLflow autologging for the following "
+                                      "frameworks: ['pytest'].")
+    assert not quiet.is_autolog_noise("Failed to connect")
+
+
+def test_installed_filters_act_on_the_library_loggers(caplog):
+    import labelloop  # noqa: F401  (installs them)
+
+    assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
+    log = logging.getLogger("transformers.modeling_utils")
+    with caplog.at_level(logging.WARNING, logger="transformers.modeling_utils"):
+        log.warning(NEW_HEAD)
+        log.warning("Some weights of the checkpoint were not used")
+    assert [r.getMessage() for r in caplog.records] == ["Some weights of the checkpoint were not used"]
