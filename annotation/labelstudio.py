@@ -345,6 +345,10 @@ def _select_pool(settings: Settings, classifier, pool: list[str], size: int):
     st = settings.studio
     k = min(size, len(pool))
     if selection.needs_embeddings(st.ordering, st.mix_with):
+        if not hasattr(classifier, "model"):
+            raise ValueError(f"studio.ordering {st.ordering!r} needs the model's embeddings; "
+                             "this classifier gives only predictions (use a probability-only "
+                             "ordering: margin, least_confidence, entropy, random)")
         scores = selection.score_texts(classifier, pool)
         probs, embeddings = scores.probabilities, scores.embeddings
         # log-probabilities are logits whose softmax is exactly these probabilities

@@ -187,7 +187,7 @@ class StudioSettings(_Section):
     # Which texts annotators see first (labelloop/selection.py; `uncertainty` is the old name
     # of least_confidence). One name for the whole pool, checked here before any work.
     ordering: Literal["random", "least_confidence", "uncertainty", "margin", "entropy",
-                      "diverse", "balanced", "mix"] = "uncertainty"
+                      "diverse", "balanced", "mix"] = "diverse"  # best measured: docs/loop.md
     # mix: this share of each import drawn at random, the rest by `mix_with`.
     mix_random_share: float = Field(0.3, ge=0.0, le=1.0)
     mix_with: Literal["least_confidence", "uncertainty", "margin", "entropy", "diverse",
