@@ -80,6 +80,21 @@ def _project(payload: dict[str, Any]) -> int:
     return project_id
 
 
+def training_answer(settings: Settings, project_id: int, started: bool) -> dict:
+    """What Label Studio shows after "Start training": what happens now and where to follow it."""
+    from labelloop import loop_status
+
+    status_url = f"http://{settings.serving.host}:{settings.serving.port}/status"
+    if started:
+        message = (f"Training run started for project {project_id}. Follow it at {status_url}; "
+                   "the project's instructions show the outcome when it ends.")
+    else:
+        running = next((t for t in loop_status.turns(settings, project_id, limit=1)), None)
+        message = ("A training run is already going, so no second one was started: "
+                   + loop_status.describe(running) + f". Follow it at {status_url}.")
+    return {"message": message, "status_page": status_url}
+
+
 def handle_event(settings: Settings, payload: dict) -> dict:
     """Apply one Label Studio event; returns a small JSON-able summary of what happened."""
     payload = _require_dict(payload, "the payload")
@@ -90,7 +105,8 @@ def handle_event(settings: Settings, payload: dict) -> dict:
         project_id = _project(payload)
         started = trigger.request_feedback_run(settings, project_id, "label-studio: start training")
         return {"action": action, "project": project_id,
-                "feedback_run": "started" if started else "already-running"}
+                "feedback_run": "started" if started else "already-running",
+                **training_answer(settings, project_id, started)}
     if action not in CREATE_UPDATE and action not in DELETE:
         return {"action": action, "ignored": True}
 
