@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import time
 
@@ -183,3 +184,36 @@ def test_bulk_annotations_created(settings):
     assert out["outcomes"] == {"inserted": 2}
     assert dict(zip(rows(settings)["text"], rows(settings)["label"])) == {"a": "positive",
                                                                          "b": "negative"}
+
+
+def test_a_finished_run_is_reaped_and_its_secret_snapshot_removed(settings):
+    """Regression: each "Start training" child stayed a zombie until the service exited, and
+    the 0600 settings snapshot holding the secrets stayed on disk after the run."""
+    import os
+
+    snapshots = lambda: sorted(settings.data_path.joinpath("feedback").glob("settings-*.yaml"))
+    cmd = [sys.executable, "-c", "import time; time.sleep(0.5)"]
+    assert trigger.request_feedback_run(settings, 7, "test", command=cmd)
+    [snapshot] = snapshots()
+    assert (snapshot.stat().st_mode & 0o777) == 0o600
+    pid = json.loads(trigger.lock_path(settings, 7).read_text())["pid"]
+    deadline = time.time() + 30
+    while time.time() < deadline and (snapshots() or os.path.exists(f"/proc/{pid}")):
+        time.sleep(0.1)
+    assert snapshots() == []
+    assert not os.path.exists(f"/proc/{pid}"), "the finished child is still a zombie"
+
+
+def test_start_training_answer_says_what_happens(settings, monkeypatch):
+    from labelloop import loop_status
+
+    monkeypatch.setattr(trigger, "request_feedback_run", lambda s, p, r: True)
+    out = webhook.handle_event(settings, {"action": "START_TRAINING", "project": {"id": 4}})
+    assert "Training run started" in out["message"] and out["status_page"].endswith("/status")
+    turn = loop_status.start_turn(settings, 4, "label-studio: start training")
+    loop_status.set_stage(settings, turn, "train", 0.5)
+    monkeypatch.setattr(trigger, "request_feedback_run", lambda s, p, r: False)
+    monkeypatch.setattr(trigger, "is_running", lambda s, p: True)
+    out = webhook.handle_event(settings, {"action": "START_TRAINING", "project": {"id": 4}})
+    assert out["feedback_run"] == "already-running"
+    assert "no second one was started" in out["message"] and "stage train (50%)" in out["message"]
