@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -40,7 +39,7 @@ def retrain(settings: Settings, project: Optional[int] = None,
     import mlflow
 
     from labelloop import challenger, data, evaluation, labels_store, loop_status, modeling, \
-        registry, training
+        registry, scratch, training
     from labelloop.tasks import task_from_settings
 
     timings: dict[str, float] = {}
@@ -76,9 +75,7 @@ def retrain(settings: Settings, project: Optional[int] = None,
                               (3 + min(1.0, step_no / total_steps)) / len(loop_status.STAGES))
 
     version_guess = _next_version(settings)
-    workdir = settings.data_path / "feedback"
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="challenger-", dir=workdir))
+    tmp = scratch.make(settings, "challenger")  # a killed turn's leftovers go next time
     try:
         with mlflow.start_run(run_name=f"training v{version_guess} ({rule})", nested=True) as run:
             mlflow.set_tags({"labelloop.kind": "training", "labelloop.train_rule": rule})

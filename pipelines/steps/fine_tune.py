@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -10,7 +9,7 @@ import mlflow
 import pandas as pd
 from zenml import step
 
-from labelloop import data, modeling, training
+from labelloop import data, modeling, scratch, training
 from labelloop.tasks import task_from_settings
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
@@ -41,7 +40,8 @@ def fine_tune(
         "train_seconds": result.train_seconds,
         "train_samples_per_second": result.samples_per_second,
     })
-    out = Path(tempfile.mkdtemp(prefix="labelloop-bundle-")) / "bundle"
+    # Under the data dir, named after this process: a killed run's copy is removed by the next.
+    out = scratch.make(settings, "bundle") / "bundle"
     modeling.save_bundle(result.model, result.tokenizer, out, {
         "task": task.to_dict(),
         "base_model": settings.model.base,
