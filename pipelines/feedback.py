@@ -104,6 +104,7 @@ def run_feedback_pipeline(config: Optional[str] = None, project: Optional[int] =
 
     from labelloop import loop_status
     from labelloop.trigger import FeedbackRunning, feedback_lock
+    from pipelines.interrupted import mark_interrupted_runs, pid_tags
     from pipelines.stack import ensure_stack
     from pipelines.steps.feedback_publish import tell_annotators
 
@@ -120,8 +121,11 @@ def run_feedback_pipeline(config: Optional[str] = None, project: Optional[int] =
                 # Bad data, or a warm start the champion cannot give: before any work.
                 preflight(settings)
                 ensure_stack(settings)
+                for name in mark_interrupted_runs():
+                    print(f"marked the interrupted ZenML run {name} as failed (its process is gone)")
                 run = feedback.with_options(
-                    run_name=f"feedback-turn-{turn}-{{date}}-{{time}}", **pipeline_options(settings))(
+                    run_name=f"feedback-turn-{turn}-{{date}}-{{time}}", tags=pid_tags(),
+                    **pipeline_options(settings))(
                     config=str(config) if config else None, overrides=overrides,
                     project=project, reason=reason, turn=turn)
                 decision = _output(run, "decide_retrain", "retrain_decision")

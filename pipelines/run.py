@@ -24,6 +24,7 @@ def _step_output(run, step: str, name: str) -> Any:
 
 def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
                  include_human_labels: bool = False) -> int:
+    from pipelines.interrupted import mark_interrupted_runs, pid_tags
     from pipelines.stack import ensure_stack
     from pipelines.training import pipeline_options, training
 
@@ -34,8 +35,10 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
     if removed:
         print(f"removed unfinished model version(s) left by an interrupted run: {removed}")
     next_version = max((int(v.version) for v in registry.list_versions(settings)), default=0) + 1
+    for name in mark_interrupted_runs():
+        print(f"marked the interrupted ZenML run {name} as failed (its process is gone)")
     run = training.with_options(run_name=f"training-v{next_version}-{{date}}-{{time}}",
-                                **pipeline_options(settings.registry))(
+                                tags=pid_tags(), **pipeline_options(settings.registry))(
         config=str(config) if config else None, overrides=overrides,
         include_human_labels=include_human_labels,
     )

@@ -144,3 +144,45 @@ def test_zenml_pipeline_run_with_config_file(workspace, tmp_path):
     s = settings_of(env)
     assert [str(mv.version) for mv in registry.list_versions(s)] == ["1", "2", "3"]
     assert str(registry.get_champion(s).version) == "1"  # margin 1.0 cannot be beaten
+
+
+def test_kill_9_during_training_leaves_registry_and_alias_and_is_marked_failed(workspace):
+    """kill -9 of `labelloop train` mid fine-tuning: no new usable version, the alias stays, and
+    the next run marks the ZenML run failed instead of leaving it `running` for ever."""
+    import os
+    import signal
+    import time
+
+    root, env = workspace
+    s = settings_of(env)
+    before = [(str(mv.version), mv.tags.get(registry.STATUS_TAG)) for mv in registry.list_versions(s)]
+    champion = str(registry.get_champion(s).version)
+    log = root / "killed-train.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "labelloop.cli", "train"], cwd=REPO,
+                                env={**env, "LABELLOOP__TRAINING__MAX_STEPS": "100000"},
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while "fine-tune (" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert str(registry.get_champion(s).version) == champion
+    after = [(str(mv.version), mv.tags.get(registry.STATUS_TAG)) for mv in registry.list_versions(s)]
+    assert [v for v in after if v[1] == "ready"] == [v for v in before if v[1] == "ready"]
+
+    r = cli(env, "train", extra_env={"LABELLOOP__TRAINING__MAX_STEPS": "1",
+                                     "LABELLOOP__TRAINING__LEARNING_RATE": "1e-9"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"(pid {proc.pid}) is gone" not in r.stdout  # said in words, not as the raw reason
+    assert "marked the interrupted ZenML run training-v" in r.stdout
+    probe = subprocess.run([sys.executable, "-c", (
+        "import labelloop; from zenml.client import Client; "
+        "print(sorted({r.status.value for r in Client().list_pipeline_runs(size=100)}))")],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert "running" not in probe.stdout and "failed" in probe.stdout
+    assert str(registry.get_champion(s).version) == champion
