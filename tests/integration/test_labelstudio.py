@@ -211,7 +211,8 @@ def test_project_with_other_labels_is_refused(label_studio, tmp_path):
 
 
 def test_import_attaches_predictions_least_certain_first(label_studio, tmp_path):
-    s = make_settings(label_studio, tmp_path, studio={"pool_size": 6})
+    # The least-certain-first ordering (the default, `diverse`, needs the model's embeddings).
+    s = make_settings(label_studio, tmp_path, studio={"pool_size": 6, "ordering": "uncertainty"})
     client = L.connect(s)
     pid = L.ensure_project(s, client).id
     texts = [f"text number {'x' * i}" for i in range(10)]
@@ -241,7 +242,7 @@ def test_imported_tasks_sort_numerically_and_show_their_score(label_studio, tmp_
     score" column is filled), and the Data Manager sorts rank/uncertainty/margin as numbers."""
     from annotation.config import HINT_KEY
 
-    s = make_settings(label_studio, tmp_path, studio={"pool_size": 12})
+    s = make_settings(label_studio, tmp_path, studio={"pool_size": 12, "ordering": "uncertainty"})
     client = L.connect(s)
     pid = L.ensure_project(s, client).id
     texts = [f"numeric sort {'y' * i}" for i in range(12)]
@@ -271,7 +272,7 @@ def test_import_with_the_real_champion(label_studio, tmp_path):
     """The champion from the MLflow registry predicts a pool from the dataset's train split."""
     from tests.helpers import register_untrained_version
 
-    s = make_settings(label_studio, tmp_path, studio={"pool_size": 8})
+    s = make_settings(label_studio, tmp_path, studio={"pool_size": 8, "ordering": "uncertainty"})
     version = str(register_untrained_version(s, seed=1))
     report = L.import_pool(s)  # creates the project, default pool, champion predictions
     assert report["imported"] == 8 and report["model_version"] == version
