@@ -51,6 +51,7 @@ def register_model(
     # The paired promotion test reads these instead of scoring the version again.
     store_test_predictions(settings, str(mv.version), data.digest(test),
                            np.asarray(test_predicted, dtype=np.int64))
-    mlflow.set_tag("mlflow.runName", f"training v{mv.version} (full)")
+    # (The run keeps ZenML's run name, `training-v<N>-...` from `labelloop train`: ZenML finds
+    # the MLflow run of later steps by that name.)
     print(f"registered {mv.name} version {mv.version} (run {run.info.run_id})")
     return str(mv.version)
