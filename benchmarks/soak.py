@@ -11,9 +11,14 @@ keep-alive connection). Halfway through, the champion alias moves to the other v
 `POST /admin/reload` swaps it in while the load goes on (with --url the registry is the one
 the settings name: LABELLOOP__DATA_DIR or LABELLOOP__REGISTRY__TRACKING_URI).
 
-Reported: errors by kind (HTTP status or connection failure), per minute the answers, p50 /
-p90 / p99 / max latency and the model versions served, and every service process's memory
-(RSS of the `bentoml serve` parent and each worker) sampled every few seconds.
+A request the service sheds under overload (503, `Retry-After: 1`) is counted as shed, not as
+an error, and its client waits as that header says before sending again (as a well-behaved
+client does; retrying at once only keeps the worker busy refusing).
+
+Reported: errors by kind (any other status, or a connection failure), requests shed, per minute
+the answers, p50 / p90 / p99 / max latency of the served ones and the model versions served,
+and every service process's memory (RSS of the `bentoml serve` parent and each worker) sampled
+every few seconds.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ async def soak(url: str, texts: list[str], clients: int, seconds: float, reload_
     bodies = [json.dumps({"text": t}).encode() for t in texts]
     samples: list[tuple[float, float, int, str]] = []  # (t, latency s, status, version)
     errors: Counter = Counter()
+    shed = [0]
     memory: list[dict] = []
     reload: dict = {}
     start = time.perf_counter()
@@ -115,7 +121,10 @@ async def soak(url: str, texts: list[str], clients: int, seconds: float, reload_
             at = payload.find(b'"model_version":')
             version = payload[at + 16:at + 40].split(b'"')[1].decode() if at >= 0 else "?"
             samples.append((t0 - start, time.perf_counter() - t0, status, version))
-            if status != 200:
+            if status == 503:
+                shed[0] += 1
+                await asyncio.sleep(1.0)  # Retry-After
+            elif status != 200:
                 errors[str(status)] += 1
         conn.close()
 
@@ -134,8 +143,8 @@ async def soak(url: str, texts: list[str], clients: int, seconds: float, reload_
         memory.append(await asyncio.to_thread(sample_memory, url, time.perf_counter() - start))
 
     await asyncio.gather(monitor(), *[client(k) for k in range(clients)])
-    return {"samples": samples, "errors": dict(errors), "memory": memory, "reload": reload,
-            "seconds": time.perf_counter() - start}
+    return {"samples": samples, "errors": dict(errors), "shed": shed[0], "memory": memory,
+            "reload": reload, "seconds": time.perf_counter() - start}
 
 
 def per_minute(samples: list[tuple[float, float, int, str]]) -> list[dict]:
@@ -146,11 +155,12 @@ def per_minute(samples: list[tuple[float, float, int, str]]) -> list[dict]:
     for minute in sorted(buckets):
         rows = buckets[minute]
         ok = [lat * 1000 for _, lat, status, _ in rows if status == 200]
-        out.append({"minute": minute + 1, "answers": len(rows),
-                    "errors": sum(1 for r in rows if r[2] != 200),
+        out.append({"minute": minute + 1, "answers": len(rows), "served": len(ok),
+                    "shed": sum(1 for r in rows if r[2] == 503),
+                    "errors": sum(1 for r in rows if r[2] not in (200, 503)),
                     "p50_ms": round(pct(ok, 50), 1), "p90_ms": round(pct(ok, 90), 1),
                     "p99_ms": round(pct(ok, 99), 1), "max_ms": round(max(ok, default=0), 1),
-                    "versions": dict(Counter(r[3] for r in rows))})
+                    "versions": dict(Counter(r[3] for r in rows if r[2] == 200))})
     return out
 
 
@@ -158,13 +168,16 @@ def report(result: dict, clients: int) -> dict:
     minutes = per_minute(result.pop("samples"))
     summary = {"clients": clients, "seconds": round(result["seconds"], 1),
                "answers": sum(m["answers"] for m in minutes),
+               "served": sum(m["served"] for m in minutes), "shed": result["shed"],
                "errors": result["errors"], "per_minute": minutes, "reload": result["reload"],
                "memory_mb": result["memory"]}
-    print(f"soak: {clients} clients, {summary['seconds']:.0f} s, {summary['answers']} answers, "
-          f"errors {summary['errors'] or 0}")
-    print("  minute  answers  errors   p50 ms   p90 ms   p99 ms   max ms  versions")
+    print(f"soak: {clients} clients, {summary['seconds']:.0f} s, {summary['answers']} answers "
+          f"({summary['served']} served, {summary['shed']} shed with 503), errors "
+          f"{summary['errors'] or 0}")
+    print("  minute   served    shed  errors   p50 ms   p90 ms   p99 ms   max ms  versions")
     for m in minutes:
-        print(f"  {m['minute']:>6}  {m['answers']:>7}  {m['errors']:>6}  {m['p50_ms']:>7}  "
+        print(f"  {m['minute']:>6}  {m['served']:>7}  {m['shed']:>6}  {m['errors']:>6}  "
+              f"{m['p50_ms']:>7}  "
               f"{m['p90_ms']:>7}  {m['p99_ms']:>7}  {m['max_ms']:>7}  {m['versions']}")
     mem = [m for m in result["memory"] if "error" not in m]
     if mem:
@@ -177,6 +190,10 @@ def report(result: dict, clients: int) -> dict:
 
 
 def start_own_service(data_dir: Path, token: str):
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # quiet set-up
+    import transformers
+
+    transformers.logging.set_verbosity_error()
     from labelloop.settings import load_settings
     from tests.helpers import free_port, register_untrained_version
 

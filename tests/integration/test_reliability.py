@@ -118,7 +118,7 @@ def test_soak_with_a_hot_reload_answers_every_request(served, tmp_path):
     print(run.stdout[-1500:])
     report = json.loads(out.read_text())
     assert report["answers"] > 100
-    assert set(report["errors"]) <= {"503"}, report["errors"]  # no 500, no dropped connection
+    assert report["errors"] == {}, report["errors"]  # no 500, no dropped connection (503 = shed)
     assert report["reload"]["status"] == 200 and report["reload"]["answer"]["changed"]
     served_versions = set().union(*(m["versions"] for m in report["per_minute"]))
     assert {report["reload"]["from"], report["reload"]["to"]} <= served_versions
