@@ -25,9 +25,11 @@ OFFLINE_ENV = {
     "FRONTEND_SENTRY_DSN": "",
     "LATEST_VERSION_CHECK": "false",
     "COLLECT_ANALYTICS": "false",
-    # Chatter: MLflow's INFO lines ("Creating initial MLflow database tables..."), and the
-    # Hugging Face progress bars for loading and writing weights (labelloop's own bars stay).
+    # Chatter: MLflow's INFO lines ("Creating initial MLflow database tables...") and its
+    # "Downloading artifacts" bars, and the Hugging Face progress bars for loading and writing
+    # weights (labelloop's own bars stay).
     "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 

@@ -259,6 +259,14 @@ def command_hint(args: str, make_target: Optional[str] = None) -> str:
     return direct
 
 
+def _shown_path(path: Path) -> str:
+    """Relative to the working directory when inside it, else absolute (no ../../tmp/...)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
@@ -287,7 +295,7 @@ def up(config: Optional[str]) -> int:
     start_service(settings_file, settings)
     server = label_studio.result()
     out = setup_project(settings)
-    rel = os.path.relpath(settings_file)
+    rel = _shown_path(settings_file)
     default_file = (REPO_ROOT / ".labelloop" / SETTINGS_FILE).resolve() == settings_file.resolve()
     print()
     print(f"=== labelloop demo is running (ready after {_minutes(time.monotonic() - started)}) ===")
