@@ -384,9 +384,12 @@ def test_ls_webhook_annotation_events(server):
     r = httpx.post(f"{url}/ls/webhook", headers=secret, timeout=30,
                    json={"action": "ANNOTATION_CREATED", "annotation": "x", "project": {"id": 1}})
     assert r.status_code == 400, r.text
-    r = httpx.post(f"{url}/ls/webhook", headers=secret, timeout=30, content=b"{nope",
-                   )
+    r = httpx.post(f"{url}/ls/webhook", headers={**secret, "Content-Type": "application/json"},
+                   timeout=30, content=b"{nope")
     assert r.status_code == 400
+    # a body not sent as JSON (what a browser may send cross-site) -> 415
+    r = httpx.post(f"{url}/ls/webhook", headers=secret, timeout=30, content=b"{nope")
+    assert r.status_code == 415, r.text
 
 
 def test_ls_webhook_start_training_is_handed_off(server):
