@@ -119,7 +119,7 @@ def test_warm_turn_one_named_run_then_no_retrain_on_identical_data(workspace):
 def test_warm_start_from_a_champion_with_other_labels_fails_before_training(workspace):
     root, env, settings, corpus = workspace
     add_labels(settings, [(corpus["text"].tolist()[10], "positive")], start_id=200)
-    bad = {**env, "LABELLOOP__TASK__LABELS": "[negative, positive]",
+    bad = {**env, "LABELLOOP__TASK__LABELS": "[negative, neutral, positive, mixed]",
            "LABELLOOP__FEEDBACK__FORCE_RETRAIN": "true", "LABELLOOP__FEEDBACK__TRAIN_RULE": "warm"}
     r = feedback(bad, "--project", "1")
     assert r.returncode != 0
