@@ -457,3 +457,50 @@ def test_cli_status_setup_sync(label_studio, tmp_path):
     env["LABELLOOP__STUDIO__API_TOKEN"] = "f" * 40
     bad = cli("annotate", "sync")
     assert bad.returncode == 2 and "refused the API token" in bad.stderr
+
+
+def test_kill_9_during_sync_leaves_the_store_whole(label_studio, tmp_path):
+    """A sync killed at any moment (export wait, conversion, the write) leaves the labels store
+    as it was before or as it is after, never in between; the next sync makes it exact."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.helpers import REPO_ROOT
+
+    s = make_settings(label_studio, tmp_path)
+    client = L.connect(s)
+    pid = L.ensure_project(s, client).id
+    labels = ["negative", "neutral", "positive"]
+    client.projects.import_tasks(id=pid, request=[{"data": {"text": f"kill sync {i}"}}
+                                                  for i in range(60)])
+    tasks = sorted(client.tasks.list(project=pid, fields="all"), key=lambda t: t.id)
+    for i, t in enumerate(tasks[:30]):
+        client.annotations.create(id=t.id, result=_choice(labels[i % 3]))
+    sync.sync_project(s, pid)  # the "before" state: 30 labels
+    before = {r["text"]: r["label"] for _, r in training_rows(s).iterrows()}
+    assert len(before) == 30
+    for i, t in enumerate(tasks[30:]):
+        client.annotations.create(id=t.id, result=_choice(labels[(i + 1) % 3]))
+    cfg = tmp_path / "settings.yaml"
+    cfg.write_text(yaml.safe_dump({**s.model_dump(mode="json"), "data_dir": str(s.data_path)}))
+    script = ("import sys; from labelloop.settings import load_settings; from annotation import "
+              f"sync; sync.sync_project(load_settings(sys.argv[1]), {pid})")
+    for delay in (0.3, 0.8, 1.5, 2.5, 4.0):
+        proc = subprocess.Popen([sys.executable, "-c", script, str(cfg)], cwd=str(REPO_ROOT),
+                                start_new_session=True)
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with sqlite3.connect(str(s.labels_path)) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        now = {r["text"]: r["label"] for _, r in training_rows(s).iterrows()}
+        assert len(now) in (30, 60), (delay, len(now))  # all of one export, or none of it
+        assert all(now[t] == lab for t, lab in before.items())
+    sync.sync_project(s, pid)
+    final = training_rows(s)
+    assert len(final) == 60 and final["text"].is_unique
