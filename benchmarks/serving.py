@@ -6,7 +6,9 @@
   (c) ceiling  - the same model's batched forward pass in this process, no HTTP
 
 Single-text requests (tweets from the project's corpus) from an async httpx load generator with
-C concurrent clients (closed loop), each level bounded by --duration seconds and --max-requests.
+C concurrent clients (closed loop), each level bounded by --duration seconds; --max-requests may
+end a level earlier, but never before --min-level-s (default 10 s, at most --duration), so a
+peak level is long enough to be stable.
 Everything binds to 127.0.0.1. The model is the registry champion of --data-dir, or, by default,
 a freshly registered untrained MiniLM in a temp registry (same architecture and cost as a trained one).
 
@@ -211,11 +213,13 @@ class RawHTTP:
 
 
 async def load_level(url: str, texts: list[str], concurrency: int, duration: float,
-                     max_requests: int, warmup: int, rate: float | None = None) -> dict:
+                     max_requests: int, warmup: int, rate: float | None = None,
+                     min_seconds: float = 0.0) -> dict:
     """Closed loop (each connection sends its next request when the last one is answered), or,
     with `rate`, open loop: requests are due at a fixed total rate spread over the connections,
     and latency counts from when a request was due (so a server that falls behind is charged
-    for the queueing it causes, not only for service time)."""
+    for the queueing it causes, not only for service time). The level ends after `duration`
+    seconds, or once `max_requests` were sent but not before `min_seconds` have passed."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
@@ -245,14 +249,20 @@ async def load_level(url: str, texts: list[str], concurrency: int, duration: flo
     latencies: list[float] = []
     errors = 0
     counter = 0
-    t_end = time.perf_counter() + duration
+    start = time.perf_counter()  # the level's clock: its end and its minimum count from here
+    t_end = start + duration
+    t_min = start + min(min_seconds, duration)
+
+    def going() -> bool:
+        now = time.perf_counter()
+        return now < t_end and (counter < max_requests or now < t_min)
 
     async def worker(k: int) -> None:
         nonlocal counter, errors
         conn = conns[k]
         interval = concurrency / rate if rate else 0.0
         due = time.perf_counter() + k * interval / concurrency
-        while time.perf_counter() < t_end and counter < max_requests:
+        while going():
             counter += 1
             if rate:
                 wait = due - time.perf_counter()
@@ -267,13 +277,14 @@ async def load_level(url: str, texts: list[str], concurrency: int, duration: flo
             else:
                 errors += 1
 
-    t0 = time.perf_counter()
     await asyncio.gather(*[worker(k) for k in range(concurrency)])
-    elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - start
     for conn in conns:
         conn.close()
     return {"latencies": latencies, "server_ms": server_ms, "send_lag": send_lag,
-            "errors": errors, "seconds": elapsed}
+            "errors": errors, "seconds": elapsed,
+            "stopped_by": "max_requests" if counter >= max_requests and time.perf_counter() < t_end
+            else "duration"}
 
 
 def summarize(parts: list[dict], concurrency: int, rate: float | None) -> dict:
@@ -288,6 +299,7 @@ def summarize(parts: list[dict], concurrency: int, rate: float | None) -> dict:
         "concurrency": concurrency, "requests": len(lat),
         "errors": sum(p["errors"] for p in parts),
         "seconds": round(max(p["seconds"] for p in parts), 3), "offered_rate": rate,
+        "stopped_by": sorted({p.get("stopped_by", "duration") for p in parts}),
         "throughput": round(sum(len(p["latencies"]) / p["seconds"] for p in parts), 1),
         "p50_ms": round(pct(lat, 50) * 1000, 2), "p99_ms": round(pct(lat, 99) * 1000, 2),
         "mean_ms": round(statistics.fmean(lat) * 1000, 2) if lat else None,
@@ -310,23 +322,26 @@ def _run_async(coro):
 
 
 def _client_proc(job: tuple) -> dict:
-    url, texts, c, duration, max_requests, warmup, rate = job
-    return _run_async(load_level(url, texts, c, duration, max_requests, warmup, rate))
+    url, texts, c, duration, max_requests, warmup, rate, min_seconds = job
+    return _run_async(load_level(url, texts, c, duration, max_requests, warmup, rate,
+                                 min_seconds))
 
 
 def measure(url: str, texts, c: int, duration: float, max_requests: int, clients: int,
-            rate: float | None = None) -> dict:
+            rate: float | None = None, min_seconds: float = 0.0) -> dict:
     """One level; with clients > 1 the load comes from that many processes (one async loop each
     tops out around 1-2k requests/s)."""
     clients = max(1, min(clients, c))
     warmup = min(2 * c, 256)
     if clients == 1:
-        parts = [_run_async(load_level(url, texts, c, duration, max_requests, warmup, rate))]
+        parts = [_run_async(load_level(url, texts, c, duration, max_requests, warmup, rate,
+                                       min_seconds))]
     else:
         import multiprocessing as mp
 
         jobs = [(url, texts, c // clients + (1 if k < c % clients else 0), duration,
-                 max_requests // clients, warmup // clients, rate / clients if rate else None)
+                 max_requests // clients, warmup // clients, rate / clients if rate else None,
+                 min_seconds)
                 for k in range(clients)]
         with mp.get_context("spawn").Pool(clients) as pool:
             parts = pool.map(_client_proc, jobs)
@@ -336,7 +351,8 @@ def measure(url: str, texts, c: int, duration: float, max_requests: int, clients
 
 
 def run_levels(name: str, url: str, texts, levels, duration, max_requests,
-               clients: int = 1, workers: int = 1, rate: float | None = None) -> list[dict]:
+               clients: int = 1, workers: int = 1, rate: float | None = None,
+               min_seconds: float = 0.0) -> list[dict]:
     """One measurement per level; with several service workers, also how evenly the level's
     requests spread over them (an overloaded worker is where the latency tail comes from)."""
     out = []
@@ -344,7 +360,8 @@ def run_levels(name: str, url: str, texts, levels, duration, max_requests,
     for c in levels:
         load_before = os.getloadavg()[0]
         before = worker_requests(base, workers) if workers > 1 else None
-        res = measure(url, texts, c, duration, max_requests, clients, rate=rate)
+        res = measure(url, texts, c, duration, max_requests, clients, rate=rate,
+                      min_seconds=min_seconds)
         res["loadavg_1m_before"] = round(load_before, 2)
         res["system"] = name
         line = ""
@@ -412,7 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=None,
                    help="concurrency levels (default 1 8 32 128)")
     p.add_argument("--duration", type=float, default=None, help="seconds per level (default 15)")
-    p.add_argument("--max-requests", type=int, default=100_000, help="cap per level")
+    p.add_argument("--max-requests", type=int, default=100_000,
+                   help="cap per level; it ends a level only after --min-level-s")
+    p.add_argument("--min-level-s", type=float, default=10.0,
+                   help="a level runs at least this long whatever --max-requests says "
+                        "(default 10; at most --duration)")
     p.add_argument("--quick", action="store_true", help="short levels (1 8 32, 6 s each)")
     p.add_argument("--data-dir", default=None,
                    help="serve this data dir's champion (default: a temp registry with an "
@@ -512,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(json.dumps(info), flush=True)
     results: dict = {"machine": info, "levels": levels, "duration_s": duration,
+                     "min_level_s": min(args.min_level_s, duration),
+                     "max_requests": args.max_requests,
                      "model_version": version, "runs": []}
 
     if "ceiling" not in args.skip:
@@ -584,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
                 for name, url in urls.items():
                     rounds[name] += run_levels(name, f"{url}/classify", texts, [c], duration,
                                                args.max_requests, args.clients,
-                                               workers if name == "service" else 1)
+                                               workers if name == "service" else 1,
+                                               min_seconds=args.min_level_s)
             for name, runs in rounds.items():
                 runs.sort(key=lambda r: r["throughput"])
                 best = dict(runs[len(runs) // 2])
@@ -597,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  service  open loop at half of peak {peak:.0f} req/s:", flush=True)
             res = run_levels("service", f"{urls['service']}/classify", texts, [max(levels)],
                              duration, args.max_requests, args.clients, workers,
-                             rate=peak / 2)[0]
+                             rate=peak / 2, min_seconds=args.min_level_s)[0]
             res.update(open_loop=True, peak_throughput=peak)
             results["half_peak"] = res
         if "service" in urls:

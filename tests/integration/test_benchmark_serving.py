@@ -32,6 +32,8 @@ def test_serving_benchmark_runs_and_reports_worker_balance(tmp_path):
     profile.write_text("serving:\n  batcher: inprocess\n  workers: 2\n")
     cmd = [sys.executable, "benchmarks/serving.py", "--bundle", str(bundle), "--device", "cpu",
            "--skip", "ceiling", "--concurrency", "4", "--duration", "1.5", "--rounds", "1",
+           # a cap of 5 requests would end a level within milliseconds: the minimum holds it
+           "--max-requests", "5", "--min-level-s", "1.0",
            "--config", str(profile), "--half-peak",
            "--set", "max_connection_age_s=0.5", "--data-dir", str(tmp_path / "data"),
            "--out", str(out)]
@@ -41,8 +43,11 @@ def test_serving_benchmark_runs_and_reports_worker_balance(tmp_path):
     res = json.loads(out.read_text())
     by = {r["system"]: r for r in res["runs"]}
     assert set(by) == {"naive", "service"}
+    assert res["min_level_s"] == 1.0 and res["max_requests"] == 5
     for r in by.values():
         assert r["requests"] > 0 and r["errors"] == 0 and r["throughput"] > 0
+        assert r["seconds"] >= 1.0 and r["requests"] > 5  # ran the minimum, past the cap
+        assert r["stopped_by"] == ["max_requests"]
     # the service's own handler time is part of what the client waited for; naive has none
     assert 0 < by["service"]["server_p50_ms"] <= by["service"]["p50_ms"]
     assert "server_p50_ms" not in by["naive"]
@@ -50,7 +55,7 @@ def test_serving_benchmark_runs_and_reports_worker_balance(tmp_path):
     assert len(balance["requests_per_worker"]) == 2
     assert sum(balance["requests_per_worker"]) >= by["service"]["requests"]  # warm-up counts too
     half = res["half_peak"]
-    assert half["open_loop"] and half["errors"] == 0
+    assert half["open_loop"] and half["errors"] == 0 and half["seconds"] >= 1.0
     assert half["offered_rate"] == pytest.approx(by["service"]["throughput"] / 2)
     assert half["send_lag_p99_ms"] >= 0 and half["server_p99_ms"] > 0
     assert res["service_env"]["LABELLOOP_CONFIG"] == str(profile)
