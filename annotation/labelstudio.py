@@ -64,6 +64,16 @@ def connect(settings: Settings, token: Optional[str] = None, timeout: float = 30
     from label_studio_sdk.core.api_error import ApiError
 
     base = studio_url(settings)
+    # Fail fast when nothing listens: the SDK's retries spent about 3 s per call on a server
+    # that is down (13 s of a 72 s feedback turn).
+    import socket
+
+    try:
+        socket.create_connection((settings.studio.host, settings.studio.port), timeout=1.0).close()
+    except OSError as exc:
+        raise StudioConnectionError(
+            f"Label Studio is unreachable at {base} ({type(exc).__name__}: {exc}); start it with "
+            "`labelloop studio up` or fix studio.host/studio.port") from None
     client = LabelStudio(base_url=base, api_key=token or _token(settings), timeout=timeout)
     try:
         client.users.whoami()

@@ -128,14 +128,25 @@ def tell_annotators(settings: Settings, project: Optional[int], line: str) -> bo
                 f'<a href="{status_page_url(settings)}" target="_blank">'
                 f"{status_page_url(settings)}</a></p>")
         client.projects.update(id=project, expert_instruction=html)
-        for backend in client.ml.list(project=project):
-            if _get(backend, "url") == service_url(settings):
-                client.ml.update(id=backend.id, project=project,
-                                 description=f"{line} Status: {status_page_url(settings)}"[:1000])
-        return True
     except Exception as exc:  # noqa: BLE001 - Label Studio down or the project gone
         print(f"note: could not update the project's instructions: {type(exc).__name__}")
         return False
+    try:
+        url = service_url(settings)
+        for backend in client.ml.list(project=project):
+            if _get(backend, "url") == url:
+                # LS 1.23 re-validates the whole backend on update (connection and auth): send
+                # url, project and the Basic-auth pair (the password is write-only) with it.
+                client.ml.update(id=backend.id, project=project, url=url,
+                                 title=_get(backend, "title") or "labelloop",
+                                 auth_method="BASIC_AUTH",
+                                 basic_auth_user=settings.serving.ls_basic_auth_user,
+                                 basic_auth_pass=settings.serving.ls_basic_auth_password,
+                                 description=f"{line} Status: {status_page_url(settings)}"[:1000])
+    except Exception as exc:  # noqa: BLE001
+        body = str(getattr(exc, "body", "") or exc)[:300]
+        print(f"note: could not update the ML backend's description: {type(exc).__name__} {body}")
+    return True
 
 
 @step(enable_cache=False)

@@ -77,7 +77,9 @@ def loop(label_studio, tmp_path_factory):
         "studio": studio_cfg,
         "serving": {"port": free_port(), "poll_interval_s": 2.0, "admin_token": ADMIN,
                     "webhook_secret": "e2e-secret", "ls_basic_auth_password": "e2e-basic"},
-        "feedback": {"min_new_labels": 3},
+        # The constant champion's head (bias 4 on "positive") needs a strong push to move in a
+        # warm start of a few steps; a trained champion needs none of this.
+        "feedback": {"min_new_labels": 3, "warm_start": {"learning_rate": 1e-3, "epochs": 4}},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
     saved = dict(os.environ)
