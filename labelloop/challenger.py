@@ -128,7 +128,9 @@ def training_rows(settings: Settings, rule: str, base_train: pd.DataFrame, test:
 
     full: base rows plus every trainable human label (humans win for the same text).
     warm: each new human label `new_label_repeats` times, plus a stable replay sample of the
-    rest (base rows and earlier human labels) so the champion does not forget what it knew.
+    rest (base rows and earlier human labels) so the champion does not forget what it knew:
+    `replay_rows`, or `replay_per_new_label` per new label where that is more (on the H200, 1,000
+    corrections x 4 against 256 replayed rows took test macro-F1 from 0.80 to 0.56).
     """
     everything = data.merge_human_labels(base_train, trainable, test)
     if rule == "full":
@@ -138,7 +140,8 @@ def training_rows(settings: Settings, rule: str, base_train: pd.DataFrame, test:
                                   test) if not new.empty else new
     rest = everything[~everything["text"].isin(set(new["text"]))] if not new.empty else everything
     order = rest["text"].map(lambda t: text_bucket("replay:" + t)).sort_values().index
-    replay = rest.loc[order[: w.replay_rows]]
+    n_replay = max(w.replay_rows, int(w.replay_per_new_label * len(new)))
+    replay = rest.loc[order[:n_replay]]
     parts = [new[["text", "label"]]] * w.new_label_repeats + [replay[["text", "label"]]]
     rows = pd.concat(parts, ignore_index=True)
     if rows.empty:

@@ -198,6 +198,9 @@ class StudioSettings(_Section):
 
 class WarmStartSettings(_Section):
     replay_rows: int = Field(256, ge=0)
+    # ...and at least this many replayed rows per new label, so a large batch of corrections
+    # (hard, often noisy texts) cannot pull the model away from the rest of the data.
+    replay_per_new_label: float = Field(4, ge=0)
     new_label_repeats: int = Field(4, gt=0)
     epochs: float = Field(3, gt=0)
     learning_rate: float = Field(1e-4, gt=0)

@@ -147,6 +147,12 @@ def test_warm_rows_repeat_new_labels_and_replay_earlier_ones(tmp_path):
     assert (rows["text"] == "fixed").sum() == 3  # repeated
     assert "in test" not in set(rows["text"])  # the frozen test split is never trained on
     assert len(rows) == 3 + 5
+    # Many new labels: the replay grows with them (here 2 per new label beats replay_rows 5).
+    many = pd.DataFrame({"text": [f"new {i}" for i in range(10)], "label": ["positive"] * 10})
+    big = challenger.training_rows(
+        _settings(tmp_path, warm_start={"replay_rows": 5, "new_label_repeats": 1,
+                                        "replay_per_new_label": 2}), "warm", base, test, many, many)
+    assert len(big) == 10 + 20
     full = challenger.training_rows(settings, "full", base, test, new, new)
     assert len(full) == 51 and full.loc[full["text"] == "fixed", "label"].item() == "positive"
 
