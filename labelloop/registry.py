@@ -110,6 +110,11 @@ def list_versions(settings: Settings) -> list[ModelVersion]:
     return sorted(found, key=lambda mv: int(mv.version))
 
 
+def next_version(settings: Settings) -> int:
+    """The number the next registered version will most likely get (for run names)."""
+    return max((int(mv.version) for mv in list_versions(settings)), default=0) + 1
+
+
 def cleanup_pending(settings: Settings) -> list[str]:
     """Delete versions an interrupted run left `pending` (never the champion)."""
     champion = get_champion(settings)

@@ -12,20 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from labelloop.processes import alive
 from labelloop.settings import Settings
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def clean_stale(settings: Settings) -> list[Path]:
@@ -37,7 +25,7 @@ def clean_stale(settings: Settings) -> list[Path]:
             pid = int(path.name.split("-")[1])
         except (IndexError, ValueError):
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

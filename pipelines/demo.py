@@ -33,6 +33,7 @@ from typing import Any, Optional
 import labelloop  # noqa: F401  (telemetry off first)
 import yaml
 
+from labelloop.processes import alive
 from labelloop.settings import CONFIG_ENV, Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -98,27 +99,13 @@ def _service_paths(settings: Settings) -> tuple[Path, Path]:
     return d / "service.pid", d / "service.log"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours is not alive
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
-
-
 def service_pid(settings: Settings) -> Optional[int]:
     pid_file, _ = _service_paths(settings)
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) else None
+    return pid if alive(pid) else None
 
 
 def service_ready(settings: Settings, timeout: float = 2.0) -> bool:
@@ -157,7 +144,7 @@ def start_service(settings_file: Path, settings: Settings, timeout: float = 300.
         if service_ready(settings):
             say(f"service ready (pid {pid})")
             return pid
-        if not _alive(pid):
+        if not alive(pid):
             tail = log_file.read_text(errors="replace").splitlines()[-20:]
             raise RuntimeError("the service exited during start-up:\n  " + "\n  ".join(tail))
         time.sleep(1.0)
@@ -177,9 +164,9 @@ def stop_service(settings: Settings, timeout: float = 30.0) -> bool:
     except ProcessLookupError:
         pass
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and alive(pid):
         time.sleep(0.3)
-    if _alive(pid):
+    if alive(pid):
         try:
             os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from labelloop.scratch import _alive
+from labelloop.processes import alive
 
 PID_TAG = "labelloop-pid-"
 _ACTIVE = ("initializing", "running", "provisioning", "queued")
@@ -34,7 +34,7 @@ def mark_interrupted_runs() -> list[str]:
             if not pids or not pids[0].isdigit():
                 continue
             pid = int(pids[0])
-            if pid == os.getpid() or _alive(pid):
+            if pid == os.getpid() or alive(pid):
                 continue
             client.zen_store.update_run(run.id, PipelineRunUpdate(
                 status=ExecutionStatus.FAILED,

@@ -34,7 +34,7 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
     removed = registry.cleanup_pending(settings)
     if removed:
         print(f"removed unfinished model version(s) left by an interrupted run: {removed}")
-    next_version = max((int(v.version) for v in registry.list_versions(settings)), default=0) + 1
+    next_version = registry.next_version(settings)
     for name in mark_interrupted_runs():
         print(f"marked the interrupted ZenML run {name} as failed (its process is gone)")
     run = training.with_options(run_name=f"training-v{next_version}-{{date}}-{{time}}",

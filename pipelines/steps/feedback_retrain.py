@@ -26,13 +26,6 @@ from pipelines.steps.common import settings_for
 from pipelines.steps.feedback_evaluate import LABELS_SEQ_TAG, champion_info
 
 
-def _next_version(settings: Settings) -> int:
-    from labelloop import registry
-
-    versions = registry.list_versions(settings)
-    return max((int(v.version) for v in versions), default=0) + 1
-
-
 def retrain(settings: Settings, project: Optional[int] = None,
             turn: Optional[int] = None) -> dict[str, Any]:
     """Train, score, register and (maybe) promote one challenger; returns what happened."""
@@ -74,7 +67,7 @@ def retrain(settings: Settings, project: Optional[int] = None,
         loop_status.set_stage(settings, turn, "train",
                               (3 + min(1.0, step_no / total_steps)) / len(loop_status.STAGES))
 
-    version_guess = _next_version(settings)
+    version_guess = registry.next_version(settings)
     tmp = scratch.make(settings, "challenger")  # a killed turn's leftovers go next time
     try:
         with mlflow.start_run(run_name=f"training v{version_guess} ({rule})", nested=True) as run:
