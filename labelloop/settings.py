@@ -56,6 +56,7 @@ class DatasetSettings(_Section):
     encoding: str = "latin-1"
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     max_train_rows: Optional[int] = Field(None, gt=0)
+    max_test_rows: Optional[int] = Field(None, gt=0)
 
 
 class LoraSettings(_Section):
