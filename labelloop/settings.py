@@ -232,6 +232,11 @@ class FeedbackSettings(_Section):
     # held-out set that scores the champion and compares it with a challenger.
     holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     warm_start: WarmStartSettings = Field(default_factory=WarmStartSettings)
+    # Turns started by the service (webhook, "Start training") fork from a warm process that
+    # has imported torch, transformers, ZenML and MLflow once (labelloop/launcher.py): 6-40 s
+    # less per turn. Off: each turn is a fresh `python -m labelloop.cli feedback`.
+    warm_launcher: bool = True
+    launcher_idle_s: float = Field(3600.0, gt=0.0)
 
 
 class Settings(_Section):
