@@ -61,6 +61,7 @@ class DatasetSettings(_Section):
     encoding: str = "latin-1"
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     max_train_rows: Optional[int] = Field(None, gt=0)
+    max_test_rows: Optional[int] = Field(None, gt=0)
     # Generation: the prompt and response columns, or a chat `messages` column (a list of
     # {role, content}; each assistant turn becomes one row, what came before it the prompt).
     prompt_column: str = "prompt"
