@@ -47,6 +47,7 @@ def fine_tune(
         "base_model": settings.model.base,
         "max_length": settings.model.max_length,
         "method": cfg.method,
+        "init": settings.model.init,
         "dataset": settings.dataset.path,
         "dataset_digest": data.digest(train),
         "train_rows": len(train),
