@@ -136,7 +136,7 @@ def load_generation(settings: Settings, bundle: str | Path, meta: dict, version:
     from labelloop.generation_engine import Generator, GenRequest, Sampling
 
     cfg, gen_cfg = settings.serving, settings.serving.generation
-    gen = Generator(bundle, meta, device=cfg.device, version=version, slots=gen_cfg.slots,
+    gen = Generator(bundle, device=cfg.device, version=version, slots=gen_cfg.slots,
                     max_prompt_tokens=gen_cfg.max_prompt_tokens,
                     max_new_tokens=gen_cfg.max_new_tokens, max_waiting=gen_cfg.max_waiting,
                     prefill_tokens=gen_cfg.prefill_tokens, cuda_graphs=cfg.cuda_graphs)
