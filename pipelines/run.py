@@ -15,7 +15,7 @@ from labelloop.tasks import task_from_settings
 def validate_inputs(settings: Settings) -> None:
     """Fail fast, with one clear message, on anything that would break training later."""
     resolve_base_model(settings.model.base)
-    data.load_labelled(settings.dataset, task_from_settings(settings))
+    data.load_splits(settings.dataset, task_from_settings(settings))
 
 
 def _step_output(run, step: str, name: str) -> Any:

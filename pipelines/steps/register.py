@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from zenml import log_metadata, step
 
-from labelloop import data, registry
+from labelloop import data, provenance, registry
 from labelloop.challenger import store_test_predictions
 from labelloop.modeling import read_bundle_meta
 from pipelines.stack import TRACKER_NAME
@@ -42,6 +42,7 @@ def register_model(
         # The score and the exact test rows it was measured on: promotion reuses the score
         # only while the frozen test split is unchanged (same digest).
         "test_digest": data.digest(test),
+        **provenance.version_tags(meta),
         **{f"test_{name}": repr(float(metrics[name])) for name in ("macro_f1", "accuracy")},
     })
     log_metadata({
