@@ -247,6 +247,7 @@ def load_splits(settings: DatasetSettings, task: ClassificationTask) -> Splits:
                             "split; they must be disjoint")
         train = train[~train["text"].isin(set(validation["text"]))].reset_index(drop=True)
     train = limit_rows(train, settings.max_train_rows)
+    test = limit_rows(test, settings.max_test_rows)
     if train.empty or test.empty:
         raise DataError(
             f"split left {len(train)} training and {len(test)} test rows; need both non-empty "
@@ -308,6 +309,17 @@ def limit_rows(df: pd.DataFrame, max_rows: int | None) -> pd.DataFrame:
         return df
     order = df["text"].map(lambda t: text_bucket("sample:" + t)).sort_values().index
     return df.loc[order[:max_rows]].reset_index(drop=True)
+
+
+def frozen_split(df: pd.DataFrame, settings: DatasetSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The configured split: hash split, then the stable caps on each side.
+
+    `max_test_rows` keeps a stable subsample of the frozen test split: every run and every
+    version is scored on the same texts, so comparisons stay paired; it trades a wider noise
+    interval for a shorter test pass (the CPU demo's feedback turn).
+    """
+    train, test = split(df, settings.test_fraction)
+    return limit_rows(train, settings.max_train_rows), limit_rows(test, settings.max_test_rows)
 
 
 def merge_human_labels(

@@ -45,8 +45,13 @@ def as_label(value: Any) -> Any:
     return value
 
 
+# The metrics each task family may promote on, the first being its default (labelloop.tasks).
+PROMOTION_METRICS = {"classification": ("macro_f1", "accuracy"), "generation": ("chrf", "rouge_l")}
+
+
 class TaskSettings(_Section):
-    type: Literal["classification"] = "classification"
+    # classification: text -> one of `labels`; generation: prompt -> response (labels unused).
+    type: Literal["classification", "generation"] = "classification"
     name: str = "sentiment"
     labels: list[str] = Field(default_factory=lambda: ["negative", "neutral", "positive"])
     # What annotators see for each label (label -> display name); the label itself is what the
@@ -90,7 +95,7 @@ class CleaningSettings(_Section):
     unicode_form: Optional[Literal["NFC", "NFKC", "NFD", "NFKD"]] = None
 
 
-DataFormat = Literal["auto", "csv", "tsv", "jsonl", "parquet", "txt"]
+DataFormat = Literal["auto", "csv", "tsv", "jsonl", "parquet", "txt", "chatterbot"]
 
 
 class SourceSettings(_Section):
@@ -149,6 +154,12 @@ class DatasetSettings(_Section):
     cleaning: CleaningSettings = Field(default_factory=CleaningSettings)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     max_train_rows: Optional[int] = Field(None, gt=0)
+    max_test_rows: Optional[int] = Field(None, gt=0)
+    # Generation: the prompt and response columns, or a chat `messages` column (a list of
+    # {role, content}; each assistant turn becomes one row, what came before it the prompt).
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    messages_column: str = "messages"
 
     @field_validator("label_map", mode="before")
     @classmethod
@@ -196,6 +207,11 @@ class ModelSettings(_Section):
     # Which tokens of a longer text the model reads (recorded with the model; labelloop/modeling.py):
     # head (the start), tail (the end), head_tail (the first quarter and last three quarters).
     truncation: Literal["head", "tail", "head_tail"] = "head"
+    # pretrained: start from the base's weights; scratch: a random initialisation of the base's
+    # architecture, or of `scratch_config` (e.g. {model_type: gpt2, n_layer: 4, n_embd: 256,
+    # n_head: 4}) with the base's tokenizer.
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    scratch_config: Optional[dict[str, Any]] = None
 
 
 class TrainingSettings(_Section):
@@ -212,6 +228,19 @@ class TrainingSettings(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
+class GenerationSettings(_Section):
+    """Text generation (task.type generation): what prompts look like and how outputs are made."""
+    # System message put before every prompt; null = the chat template's own default.
+    system_prompt: Optional[str] = None
+    # Prompts are cut to their last this many tokens (training, evaluation; recorded in the
+    # bundle for serving).
+    max_prompt_tokens: int = Field(256, gt=0)
+    # Evaluation: greedy outputs of at most this many tokens, scored against the references.
+    max_new_tokens: int = Field(64, gt=0)
+    # Evaluation: prompts per generate() call.
+    eval_batch_size: int = Field(64, gt=0)
+
+
 class EvaluationSettings(_Section):
     batch_size: int = Field(256, gt=0)
     sample_predictions: int = Field(50, ge=0)
@@ -225,7 +254,9 @@ class RegistrySettings(_Section):
 
 
 class PromotionSettings(_Section):
-    metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    # classification: macro_f1 | accuracy; generation: chrf | rouge_l. Unset: the family's
+    # first (PROMOTION_METRICS).
+    metric: Literal["macro_f1", "accuracy", "chrf", "rouge_l"] = "macro_f1"
     margin: float = Field(0.005, ge=0.0)
     # paired: a paired bootstrap over the same test texts decides what chance explains, human
     # labels break ties (labelloop.promotion); margin: the fixed-margin rule alone.
@@ -374,6 +405,18 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     studio: StudioSettings = Field(default_factory=StudioSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    @model_validator(mode="after")
+    def _metric_of_the_family(self) -> "Settings":
+        allowed = PROMOTION_METRICS[self.task.type]
+        if "metric" not in self.promotion.model_fields_set:
+            if self.promotion.metric not in allowed:
+                self.promotion.metric = allowed[0]
+        elif self.promotion.metric not in allowed:
+            raise ValueError(f"promotion.metric {self.promotion.metric!r} is not a "
+                             f"{self.task.type} metric; choose one of {list(allowed)}")
+        return self
 
     @model_validator(mode="after")
     def _map_into_labels(self) -> "Settings":

@@ -103,7 +103,9 @@ def fine_tune(
         base = modeling.resolve_base_model(model_cfg.base)
         base_name = model_cfg.base
     tokenizer = modeling.load_tokenizer(base)
-    model = modeling.load_base_classifier(base, task)
+    model = modeling.load_base_classifier(
+        base, task, init=model_cfg.init if init_bundle is None else "pretrained",
+        scratch_config=model_cfg.scratch_config, tokenizer=tokenizer)
     if cfg.method == "lora":
         model = _apply_lora(model, task, cfg)
     model.to(device)

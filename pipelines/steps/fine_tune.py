@@ -52,6 +52,7 @@ def fine_tune(
         "base_model": settings.model.base,
         "max_length": settings.model.max_length,
         "method": cfg.method,
+        "init": settings.model.init,
         "dataset": settings.dataset.path,
         **data_provenance,  # sources, digests, cleaning, truncation (labelloop.provenance)
     })
