@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.labelloop-installed
 CONSTRAINTS := configs/pip-constraints.txt
 
-.PHONY: setup demo train feedback stop test test-unit browser stack clean
+.PHONY: setup demo train feedback stop test test-unit browser postgres stack clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,12 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
 	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# Debian's PostgreSQL server binaries for the SQL-source tests (each test run starts its own
+# throwaway cluster on a free 127.0.0.1 port; the package's default cluster is not used).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+
 # The demo picks configs/demo.yaml on a machine without a GPU, the full defaults on a GPU.
 demo: setup
 	$(VENV)/bin/labelloop demo
@@ -43,7 +49,7 @@ stop:
 stack: setup
 	$(PY) -m pipelines.stack
 
-test: setup browser
+test: setup browser postgres
 	$(PY) -m pytest -q
 
 test-unit: setup

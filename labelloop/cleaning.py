@@ -30,6 +30,15 @@ _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab":
 _MAX_PASSES = 4
 
 
+def _wrapped(text: str) -> bool:
+    """Quotes around the whole text: a matching pair at the ends and no quote of that kind
+    inside (`"left" and "right"` is two quotes, not one wrapped text), or a wrapped inside."""
+    if len(text) < 2 or _QUOTES.get(text[0]) != text[-1]:
+        return False
+    inner = text[1:-1]
+    return (text[0] not in inner and text[-1] not in inner) or _wrapped(inner)
+
+
 @dataclass(frozen=True)
 class Cleaning:
     html_entities: bool = False
@@ -67,7 +76,7 @@ class Cleaning:
             text = _SPACES.sub(" ", text).strip()
         elif self.whitespace == "strip" or self.strip_quotes:
             text = text.strip()
-        if self.strip_quotes and len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
+        if self.strip_quotes and _wrapped(text):
             text = text[1:-1]
             text = _SPACES.sub(" ", text).strip() if self.whitespace == "collapse" else text.strip()
         return text

@@ -30,7 +30,8 @@ from labelloop.sources import DataError, SourceInfo, combined_digest, read_sourc
 from labelloop.tasks import ClassificationTask
 
 __all__ = ["DataError", "Report", "Splits", "load_splits", "load_labelled", "prepare", "split",
-           "limit_rows", "merge_human_labels", "digest", "human_digest", "text_bucket", "text_value"]
+           "limit_rows", "merge_human_labels", "digest", "human_digest", "text_bucket",
+           "text_value"]
 
 
 # -- values --------------------------------------------------------------------------------
@@ -161,7 +162,8 @@ def prepare(raw: pd.DataFrame, settings: DatasetSettings, task: ClassificationTa
     df = pd.DataFrame({"text": cleaned, "label": label,
                        **{c: raw[c] for c in keep_columns}})
     has_text = df["text"].notna()
-    empty = has_text & df["text"].map(lambda t: not t.strip() if isinstance(t, str) else True).astype(bool)
+    empty = has_text & df["text"].map(
+        lambda t: not t.strip() if isinstance(t, str) else True).astype(bool)
     report.empty_text = int(empty.sum())
     df = df[has_text & ~empty & df["label"].notna()]
     df = _resolve_duplicates(df, settings.duplicates, report).reset_index(drop=True)
@@ -202,7 +204,8 @@ def _load(src: SourceSettings, role: str, settings: DatasetSettings, task: Class
         else info.uri
     df, report = prepare(raw, settings, task, where, cleaning)
     if df.empty:
-        raise DataError(f"{where}: no usable rows after cleaning ({report.summary(settings.duplicates)})")
+        raise DataError(f"{where}: no usable rows after cleaning "
+                        f"({report.summary(settings.duplicates)})")
     return df, info, report
 
 
@@ -297,17 +300,19 @@ def text_bucket(text: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split(df: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train/test split by the text's hash: the test split never changes between runs."""
-    is_test = df["text"].map(text_bucket) < test_fraction
+def split(df: pd.DataFrame, test_fraction: float,
+          column: str = "text") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train/test split by the hash of `column` (the text; a generation family's prompt): the
+    test split never changes between runs."""
+    is_test = df[column].map(text_bucket) < test_fraction
     return df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)
 
 
-def limit_rows(df: pd.DataFrame, max_rows: int | None) -> pd.DataFrame:
-    """A stable subsample (by hash order), for quick runs on a laptop."""
+def limit_rows(df: pd.DataFrame, max_rows: int | None, column: str = "text") -> pd.DataFrame:
+    """A stable subsample (by hash order of `column`), for quick runs on a laptop."""
     if max_rows is None or len(df) <= max_rows:
         return df
-    order = df["text"].map(lambda t: text_bucket("sample:" + t)).sort_values().index
+    order = df[column].map(lambda t: text_bucket("sample:" + t)).sort_values().index
     return df.loc[order[:max_rows]].reset_index(drop=True)
 
 

@@ -191,10 +191,22 @@ def encode_texts(tokenizer, texts: Sequence[str], max_length: int,
                                            max_length=max_length)["input_ids"]]
     if strategy not in TRUNCATIONS:
         raise ModelError(f"unknown truncation {strategy!r}; known: {list(TRUNCATIONS)}")
-    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    prefix, suffix = special_tokens_around(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
     body = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-    return [tokenizer.build_inputs_with_special_tokens(select_tokens(b, budget, strategy))
-            for b in body]
+    return [prefix + select_tokens(b, budget, strategy) + suffix for b in body]
+
+
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after one text ([CLS] / [SEP], <s> /
+    </s>): found by encoding a word with and without them."""
+    full = list(tokenizer("a")["input_ids"])
+    body = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    for i in range(len(full) - len(body) + 1):
+        if full[i:i + len(body)] == body:
+            return full[:i], full[i + len(body):]
+    raise ModelError("cannot tell where this tokenizer puts its special tokens; use "
+                     "model.truncation: head")
 
 
 def tokenize_padded(tokenizer, texts: Sequence[str], max_length: int,

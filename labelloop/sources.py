@@ -168,6 +168,14 @@ def _read_zip(path: Path, src: SourceSettings, encoding: str) -> tuple[pd.DataFr
     return pd.concat(frames, ignore_index=True), h.hexdigest()
 
 
+def _first_line(exc: BaseException) -> str:
+    """The driver's own message (SQLAlchemy and pandas wrap it in theirs)."""
+    while exc.__cause__ is not None or getattr(exc, "orig", None) is not None:
+        exc = getattr(exc, "orig", None) or exc.__cause__
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _read_sql(src: SourceSettings) -> tuple[pd.DataFrame, str]:
     import sqlalchemy as sa
 
@@ -181,22 +189,23 @@ def _read_sql(src: SourceSettings) -> tuple[pd.DataFrame, str]:
     except Exception as exc:  # noqa: BLE001 - missing driver (NoSuchModuleError, ImportError)
         raise DataError(f"cannot use the SQL source {shown}: {exc}") from None
     try:
-        with engine.connect() as conn:
-            if src.table is not None:
-                if not sa.inspect(conn).has_table(src.table):
-                    raise DataError(f"the SQL source {shown} has no table {src.table!r}")
-                df = pd.read_sql_table(src.table, conn)
-            else:
-                df = pd.read_sql_query(sa.text(src.query), conn)
+        conn = engine.connect()
+    except Exception as exc:  # noqa: BLE001 - OperationalError, a driver's own errors
+        engine.dispose()
+        raise DataError(f"cannot connect to the SQL source {shown}: {_first_line(exc)}") from None
+    try:
+        if src.table is not None:
+            if not sa.inspect(conn).has_table(src.table):
+                raise DataError(f"the SQL source {shown} has no table {src.table!r}")
+            df = pd.read_sql_table(src.table, conn)
+        else:
+            df = pd.read_sql_query(sa.text(src.query), conn)
     except DataError:
         raise
-    except sa.exc.OperationalError as exc:
-        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        raise DataError(f"the SQL source {shown} failed: {first}") from None
-    except sa.exc.SQLAlchemyError as exc:
-        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise DataError(f"the SQL query on {shown} failed: {first}") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and pandas' DatabaseError
+        raise DataError(f"the SQL query on {shown} failed: {_first_line(exc)}") from None
     finally:
+        conn.close()
         engine.dispose()
     return df, _frame_digest(df)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from labelloop import provenance
 from labelloop.modeling import Classifier, read_bundle_meta
 from labelloop.settings import Settings
 
@@ -56,6 +57,10 @@ class LoadedModel:
             "task": self.classifier.task.to_dict(),
             "base_model": meta.get("base_model"),
             "dataset_digest": meta.get("dataset_digest"),
+            # What trained it, exactly (labelloop.provenance): sources and their digests, the
+            # test split's and the human labels' digests, the labels store seq, and how texts
+            # are cleaned and truncated (applied to every request).
+            **provenance.shown(meta),
             "method": meta.get("method"),
             "max_length": self.classifier.max_length,
             "created_at": meta.get("created_at"),
