@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.labelloop-installed
 CONSTRAINTS := configs/pip-constraints.txt
 
-.PHONY: setup demo train feedback stop test test-unit browser postgres stack clean
+.PHONY: setup demo train feedback stop test test-unit browser postgres containers image image-gpu stack clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,21 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
 
+# A container engine without a daemon (podman, with runc) and debootstrap for the local base
+# image: the image tests and `make image` need them (docs/deploy.md).
+containers:
+	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && \
+	  command -v debootstrap >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    podman runc debootstrap >/dev/null; }
+
+# The service image (CPU build of torch): bento + podman/docker, base image built here if needed.
+image: setup containers
+	$(VENV)/bin/labelloop image build
+
+image-gpu: setup containers
+	$(VENV)/bin/labelloop image build --variant gpu
+
 # The demo picks configs/demo.yaml on a machine without a GPU, the full defaults on a GPU.
 demo: setup
 	$(VENV)/bin/labelloop demo
@@ -49,7 +64,7 @@ stop:
 stack: setup
 	$(PY) -m pipelines.stack
 
-test: setup browser postgres
+test: setup browser postgres containers
 	$(PY) -m pytest -q
 
 test-unit: setup

@@ -225,6 +225,9 @@ class TrainingSettings(_Section):
     seed: int = 42
     device: str = "auto"
     log_every_steps: int = Field(20, gt=0)
+    # Data-parallel processes for the fine-tune (labelloop/distributed.py, through accelerate):
+    # one per GPU, or CPU processes over gloo. 1 = the plain loop in this process.
+    num_processes: int = Field(1, gt=0)
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
@@ -287,6 +290,9 @@ class ServingSettings(_Section):
     # Runtime knobs of the BentoML service (services/service.py).
     device: str = "auto"
     workers: int = Field(1, gt=0)
+    # Spread the workers over this many GPUs, one GPU per worker: worker i on GPU (i-1) mod
+    # gpus (services/gpus.py); workers: 2 x gpus puts two on each. 0 = all on `device`.
+    gpus: int = Field(0, ge=0)
     # With several workers: answer every Nth request of a keep-alive connection with
     # "Connection: close" so clients reconnect and load spreads over the workers
     # (services/balance.py). 0 = never.
@@ -392,6 +398,22 @@ class FeedbackSettings(_Section):
     warm_start: WarmStartSettings = Field(default_factory=WarmStartSettings)
 
 
+class ImageSettings(_Section):
+    """Container images (labelloop/image.py, `labelloop image build`, docs/deploy.md)."""
+    engine: Literal["auto", "podman", "docker"] = "auto"
+    # cpu: the CPU build of torch (shipped inside the bento); gpu: the CUDA build from PyPI.
+    variant: Literal["cpu", "gpu"] = "cpu"
+    name: str = "localhost/labelloop"
+    # The torch every image pins (the Makefile installs the same version on CPU machines).
+    torch_version: str = "2.13.0"
+    torch_cpu_index: str = "https://download.pytorch.org/whl/cpu"
+    # Unset: a Debian bookworm base image built here with debootstrap (no registry needed).
+    base_image: Optional[str] = None
+    debian_mirror: str = "http://deb.debian.org/debian"
+    # The build's network: host reaches PyPI (and the proxy) the way this machine does.
+    network: str = "host"
+
+
 class Settings(_Section):
     data_dir: str = ".labelloop"
     task: TaskSettings = Field(default_factory=TaskSettings)
@@ -406,6 +428,7 @@ class Settings(_Section):
     studio: StudioSettings = Field(default_factory=StudioSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    image: ImageSettings = Field(default_factory=ImageSettings)
 
     @model_validator(mode="after")
     def _metric_of_the_family(self) -> "Settings":

@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 from zenml import step
 
-from labelloop import modeling, provenance, scratch, training
+from labelloop import distributed, modeling, provenance, scratch
 from labelloop.tasks import task_from_settings
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
@@ -34,13 +34,14 @@ def fine_tune(
         "dataset": settings.dataset.path, "labels": ",".join(task.labels),
         "truncation": settings.model.truncation,
         "source_digest": data_provenance["source_digest"],
+        "num_processes": cfg.num_processes,
     })
     provenance.log_inputs(data_provenance, train, test)
 
     def log(step_no: int, values: dict[str, float]) -> None:
         mlflow.log_metrics(values, step=step_no)
 
-    result = training.fine_tune(train, task, settings.model, cfg, on_log=log)
+    result = distributed.fine_tune(train, task, settings.model, cfg, on_log=log)
     mlflow.log_metrics({
         "train_seconds": result.train_seconds,
         "train_samples_per_second": result.samples_per_second,
