@@ -158,14 +158,16 @@ def prepare(raw: pd.DataFrame, settings: DatasetSettings, task: ClassificationTa
     report.null_text = int(text.isna().sum())
     cleaned = cleaning.series(text)
     report.changed_by_cleaning = int(((cleaned != text) & text.notna()).sum())
-    label = _map_labels(raw[settings.label_column], settings, task, report, where)
-    df = pd.DataFrame({"text": cleaned, "label": label,
-                       **{c: raw[c] for c in keep_columns}})
-    has_text = df["text"].notna()
-    empty = has_text & df["text"].map(
+    empty = cleaned.notna() & cleaned.map(
         lambda t: not t.strip() if isinstance(t, str) else True).astype(bool)
     report.empty_text = int(empty.sum())
-    df = df[has_text & ~empty & df["label"].notna()]
+    # Rows without a text go first: their label cell is not judged (a broken CSV line's
+    # continuation is such a row, with text in the label column and none in the text column).
+    keep = cleaned.notna() & ~empty
+    label = _map_labels(raw.loc[keep, settings.label_column], settings, task, report, where)
+    df = pd.DataFrame({"text": cleaned[keep], "label": label,
+                       **{c: raw.loc[keep, c] for c in keep_columns}})
+    df = df[df["label"].notna()]
     df = _resolve_duplicates(df, settings.duplicates, report).reset_index(drop=True)
     report.kept = len(df)
     return df, report

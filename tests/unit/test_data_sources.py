@@ -312,3 +312,11 @@ def test_default_corpus_split_is_unchanged_by_the_new_data_layer():
     assert (len(got.train), len(got.test)) == (29863, 7380)
     assert (data.digest(got.train), data.digest(got.test)) == ("cf591c627978bbe0",
                                                                "e41183effb463da6")
+
+
+def test_a_row_without_text_is_not_judged_by_its_label():
+    """A broken CSV line's continuation has text in the label column and none in the text one:
+    it is a row without text (counted), not an unknown label (which would stop training)."""
+    df = pd.DataFrame({"text": ["good", ""], "sentiment": ["positive", "http://t.co/x"]})
+    got, report = data.prepare(df, ds(), TASK, "broken")
+    assert list(got["text"]) == ["good"] and report.empty_text == 1
