@@ -268,6 +268,29 @@ class PromotionSettings(_Section):
     resamples: int = Field(1000, ge=100)
 
 
+class GenerationServingSettings(_Section):
+    """Serving a generation champion (services/generation_api.py, labelloop/generation_engine.py)."""
+
+    # Sequences decoded together (rows of the preallocated KV cache); more wait their turn.
+    # None: 256 on a GPU, 16 on a CPU.
+    slots: Optional[int] = Field(None, gt=0)
+    # Longest prompt (after the chat template), in tokens; longer ones get 413 (400 on /v1).
+    max_prompt_tokens: int = Field(512, gt=0)
+    # Largest max_new_tokens a request may ask for; more gets 422 (400 on /v1).
+    max_new_tokens: int = Field(512, gt=0)
+    # max_new_tokens when a request names none.
+    default_max_new_tokens: int = Field(128, gt=0)
+    # Generation requests in flight per worker; the next one gets 429 with Retry-After.
+    max_concurrent_requests: int = Field(1024, gt=0)
+    # Prompts in one /generate (or /v1/completions) call; more gets 413.
+    max_prompts_per_request: int = Field(1024, gt=0)
+    # Sequences waiting for a slot; a request that would exceed it gets 503 with Retry-After.
+    max_waiting: int = Field(8192, gt=0)
+    # Prompt tokens run in one prefill call (new requests join between decoding steps; this
+    # bounds how long one such pause lasts). A longer single prompt still runs alone.
+    prefill_tokens: int = Field(16384, gt=0)
+
+
 class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(3000, gt=0, lt=65536)
@@ -338,6 +361,7 @@ class ServingSettings(_Section):
     # The prediction log keeps this many leading characters of each text, plus its length and
     # SHA-256, so anonymous traffic cannot grow the log by more than rows x this.
     prediction_log_text_chars: int = Field(500, ge=0)
+    generation: GenerationServingSettings = Field(default_factory=GenerationServingSettings)
 
 
 class StudioSettings(_Section):
@@ -396,6 +420,11 @@ class FeedbackSettings(_Section):
     # held-out set that scores the champion and compares it with a challenger.
     holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     warm_start: WarmStartSettings = Field(default_factory=WarmStartSettings)
+    # Turns started by the service (webhook, "Start training") fork from a warm process that
+    # has imported torch, transformers, ZenML and MLflow once (labelloop/launcher.py): 6-40 s
+    # less per turn. Off: each turn is a fresh `python -m labelloop.cli feedback`.
+    warm_launcher: bool = True
+    launcher_idle_s: float = Field(3600.0, gt=0.0)
 
 
 class ImageSettings(_Section):
