@@ -14,6 +14,11 @@ from labelloop.tasks import task_from_settings
 
 def validate_inputs(settings: Settings) -> None:
     """Fail fast, with one clear message, on anything that would break training later."""
+    if settings.task.type == "generation":
+        from labelloop.generation.steps import check_inputs
+
+        check_inputs(settings)
+        return
     resolve_base_model(settings.model.base)
     data.load_labelled(settings.dataset, task_from_settings(settings))
 
@@ -50,14 +55,22 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
 
 def print_summary(settings: Settings, metrics: dict, decision: dict) -> None:
     print("\n=== labelloop training result ===")
-    print(f"test accuracy  {metrics['accuracy']:.4f}")
-    print(f"test macro-F1  {metrics['macro_f1']:.4f}")
-    for label in task_from_settings(settings).labels:
-        print(f"  F1 {label:<10} {metrics[f'f1_{label}']:.4f}")
+    if settings.task.type == "generation":
+        for name in ("chrf", "rouge_l", "loss", "perplexity"):
+            print(f"test {name:<10} {metrics[name]:.4f}  (base {metrics[f'base_{name}']:.4f})")
+    else:
+        _print_classification(settings, metrics)
     print(f"registered     {settings.registry.model_name} version {decision['challenger_version']}")
     print(f"promotion      {'promoted to champion' if decision['promote'] else 'not promoted'}: "
           f"{decision['reason']}")
     show_status(settings=settings)
+
+
+def _print_classification(settings: Settings, metrics: dict) -> None:
+    print(f"test accuracy  {metrics['accuracy']:.4f}")
+    print(f"test macro-F1  {metrics['macro_f1']:.4f}")
+    for label in task_from_settings(settings).labels:
+        print(f"  F1 {label:<10} {metrics[f'f1_{label}']:.4f}")
 
 
 def show_status(config: Optional[str] = None, settings: Optional[Settings] = None) -> int:

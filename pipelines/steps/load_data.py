@@ -22,6 +22,8 @@ def load_data(
 ) -> Tuple[Annotated[pd.DataFrame, "train"], Annotated[pd.DataFrame, "test"]]:
     settings = settings_for(config, overrides)
     task = task_from_settings(settings)
+    if task.type == "generation":
+        return _generation_rows(settings, include_human_labels)
     resolve_base_model(settings.model.base)  # a bad base model fails here, before training
     df = data.load_labelled(settings.dataset, task)
     train, test = data.frozen_split(df, settings.dataset)
@@ -42,4 +44,17 @@ def load_data(
         "train_digest": data.digest(train), "test_digest": data.digest(test),
     })
     print(f"data: {len(train)} training rows ({human_rows} human labels), {len(test)} test rows")
+    return train, test
+
+
+def _generation_rows(settings, include_human_labels: bool):
+    from labelloop.generation import steps as generation
+
+    generation.check_inputs(settings)  # the base (converted once if GGUF) before training
+    train, test, meta = generation.load(settings)
+    if include_human_labels:
+        print("data: human responses for generation are not collected yet; base rows only")
+    log_metadata(meta)
+    print(f"data: {len(train)} prompt/response training rows, {len(test)} test rows "
+          f"({meta['test_prompts']} distinct test prompts)")
     return train, test
