@@ -68,6 +68,7 @@ def fine_tune(train: pd.DataFrame, settings: Settings, on_log: Optional[LogFn] =
     tokenized = tokenize_rows(train, tokenizer, settings)
     if not tokenized["input_ids"]:
         raise ValueError("no training rows left a response token within model.max_length")
+    datasets.disable_progress_bars()  # TRL's "Truncating train dataset" bars on rows we cut already
     dataset = datasets.Dataset.from_dict(tokenized)
     n = len(dataset)
     total_steps = cfg.max_steps or max(1, math.ceil(math.ceil(n / cfg.batch_size) * cfg.epochs))
