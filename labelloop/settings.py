@@ -97,6 +97,9 @@ class TrainingSettings(_Section):
     seed: int = 42
     device: str = "auto"
     log_every_steps: int = Field(20, gt=0)
+    # Data-parallel processes for the fine-tune (labelloop/distributed.py, through accelerate):
+    # one per GPU, or CPU processes over gloo. 1 = the plain loop in this process.
+    num_processes: int = Field(1, gt=0)
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
 
@@ -137,6 +140,29 @@ class PromotionSettings(_Section):
     resamples: int = Field(1000, ge=100)
 
 
+class GenerationServingSettings(_Section):
+    """Serving a generation champion (services/generation_api.py, labelloop/generation_engine.py)."""
+
+    # Sequences decoded together (rows of the preallocated KV cache); more wait their turn.
+    # None: 256 on a GPU, 16 on a CPU.
+    slots: Optional[int] = Field(None, gt=0)
+    # Longest prompt (after the chat template), in tokens; longer ones get 413 (400 on /v1).
+    max_prompt_tokens: int = Field(512, gt=0)
+    # Largest max_new_tokens a request may ask for; more gets 422 (400 on /v1).
+    max_new_tokens: int = Field(512, gt=0)
+    # max_new_tokens when a request names none.
+    default_max_new_tokens: int = Field(128, gt=0)
+    # Generation requests in flight per worker; the next one gets 429 with Retry-After.
+    max_concurrent_requests: int = Field(1024, gt=0)
+    # Prompts in one /generate (or /v1/completions) call; more gets 413.
+    max_prompts_per_request: int = Field(1024, gt=0)
+    # Sequences waiting for a slot; a request that would exceed it gets 503 with Retry-After.
+    max_waiting: int = Field(8192, gt=0)
+    # Prompt tokens run in one prefill call (new requests join between decoding steps; this
+    # bounds how long one such pause lasts). A longer single prompt still runs alone.
+    prefill_tokens: int = Field(16384, gt=0)
+
+
 class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(3000, gt=0, lt=65536)
@@ -159,6 +185,9 @@ class ServingSettings(_Section):
     # Runtime knobs of the BentoML service (services/service.py).
     device: str = "auto"
     workers: int = Field(1, gt=0)
+    # Spread the workers over this many GPUs, one GPU per worker: worker i on GPU (i-1) mod
+    # gpus (services/gpus.py); workers: 2 x gpus puts two on each. 0 = all on `device`.
+    gpus: int = Field(0, ge=0)
     # With several workers: answer every Nth request of a keep-alive connection with
     # "Connection: close" so clients reconnect and load spreads over the workers
     # (services/balance.py). 0 = never.
@@ -204,6 +233,7 @@ class ServingSettings(_Section):
     # The prediction log keeps this many leading characters of each text, plus its length and
     # SHA-256, so anonymous traffic cannot grow the log by more than rows x this.
     prediction_log_text_chars: int = Field(500, ge=0)
+    generation: GenerationServingSettings = Field(default_factory=GenerationServingSettings)
 
 
 class StudioSettings(_Section):
@@ -262,6 +292,27 @@ class FeedbackSettings(_Section):
     # held-out set that scores the champion and compares it with a challenger.
     holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     warm_start: WarmStartSettings = Field(default_factory=WarmStartSettings)
+    # Turns started by the service (webhook, "Start training") fork from a warm process that
+    # has imported torch, transformers, ZenML and MLflow once (labelloop/launcher.py): 6-40 s
+    # less per turn. Off: each turn is a fresh `python -m labelloop.cli feedback`.
+    warm_launcher: bool = True
+    launcher_idle_s: float = Field(3600.0, gt=0.0)
+
+
+class ImageSettings(_Section):
+    """Container images (labelloop/image.py, `labelloop image build`, docs/deploy.md)."""
+    engine: Literal["auto", "podman", "docker"] = "auto"
+    # cpu: the CPU build of torch (shipped inside the bento); gpu: the CUDA build from PyPI.
+    variant: Literal["cpu", "gpu"] = "cpu"
+    name: str = "localhost/labelloop"
+    # The torch every image pins (the Makefile installs the same version on CPU machines).
+    torch_version: str = "2.13.0"
+    torch_cpu_index: str = "https://download.pytorch.org/whl/cpu"
+    # Unset: a Debian bookworm base image built here with debootstrap (no registry needed).
+    base_image: Optional[str] = None
+    debian_mirror: str = "http://deb.debian.org/debian"
+    # The build's network: host reaches PyPI (and the proxy) the way this machine does.
+    network: str = "host"
 
 
 class Settings(_Section):
@@ -277,6 +328,7 @@ class Settings(_Section):
     studio: StudioSettings = Field(default_factory=StudioSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    image: ImageSettings = Field(default_factory=ImageSettings)
 
     @model_validator(mode="after")
     def _metric_of_the_family(self) -> "Settings":
