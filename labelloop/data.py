@@ -55,6 +55,22 @@ def text_value(value: Any) -> Optional[str]:
     return label if isinstance(label, str) else str(label)
 
 
+def read_table(path, fmt: str = "auto", encoding: str = "utf-8") -> pd.DataFrame:
+    """One file as a raw table (any family's columns): labelloop.sources reads it."""
+    from pathlib import Path
+
+    from labelloop.sources import parse_table
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset file not found: {path}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return parse_table(raw, str(path), fmt, encoding)
+
+
 # -- the report ----------------------------------------------------------------------------
 @dataclass
 class Report:

@@ -52,8 +52,10 @@ def record(splits: "data.Splits", train: pd.DataFrame, human: Optional[pd.DataFr
 def version_tags(rec: dict[str, Any]) -> dict[str, str]:
     """Registry tags of a version trained with `rec`. The labels-store seq is tagged only when
     human labels were trained on: the feedback loop reads it as "labels seen up to here"."""
-    tags = {SOURCE_DIGEST_TAG: str(rec["source_digest"]), TEST_DIGEST_TAG: str(rec["test_digest"]),
-            HUMAN_DIGEST_TAG: str(rec["human_digest"])}
+    tags = {tag: str(rec[key]) for tag, key in ((SOURCE_DIGEST_TAG, "source_digest"),
+                                                (TEST_DIGEST_TAG, "test_digest"),
+                                                (HUMAN_DIGEST_TAG, "human_digest"))
+            if rec.get(key) is not None}  # (a family that records none gets none)
     if rec.get("labels_seq") is not None and rec.get("human_rows"):
         tags[LABELS_SEQ_TAG] = str(rec["labels_seq"])
     return tags

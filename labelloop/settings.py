@@ -468,6 +468,9 @@ class Settings(_Section):
         elif self.promotion.metric not in allowed:
             raise ValueError(f"promotion.metric {self.promotion.metric!r} is not a "
                              f"{self.task.type} metric; choose one of {list(allowed)}")
+        if self.model.init == "scratch" and self.training.method != "full":
+            # LoRA adapters on random frozen weights learn next to nothing.
+            raise ValueError("model.init scratch trains every weight: set training.method full")
         return self
 
     @model_validator(mode="after")

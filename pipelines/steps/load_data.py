@@ -26,6 +26,8 @@ def load_data(
            Annotated[dict, "provenance"]]:
     settings = settings_for(config, overrides)
     task = task_from_settings(settings)
+    if task.type == "generation":
+        return _generation_rows(settings, include_human_labels)
     resolve_base_model(settings.model.base)  # a bad base model fails here, before training
     splits = data.load_splits(settings.dataset, task)
     train, test = splits.train, splits.test
@@ -56,3 +58,16 @@ def load_data(
     print(f"data: {len(train)} training rows ({record['human_rows']} human labels), "
           f"{len(test)} test rows; cleaning: {cleaning.describe()}")
     return train, test, record
+
+
+def _generation_rows(settings, include_human_labels: bool):
+    from labelloop.generation import steps as generation
+
+    generation.check_inputs(settings)  # the base (converted once if GGUF) before training
+    train, test, meta = generation.load(settings)
+    if include_human_labels:
+        print("data: human responses for generation are not collected yet; base rows only")
+    log_metadata(meta)
+    print(f"data: {len(train)} prompt/response training rows, {len(test)} test rows "
+          f"({meta['test_prompts']} distinct test prompts)")
+    return train, test, {"family": "generation", **meta}
