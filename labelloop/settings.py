@@ -196,6 +196,40 @@ class StudioSettings(_Section):
     diverse_candidates: int = Field(10, ge=1)
 
 
+class AnnotationSettings(_Section):
+    # Which annotation tools the loop feeds and reads (annotation/tools.py): the feedback sync
+    # pulls from each, publishing a new champion's predictions updates each.
+    tools: list[Literal["label-studio", "argilla"]] = Field(
+        default_factory=lambda: ["label-studio"])
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_unique(cls, tools: list[str]) -> list[str]:
+        if len(set(tools)) != len(tools):
+            raise ValueError(f"annotation tools must be listed once each, got {tools}")
+        return tools
+
+
+class ArgillaSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(6900, gt=0, lt=65536)
+    # The search engine (Elasticsearch protocol) and Redis argilla-server needs, both served
+    # by noida-db on these ports (annotation/argilla_server.py).
+    search_port: int = Field(9200, gt=0, lt=65536)
+    redis_port: int = Field(6379, gt=0, lt=65536)
+    venv: Optional[str] = None
+    username: str = "labelloop"
+    # Argilla wants passwords of 8 characters or more.
+    password: str = Field("labelloop-admin", repr=False, min_length=8)
+    api_key: str = Field("", repr=False)
+    workspace: str = "labelloop"
+    dataset: str = "labelloop-sentiment"
+    pool_size: int = Field(200, gt=0)
+    # Start a feedback run once this many new labels arrived through Argilla's webhooks since
+    # the last run (0 = never from Argilla's webhooks).
+    webhook_trigger_labels: int = Field(0, ge=0)
+
+
 class WarmStartSettings(_Section):
     replay_rows: int = Field(256, ge=0)
     # ...and at least this many replayed rows per new label, so a large batch of corrections
@@ -244,6 +278,8 @@ class Settings(_Section):
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     studio: StudioSettings = Field(default_factory=StudioSettings)
+    annotation: AnnotationSettings = Field(default_factory=AnnotationSettings)
+    argilla: ArgillaSettings = Field(default_factory=ArgillaSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
 
     # Derived locations: the single place that says where each thing lives.
