@@ -33,6 +33,8 @@ import labelloop  # noqa: F401  (offline switches)
 from annotation.argilla_records import (
     LABEL_QUESTION, SOURCE, TEXT_FIELD, record_from_response,
 )
+
+PROMPT_FIELD, RESPONSE_QUESTION, PREFERENCE_QUESTION = "prompt", "response", "preference"
 from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
 
@@ -117,9 +119,32 @@ def classification_settings(task) -> Any:
     )
 
 
-# One builder per task family: generation adds a prompt field with a TextQuestion (answer) and
-# a preference question over two responses, with the same signature.
-DATASET_BUILDERS: dict[str, Callable[[Any], Any]] = {"classification": classification_settings}
+PREFERENCE_LABELS = ["a", "b", "tie", "both bad"]  # Argilla has no pairwise question: a label one
+
+
+def generation_settings(task) -> Any:
+    """Prompt -> response: the model's answer is the suggestion of an editable TextQuestion,
+    and a preference question compares two responses (e.g. champion and challenger)."""
+    import argilla as rg
+
+    return rg.Settings(
+        guidelines=(f"{task.name}: correct the model's response (it is prefilled: edit it, or keep "
+                    "it if it is right); then say which of the two responses is better."),
+        fields=[rg.TextField(name=PROMPT_FIELD, title="Prompt"),
+                rg.TextField(name="response_a", title="Response A", required=False),
+                rg.TextField(name="response_b", title="Response B", required=False)],
+        questions=[rg.TextQuestion(name=RESPONSE_QUESTION, title="The right response"),
+                   rg.LabelQuestion(name=PREFERENCE_QUESTION, title="Which response is better?",
+                                    labels=PREFERENCE_LABELS, required=False)],
+        metadata=[rg.FloatMetadataProperty(name="uncertainty", title="uncertainty"),
+                  rg.IntegerMetadataProperty(name="rank", title="import rank")],
+        allow_extra_metadata=True,
+    )
+
+
+# One builder (and one check below) per task family.
+DATASET_BUILDERS: dict[str, Callable[[Any], Any]] = {"classification": classification_settings,
+                                                     "generation": generation_settings}
 
 
 def dataset_settings_for(task) -> Any:
@@ -132,10 +157,18 @@ def dataset_settings_for(task) -> Any:
 
 def check_dataset(dataset, task) -> None:
     """`DatasetMismatch` unless the dataset asks exactly the task's question."""
-    if task.type != "classification":
-        raise DatasetMismatch(f"no Argilla dataset check for task type {task.type!r} yet")
     questions = {q.name: q for q in dataset.settings.questions}
     fields = {f.name for f in dataset.settings.fields}
+    if task.type == "generation":
+        kinds = {name: type(q).__name__ for name, q in questions.items()}
+        if PROMPT_FIELD not in fields or kinds.get(RESPONSE_QUESTION) != "TextQuestion":
+            raise DatasetMismatch(
+                f"the Argilla dataset {dataset.name!r} is not a generation dataset (needs a "
+                f"{PROMPT_FIELD!r} field and a {RESPONSE_QUESTION!r} text question; found fields "
+                f"{sorted(fields)}, questions {kinds}); use another argilla.dataset name")
+        return
+    if task.type != "classification":
+        raise DatasetMismatch(f"no Argilla dataset check for task type {task.type!r}")
     q = questions.get(LABEL_QUESTION)
     if q is None or type(q).__name__ != "LabelQuestion":
         raise DatasetMismatch(
