@@ -356,7 +356,7 @@ def push_suggestions(settings: Settings, client=None, classifier=None) -> dict[s
     else:
         version = str(classifier.version)
     check_dataset(ds, classifier.task)
-    todo = [r for r in pending(list_records(client, str(ds.id), include="suggestions"))
+    todo = [r for r in pending(list_records(client, str(ds.id)))
             if (r.get("metadata") or {}).get("model_version") != version
             or not any(s.get("agent") == version for s in r.get("suggestions") or [])]
     if todo:

@@ -374,9 +374,9 @@ def test_bad_input_unreachable_wrong_key_mismatching_dataset(argilla_server, tmp
                LABELLOOP__ARGILLA__API_KEY="k" * 20)
     assert down.returncode == 2 and "Argilla is unreachable" in down.stderr
     assert down.stderr.count("\n") == 1 and "Traceback" not in down.stderr
-    wrong = cli("setup", LABELLOOP__ARGILLA__PORT=str(cfg["port"]),
-                LABELLOOP__ARGILLA__API_KEY="not-the-key-123")
-    assert wrong.returncode == 2 and "refused the API key" in wrong.stderr, wrong.stderr
+    with pytest.raises(A.ArgillaConnectionError, match="refused the API key"):
+        A.setup(Settings(data_dir=str(tmp_path), argilla={**cfg, "dataset": name,
+                                                           "api_key": "not-the-key-123"}))
     client = A.connect(s)
     assert A.find_dataset(client, s) is None  # neither created anything
 

@@ -49,10 +49,11 @@ def test_annotator_changes_a_suggestion_in_argillas_ui(argilla_server, tmp_path,
 
     page.goto(f"{base}/dataset/{info.id}/annotation-mode")
     page.get_by_text(TEXT).first.wait_for()
-    # The suggestion: "positive" preselected, with its score and the model version as agent.
+    # The suggestion: "positive" preselected, with its score (the UI shows one decimal) and the
+    # model version as its agent.
     page.locator("label.label-active[for=label_positive]").wait_for()
     body = page.locator("body").inner_text()
-    assert re.search(r"0\.87\s+Suggestion\s+3\b", body), body[:2000]
+    assert re.search(r"0\.9\s+Suggestion\s+3\b", body), body[:2000]
     page.locator("label[for=label_negative]").click()
     page.locator("label.label-active[for=label_negative]").wait_for()
     page.locator("button.button--submit").click()
