@@ -389,3 +389,15 @@ def test_bad_input_unreachable_wrong_key_mismatching_dataset(argilla_server, tmp
     ds = A.find_dataset(client, s)
     assert len(A.list_records(client, str(ds.id), include="")) == 0
     ds.delete()
+
+    # The layout dispatches on the task family: a generation dataset is set up and checked
+    # (prompt field, text question, preference question), and refused for classification.
+    from labelloop.tasks import task_from_dict
+
+    gen_task = task_from_dict({"type": "generation", "name": "chat"})
+    gen, info = A.ensure_dataset(s, client, gen_task)
+    assert info.created and A.ensure_dataset(s, client, gen_task)[1].created is False
+    assert {type(q).__name__ for q in gen.settings.questions} == {"TextQuestion", "LabelQuestion"}
+    with pytest.raises(A.DatasetMismatch, match="no label question"):
+        A.ensure_dataset(s, client)
+    gen.delete()

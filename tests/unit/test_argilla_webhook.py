@@ -161,3 +161,4 @@ def test_tools_setting(tmp_path):
         load_settings(overrides={"annotation": {"tools": ["prodigy"]}}, environ={})
     with pytest.raises(ConfigError):
         load_settings(overrides={"annotation": {"tools": ["argilla", "argilla"]}}, environ={})
+
