@@ -327,6 +327,9 @@ def start(settings: Settings, timeout: float = 180.0, progress: Progress = _say)
                                               "--host", a.host, "--port", str(a.port)])
             _wait(lambda: is_ready(base), settings, "server", pid, timeout, progress,
                   f"{base}/api/v1/version")
+        else:  # started by an earlier `up` that has not seen it ready yet
+            _wait(lambda: is_ready(base), settings, "server", running["server"], timeout,
+                  progress, f"{base}/api/v1/version")
         if running["worker"] is None:
             _spawn(settings, "worker", [str(p.python), "-m", "argilla_server", "worker",
                                         "--num-workers", "1"])
