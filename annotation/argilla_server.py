@@ -424,9 +424,9 @@ def cli(args) -> int:
     elif args.action == "push":
         out = A.push_suggestions(settings)
     elif args.action == "sync":
-        from annotation.agreement import log_agreement
-
         out = A.sync_dataset(settings)
+        from annotation.agreement import log_agreement  # MLflow: only once there is something
+
         out["agreement"] = log_agreement(settings, source="argilla")["versions"]
     else:
         raise SystemExit(f"unknown action {args.action!r}")
