@@ -21,7 +21,7 @@ def validate_inputs(settings: Settings) -> None:
         return
     resolve_base_model(settings.model.base)
     distributed.check_processes(settings.training)
-    data.load_labelled(settings.dataset, task_from_settings(settings))
+    data.load_splits(settings.dataset, task_from_settings(settings))
 
 
 def _step_output(run, step: str, name: str) -> Any:
@@ -88,7 +88,20 @@ def show_status(config: Optional[str] = None, settings: Optional[Settings] = Non
         metric = f"{float(recorded):.4f}" if recorded else "?"
         print(f"  version {mv.version:>3}  {mv.tags.get(registry.STATUS_TAG, '?'):<7} "
               f"test {settings.promotion.metric} {metric}{mark}")
+        trace = provenance_line(mv.tags)
+        if trace:
+            print(f"               {trace}")
     return 0
+
+
+def provenance_line(tags: dict) -> str:
+    """What trained a version, from its registry tags (labelloop.provenance)."""
+    from labelloop import provenance
+
+    parts = [(name, tags.get(tag)) for name, tag in (
+        ("data", provenance.SOURCE_DIGEST_TAG), ("test split", provenance.TEST_DIGEST_TAG),
+        ("human labels", provenance.HUMAN_DIGEST_TAG), ("labels seq", provenance.LABELS_SEQ_TAG))]
+    return "  ".join(f"{name} {value}" for name, value in parts if value)
 
 
 def run_feedback(config: Optional[str] = None, project: Optional[int] = None,

@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 from zenml import step
 
-from labelloop import data, distributed, modeling, scratch
+from labelloop import distributed, modeling, provenance, scratch
 from labelloop.tasks import task_from_settings
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
@@ -18,6 +18,8 @@ from pipelines.steps.common import settings_for
 @step(experiment_tracker=TRACKER_NAME)
 def fine_tune(
     train: pd.DataFrame,
+    test: pd.DataFrame,
+    data_provenance: dict,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
 ) -> Annotated[Path, "model_bundle"]:
@@ -32,8 +34,11 @@ def fine_tune(
         "batch_size": cfg.batch_size, "max_length": settings.model.max_length,
         "lora_r": cfg.lora.r if cfg.method == "lora" else None, "train_rows": len(train),
         "dataset": settings.dataset.path, "labels": ",".join(task.labels),
+        "truncation": settings.model.truncation,
+        "source_digest": data_provenance["source_digest"],
         "num_processes": cfg.num_processes,
     })
+    provenance.log_inputs(data_provenance, train, test)
 
     def log(step_no: int, values: dict[str, float]) -> None:
         mlflow.log_metrics(values, step=step_no)
@@ -52,8 +57,7 @@ def fine_tune(
         "method": cfg.method,
         "init": settings.model.init,
         "dataset": settings.dataset.path,
-        "dataset_digest": data.digest(train),
-        "train_rows": len(train),
+        **data_provenance,  # sources, digests, cleaning, truncation (labelloop.provenance)
     })
     print(f"fine-tune: {result.steps} steps, {result.samples_per_second:.1f} samples/s, "
           f"{result.train_seconds:.1f}s, final loss {result.final_loss:.4f}")

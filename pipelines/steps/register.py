@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from zenml import log_metadata, step
 
-from labelloop import data, registry
+from labelloop import data, provenance, registry
 from labelloop.challenger import store_test_predictions
 from labelloop.modeling import read_bundle_meta
 from labelloop.tasks import task_from_settings
@@ -48,6 +48,7 @@ def register_model(
         "method": meta["method"],
         # The score and the exact test rows it was measured on: promotion reuses the score
         # only while the frozen test split is unchanged (same digest).
+        **provenance.version_tags(meta),
         "test_digest": test_digest,
         **{f"test_{name}": repr(float(metrics[name])) for name in task.promotion_metrics},
         **(gen_steps.registry_tags(meta, metrics, settings) if generation else {}),
