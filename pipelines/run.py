@@ -14,9 +14,21 @@ from labelloop.tasks import task_from_settings
 
 def validate_inputs(settings: Settings) -> None:
     """Fail fast, with one clear message, on anything that would break training later."""
+    if settings.task.type == "generation":
+        from labelloop.generation.steps import check_inputs
+
+        if settings.training.num_processes > 1:  # not silently one process
+            from labelloop.settings import ConfigError
+
+            raise ConfigError("training.num_processes > 1 spreads classification fine-tunes "
+                              "only; generation trains in one process: set "
+                              "training.num_processes to 1")
+
+        check_inputs(settings)
+        return
     resolve_base_model(settings.model.base)
     distributed.check_processes(settings.training)
-    data.load_labelled(settings.dataset, task_from_settings(settings))
+    data.load_splits(settings.dataset, task_from_settings(settings))
 
 
 def _step_output(run, step: str, name: str) -> Any:
@@ -26,7 +38,7 @@ def _step_output(run, step: str, name: str) -> Any:
 def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
                  include_human_labels: bool = False) -> int:
     from pipelines.interrupted import mark_interrupted_runs, pid_tags
-    from pipelines.stack import ensure_stack
+    from pipelines.stack import ensure_stack, run_options
     from pipelines.training import pipeline_options, training
 
     settings = load_settings(config, overrides=overrides)
@@ -39,7 +51,8 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
     for name in mark_interrupted_runs():
         print(f"marked the interrupted ZenML run {name} as failed (its process is gone)")
     run = training.with_options(run_name=f"training-v{next_version}-{{date}}-{{time}}",
-                                tags=pid_tags(), **pipeline_options(settings.registry))(
+                                tags=pid_tags(),
+                                **run_options(settings, pipeline_options(settings.registry)))(
         config=str(config) if config else None, overrides=overrides,
         include_human_labels=include_human_labels,
     )
@@ -51,14 +64,22 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
 
 def print_summary(settings: Settings, metrics: dict, decision: dict) -> None:
     print("\n=== labelloop training result ===")
-    print(f"test accuracy  {metrics['accuracy']:.4f}")
-    print(f"test macro-F1  {metrics['macro_f1']:.4f}")
-    for label in task_from_settings(settings).labels:
-        print(f"  F1 {label:<10} {metrics[f'f1_{label}']:.4f}")
+    if settings.task.type == "generation":
+        for name in ("chrf", "rouge_l", "loss", "perplexity"):
+            print(f"test {name:<10} {metrics[name]:.4f}  (base {metrics[f'base_{name}']:.4f})")
+    else:
+        _print_classification(settings, metrics)
     print(f"registered     {settings.registry.model_name} version {decision['challenger_version']}")
     print(f"promotion      {'promoted to champion' if decision['promote'] else 'not promoted'}: "
           f"{decision['reason']}")
     show_status(settings=settings)
+
+
+def _print_classification(settings: Settings, metrics: dict) -> None:
+    print(f"test accuracy  {metrics['accuracy']:.4f}")
+    print(f"test macro-F1  {metrics['macro_f1']:.4f}")
+    for label in task_from_settings(settings).labels:
+        print(f"  F1 {label:<10} {metrics[f'f1_{label}']:.4f}")
 
 
 def show_status(config: Optional[str] = None, settings: Optional[Settings] = None) -> int:
@@ -75,13 +96,31 @@ def show_status(config: Optional[str] = None, settings: Optional[Settings] = Non
         metric = f"{float(recorded):.4f}" if recorded else "?"
         print(f"  version {mv.version:>3}  {mv.tags.get(registry.STATUS_TAG, '?'):<7} "
               f"test {settings.promotion.metric} {metric}{mark}")
+        trace = provenance_line(mv.tags)
+        if trace:
+            print(f"               {trace}")
     return 0
+
+
+def provenance_line(tags: dict) -> str:
+    """What trained a version, from its registry tags (labelloop.provenance)."""
+    from labelloop import provenance
+
+    parts = [(name, tags.get(tag)) for name, tag in (
+        ("data", provenance.SOURCE_DIGEST_TAG), ("test split", provenance.TEST_DIGEST_TAG),
+        ("human labels", provenance.HUMAN_DIGEST_TAG), ("labels seq", provenance.LABELS_SEQ_TAG))]
+    return "  ".join(f"{name} {value}" for name, value in parts if value)
 
 
 def run_feedback(config: Optional[str] = None, project: Optional[int] = None,
                  reason: str = "cli") -> int:
     from pipelines.feedback import run_feedback_pipeline
 
+    if load_settings(config).task.type == "generation":
+        from labelloop.settings import ConfigError
+
+        raise ConfigError("the feedback loop does not take generation models yet (human "
+                          "responses and preferences come with issue 14); use `labelloop train`")
     return run_feedback_pipeline(config, project=project, reason=reason)
 
 

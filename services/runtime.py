@@ -17,6 +17,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from labelloop import provenance
 from labelloop.generation_engine import is_generation_meta
 from labelloop.modeling import Classifier, read_bundle_meta
 from labelloop.settings import Settings
@@ -63,7 +64,7 @@ class LoadedModel:
                 "alias": settings.registry.champion_alias, "task": meta.get("task"),
                 "base_model": meta.get("base_model"), "dataset_digest": meta.get("dataset_digest"),
                 "method": meta.get("method"), "created_at": meta.get("created_at"),
-                "device": str(gen.device), "generation": gen.info(),
+                "device": str(gen.device), "generation": gen.info(), **provenance.shown(meta),
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
             }
         meta = self.classifier.meta
@@ -75,6 +76,10 @@ class LoadedModel:
             "task": self.classifier.task.to_dict(),
             "base_model": meta.get("base_model"),
             "dataset_digest": meta.get("dataset_digest"),
+            # What trained it, exactly (labelloop.provenance): sources and their digests, the
+            # test split's and the human labels' digests, the labels store seq, and how texts
+            # are cleaned and truncated (applied to every request).
+            **provenance.shown(meta),
             "method": meta.get("method"),
             "max_length": self.classifier.max_length,
             "created_at": meta.get("created_at"),
