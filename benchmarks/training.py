@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
-from labelloop import data, evaluation, modeling, training  # noqa: E402
+from labelloop import data, distributed, evaluation, modeling  # noqa: E402
 from labelloop.settings import load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
 
@@ -64,7 +64,8 @@ def run_once(name, train_over, model_over, settings, train, test, task) -> dict:
     model_cfg = settings.model.model_copy(update=model_over)
     print(f"\n--- {name}: {cfg.method} epochs={cfg.epochs} lr={cfg.learning_rate} "
           f"batch={cfg.batch_size} max_length={model_cfg.max_length}", flush=True)
-    result = training.fine_tune(train, task, model_cfg, cfg, progress=False)
+    # num_processes=N: N data-parallel processes (labelloop/distributed.py); 1: this process
+    result = distributed.fine_tune(train, task, model_cfg, cfg, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
         modeling.save_bundle(result.model, result.tokenizer, Path(tmp), {
             "task": task.to_dict(), "max_length": model_cfg.max_length,
@@ -75,6 +76,7 @@ def run_once(name, train_over, model_over, settings, train, test, task) -> dict:
         eval_s = time.perf_counter() - start
     out = {"name": name, "method": cfg.method, "epochs": cfg.epochs, "lr": cfg.learning_rate,
            "batch_size": cfg.batch_size, "max_length": model_cfg.max_length,
+           "num_processes": cfg.num_processes,
            "accuracy": ev.metrics["accuracy"], "macro_f1": ev.metrics["macro_f1"],
            "train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,
            "eval_seconds": eval_s, "eval_texts_per_second": len(test) / eval_s}
