@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.labelloop-installed
 CONSTRAINTS := configs/pip-constraints.txt
 
-.PHONY: setup demo train feedback stop test test-unit browser stack clean
+.PHONY: setup demo train feedback stop test test-unit browser containers image image-gpu stack clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,21 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
 	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# A container engine without a daemon (podman, with runc) and debootstrap for the local base
+# image: the image tests and `make image` need them (docs/deploy.md).
+containers:
+	@command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && \
+	  command -v debootstrap >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    podman runc debootstrap >/dev/null; }
+
+# The service image (CPU build of torch): bento + podman/docker, base image built here if needed.
+image: setup containers
+	$(VENV)/bin/labelloop image build
+
+image-gpu: setup containers
+	$(VENV)/bin/labelloop image build --variant gpu
+
 # The demo picks configs/demo.yaml on a machine without a GPU, the full defaults on a GPU.
 demo: setup
 	$(VENV)/bin/labelloop demo
@@ -43,7 +58,7 @@ stop:
 stack: setup
 	$(PY) -m pipelines.stack
 
-test: setup browser
+test: setup browser containers
 	$(PY) -m pytest -q
 
 test-unit: setup

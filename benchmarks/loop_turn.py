@@ -249,7 +249,33 @@ def add_corrections(settings, rows, champion: str) -> None:
             for i, (t, lab, p) in enumerate(rows)])
 
 
-def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str | None) -> dict:
+def run_warm(argv: list[str], env: dict[str, str], folder: Path) -> tuple[float, str]:
+    """The turn as the service starts it with `feedback.warm_launcher` on: a child of a warm
+    launcher (started beforehand, as the first annotation webhook does, and not timed)."""
+    from labelloop import launcher
+    from labelloop.processes import alive
+
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "labelloop.launcher", "--dir", str(folder),
+                             "--watch-pid", str(os.getpid())], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not launcher.socket_path(folder).exists():
+        if proc.poll() is not None:
+            sys.exit("the warm launcher exited before it was ready")
+        time.sleep(0.2)
+    log = folder / "bench-turn.log"
+    t0 = time.perf_counter()
+    pid = launcher.launch(folder, "labelloop.cli", argv, env, str(REPO), log, [])
+    while alive(pid):
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    proc.terminate()
+    proc.wait(30)
+    return wall, log.read_text()
+
+
+def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str | None,
+             warm_launcher: bool = False) -> dict:
     from labelloop import challenger, registry
     from labelloop.settings import load_settings
 
@@ -269,8 +295,11 @@ def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str
     probe_file = work.parent / f"probe-{work.name}.json"
     t0 = time.perf_counter()
     started = time.time()
-    out = run(cmd, {**env, "LOOP_TURN_PROBE": str(probe_file)})
-    wall = time.perf_counter() - t0
+    if warm_launcher:
+        wall, out = run_warm(cmd[3:], env, work / "feedback")
+    else:
+        out = run(cmd, {**env, "LOOP_TURN_PROBE": str(probe_file)})
+        wall = time.perf_counter() - t0
     probe = json.loads(probe_file.read_text()) if probe_file.is_file() else {}
     if probe:
         probe["interpreter_start_s"] = round(probe.pop("entered") - started, 2)
@@ -287,7 +316,7 @@ def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str
                 zip(trained, clf.predict([t for t, _, _ in trained])))
     before = registry.get_version(settings, champion).tags.get("test_macro_f1")
     shutil.rmtree(work, ignore_errors=True)
-    return {"rule": rule, "corrections": n, "wall_s": round(wall, 1),
+    return {"rule": rule, "corrections": n, "launcher": warm_launcher, "wall_s": round(wall, 1),
             "turn_s": round(turn_s, 1), "process_s": round(wall - turn_s, 1),
             "pre_pipeline_s": round(turn_s - pipeline_s, 1) if pipeline_s else None,
             "pipeline_s": pipeline_s, "steps": steps,
@@ -321,6 +350,10 @@ def main() -> int:
     p.add_argument("--base", metavar="DIR",
                    help="keep the first champion's data dir here and reuse it when it already "
                         "holds a champion (settings sweeps: the turns alone, same start)")
+    p.add_argument("--launcher", choices=["off", "on", "both"], default="off",
+                   help="start each turn as a fresh process (off: what `labelloop feedback` "
+                        "does), as a child of the warm launcher (on: what the service does with "
+                        "feedback.warm_launcher), or both, alternating")
     args = p.parse_args()
     if args.build_kit:
         build_kit(Path(args.build_kit))
@@ -360,13 +393,14 @@ def main() -> int:
     report["settings_env"] = {k: v for k, v in os.environ.items()
                               if k.startswith("LABELLOOP__FEEDBACK")}
     for rule in args.rules:  # rule by rule: a run cut short still has repeats of the first
-        for i in range(args.repeats):
-            r = one_turn(base, env, rule, args.corrections, args.config)
+        modes = {"off": [False], "on": [True], "both": [False, True]}[args.launcher]
+        for i, warm in ((i, w) for i in range(args.repeats) for w in modes):
+            r = one_turn(base, env, rule, args.corrections, args.config, warm)
             r["repeat"] = i + 1
             r["load_after"] = os.getloadavg()
             report["results"].append(r)
             t = r["timings"]
-            print(f"{rule:>4} #{i + 1}: turn {r['wall_s']:.1f} s wall ({r['process_s']} process, "
+            print(f"{rule:>4} #{i + 1}{' (warm launcher)' if warm else ''}: turn {r['wall_s']:.1f} s wall ({r['process_s']} process, "
                   f"{r['pre_pipeline_s']} before the pipeline, steps {r['steps']}, "
                   f"{r['zenml_between_steps_s']} ZenML between steps; retrain: {t}); "
                   f"{r['train_rows']} rows; test macro-F1 "

@@ -160,7 +160,9 @@ def train(settings: Settings, rule: str, rows: pd.DataFrame, champion_bundle: Op
     if rule == "warm":
         return training.fine_tune(rows, task, settings.model, warm_training_settings(settings),
                                   on_log=on_log, init_bundle=champion_bundle)
-    return training.fine_tune(rows, task, settings.model, settings.training, on_log=on_log)
+    from labelloop import distributed  # a full retrain spreads over training.num_processes
+
+    return distributed.fine_tune(rows, task, settings.model, settings.training, on_log=on_log)
 
 
 # -- scoring -----------------------------------------------------------------------------------

@@ -78,6 +78,19 @@ def _cmd_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_image(args: argparse.Namespace) -> int:
+    from labelloop import image
+    from labelloop.settings import load_settings
+
+    overrides = {"image": {"variant": args.variant}} if args.variant else None
+    settings = load_settings(args.config, overrides=overrides)
+    result = image.build(settings, log=lambda msg: print(f"labelloop image: {msg}", flush=True))
+    print(f"built {result.image} (bento {result.bento}, {result.engine}, base {result.base_image})")
+    print(f"run it:  {result.engine} run -d --network host -e PORT=3000 "
+          f"-e LABELLOOP__REGISTRY__TRACKING_URI=http://127.0.0.1:5000 {result.image}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from pipelines.run import show_status
 
@@ -132,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the reason they cannot be trained on")
     p.add_argument("--project", default=None, help="only this project (default: all)")
 
+    p = add("image", _cmd_image,
+            "Build the service's container image (bento + podman/docker; docs/deploy.md).")
+    p.add_argument("action", choices=["build"], help="what to do")
+    p.add_argument("--variant", choices=["cpu", "gpu"], default=None,
+                   help="cpu (CPU build of torch) or gpu (CUDA build); default image.variant")
+
     p = add("demo", _cmd_demo,
             "The whole loop locally: train, serve, start Label Studio with predicted tasks.")
     p.add_argument("--stop", action="store_true",
@@ -147,11 +166,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from annotation.studio import StudioError
     from annotation.sync import ExportError
     from labelloop.errors import USER_ERRORS
+    from labelloop.image import ImageError
     from labelloop.labels_export import LabelsExportError
     from labelloop.trigger import FeedbackRunning
 
     return USER_ERRORS + (LabelConfigError, StudioConnectionError, StudioError, ExportError,
-                          FeedbackRunning, LabelsExportError)
+                          FeedbackRunning, LabelsExportError, ImageError)
 
 
 def main(argv: list[str] | None = None) -> int:

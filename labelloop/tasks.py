@@ -2,8 +2,14 @@
 
 A task owns everything that differs between task families, so pipelines, the service and the
 annotation tools stay generic: the label set, turning model output into predictions, and turning
-an annotation back into a training row. Text generation will be a second dataclass beside
-`ClassificationTask` with the same methods, registered in `TASK_TYPES`.
+an annotation back into a training row, and which metrics may decide promotion. Two families:
+`ClassificationTask` (text -> one label of a fixed set) and `GenerationTask` (prompt ->
+response text), both registered in `TASK_TYPES`; a bundle's `labelloop.json` holds the task's
+`to_dict()` and `task_from_dict` rebuilds it.
+
+Rows by family: classification `{text, label}`; generation `{prompt, response}` (later, for
+preferences, `{prompt, chosen, rejected}`). What a model gives back: `Prediction` (a label, its
+score and the class probabilities) or `Generation` (a text, why it stopped, token counts).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from labelloop.settings import Settings
+from labelloop.settings import PROMOTION_METRICS, Settings
 
 
 class LabelError(ValueError):
@@ -81,21 +87,82 @@ class ClassificationTask:
         self.encode_label(answer)
         return {"text": text, "label": str(answer)}
 
+    @property
+    def promotion_metrics(self) -> tuple[str, ...]:
+        return PROMOTION_METRICS[self.type]
+
+    @property
+    def row_columns(self) -> tuple[str, ...]:
+        return ("text", "label")
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name, "labels": list(self.labels)}
 
 
-TASK_TYPES = {"classification": ClassificationTask}
+@dataclass(frozen=True)
+class Generation:
+    """One generated response: the text, why decoding stopped and what it cost in tokens."""
+
+    text: str
+    finish_reason: str = "stop"  # stop (end of turn or a stop string) | length (max_new_tokens)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "finish_reason": self.finish_reason,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
 
-def task_from_settings(settings: Settings) -> ClassificationTask:
+@dataclass(frozen=True)
+class GenerationTask:
+    """Prompt -> response with a causal LM and its chat template (labelloop.generation)."""
+
+    name: str
+    type: str = field(default="generation", init=False)
+
+    @property
+    def promotion_metrics(self) -> tuple[str, ...]:
+        return PROMOTION_METRICS[self.type]
+
+    @property
+    def row_columns(self) -> tuple[str, ...]:
+        return ("prompt", "response")
+
+    def messages(self, prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+        """The chat a prompt becomes (the model's chat template renders it)."""
+        head = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        return head + [{"role": "user", "content": prompt}]
+
+    def row_from_answer(self, prompt: str, answer: Any) -> dict[str, str]:
+        """An annotator's response (a text, or a one-element list of texts) as a training row."""
+        if isinstance(answer, (list, tuple)):
+            if len(answer) != 1:
+                raise LabelError(f"expected exactly one response text, got {len(answer)}")
+            answer = answer[0]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise LabelError("the annotated prompt is empty")
+        if not isinstance(answer, str) or not answer.strip():
+            raise LabelError("the response is empty")
+        return {"prompt": prompt, "response": answer.strip()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "name": self.name}
+
+
+Task = ClassificationTask | GenerationTask
+TASK_TYPES = {"classification": ClassificationTask, "generation": GenerationTask}
+
+
+def task_from_settings(settings: Settings) -> Task:
     return task_from_dict(settings.task.model_dump())
 
 
-def task_from_dict(data: dict[str, Any]) -> ClassificationTask:
+def task_from_dict(data: dict[str, Any]) -> Task:
     """Rebuild a task from `to_dict()` output (stored beside every registered model)."""
     kind = data.get("type", "classification")
     if kind not in TASK_TYPES:
         raise ValueError(f"unknown task type {kind!r}; known: {sorted(TASK_TYPES)}")
+    if kind == "generation":
+        return GenerationTask(name=data.get("name", kind))
     labels: Sequence[str] = data["labels"]
     return TASK_TYPES[kind](name=data.get("name", kind), labels=tuple(labels))

@@ -115,6 +115,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_share(batch_idx: torch.Tensor, accelerator) -> tuple[torch.Tensor, float]:
+    """This process's rows of a global batch (every num_processes-th one, from its rank on: the
+    shares of all processes cover the batch exactly once) and the weight of its mean loss that
+    makes DDP's average of the processes' gradients the gradient of the global batch's mean."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return batch_idx, 1.0
+    world, rank = accelerator.num_processes, accelerator.process_index
+    share = batch_idx[rank::world]
+    if len(share) == 0:  # a last batch smaller than the process count: take part, add nothing
+        return batch_idx[:1], 0.0
+    return share, len(share) * world / len(batch_idx)
+
+
+def mean_over_processes(value: torch.Tensor, accelerator) -> torch.Tensor:
+    if accelerator is None or accelerator.num_processes == 1:
+        return value
+    return accelerator.reduce(value.detach().float(), reduction="mean")
+
+
 def _apply_lora(model, task: ClassificationTask, cfg: TrainingSettings):
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -149,18 +168,24 @@ def fine_tune(
     on_log: Optional[LogFn] = None,
     progress: bool = True,
     init_bundle: Optional[Path] = None,
+    accelerator=None,
 ) -> TrainResult:
     """Fine-tune on `train` (columns text, label) and return the trained model.
 
     From `model_cfg.base` with a new head; or, with `init_bundle`, a warm start: training goes on
     from that bundle's weights (the champion's, head included), with fresh LoRA adapters when the
     method is lora, so a few new labels move the model in seconds instead of a full retrain.
+
+    With `accelerator` (an `accelerate.Accelerator`; labelloop/distributed.py starts one process
+    per device), data parallel: every process draws the same shuffled global batches and trains
+    on its own share of each (`rank_share`), so an epoch sees every row once and the optimizer
+    takes the same steps with the same global batch as one process would.
     """
     if train.empty:
         raise ValueError("no training rows")
     cfg = resolve(cfg, len(train))
     seed_everything(cfg.seed)
-    device = modeling.pick_device(cfg.device)
+    device = accelerator.device if accelerator else modeling.pick_device(cfg.device)
     if init_bundle is not None:
         meta = check_warm_start(Path(init_bundle), task)
         base = str(init_bundle)
@@ -169,7 +194,9 @@ def fine_tune(
         base = modeling.resolve_base_model(model_cfg.base)
         base_name = model_cfg.base
     tokenizer = modeling.load_tokenizer(base)
-    model = modeling.load_base_classifier(base, task)
+    model = modeling.load_base_classifier(
+        base, task, init=model_cfg.init if init_bundle is None else "pretrained",
+        scratch_config=model_cfg.scratch_config, tokenizer=tokenizer)
     if cfg.method == "lora":
         model = _apply_lora(model, task, cfg)
     model.to(device)
@@ -196,6 +223,8 @@ def fine_tune(
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(cfg.warmup_ratio * total_steps), total_steps
     )
+    if accelerator is not None:  # DDP wraps the model; gradients are averaged over processes
+        model, optimizer = accelerator.prepare(model, optimizer)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     generator = torch.Generator().manual_seed(cfg.seed)
 
@@ -208,23 +237,30 @@ def fine_tune(
         for batch_idx in torch.randperm(n, generator=generator).split(schedule.batch_size):
             if step >= total_steps:
                 break
+            global_size = len(batch_idx)
+            batch_idx, weight = rank_share(batch_idx, accelerator)
             width = int(lengths[batch_idx].max())
             rows = batch_idx.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(input_ids=input_ids[rows, :width],
                                attention_mask=attention[rows, :width]).logits
+            # In fp32, with the class weights (training.class_weights) when there are any.
             loss = torch.nn.functional.cross_entropy(logits.float(), labels[rows],
                                                      weight=weight_tensor)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            if accelerator is not None:
+                accelerator.backward(loss * weight)
+                accelerator.clip_grad_norm_(trainable, 1.0)
+            else:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            seen += len(batch_idx)
+            seen += global_size
             running.append(loss.detach())
             if step % cfg.log_every_steps == 0 or step == total_steps:
-                loss_value = float(torch.stack(running).mean())
+                loss_value = float(mean_over_processes(torch.stack(running).mean(), accelerator))
                 running.clear()
                 bar.set_postfix(loss=f"{loss_value:.4f}")
                 if on_log is not None:
@@ -235,6 +271,8 @@ def fine_tune(
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     bar.close()
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
     model.eval()
     return TrainResult(model=model, tokenizer=tokenizer, base_model=base_name, steps=step,
                        samples_seen=seen, train_seconds=elapsed, final_loss=loss_value,

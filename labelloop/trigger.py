@@ -28,6 +28,8 @@ import yaml
 
 from labelloop.settings import Settings
 
+# The module whose main(argv) runs a turn in the warm launcher (tests swap in a probe).
+FEEDBACK_MODULE = "labelloop.cli"
 LOCK_FD_ENV = "LABELLOOP_FEEDBACK_LOCK_FD"
 LOCK_PATH_ENV = "LABELLOOP_FEEDBACK_LOCK_PATH"
 
@@ -121,9 +123,16 @@ def request_feedback_run(settings: Settings, project_id: Any, reason: str,
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         log_path = feedback_dir(settings) / f"feedback-{project_id or 'all'}-{stamp}.log"
         env = dict(os.environ)
-        env[LOCK_FD_ENV] = str(fd)
         env[LOCK_PATH_ENV] = str(path)
         env["LABELLOOP_CONFIG"] = str(config_path)
+        if command is None and settings.feedback.warm_launcher:
+            pid = _launch_warm(settings, cmd, env, log_path, config_path, fd)
+            if pid is not None:
+                _write_owner(fd, {"pid": pid, "project": project_id, "reason": reason,
+                                  "started_at": time.time(), "log": str(log_path),
+                                  "launcher": True})
+                return True
+        env[LOCK_FD_ENV] = str(fd)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -142,6 +151,36 @@ def request_feedback_run(settings: Settings, project_id: Any, reason: str,
         # The child holds its own copy of the locked descriptor; ours goes.
         os.close(fd)
     return True
+
+
+def _launch_warm(settings: Settings, cmd: list[str], env: dict[str, str], log_path: Path,
+                 config_path: Path, fd: int) -> Optional[int]:
+    """The turn as a child of the warm launcher (imports already paid); None when no launcher
+    can take it, in which case one is started for the next turn and this one runs as a plain
+    process."""
+    from labelloop import launcher
+
+    folder = feedback_dir(settings)
+    try:
+        return launcher.launch(folder, FEEDBACK_MODULE, cmd[3:], env, os.getcwd(), log_path,
+                               [str(config_path)], lock_fd=fd)
+    except launcher.LauncherUnavailable:
+        ensure_launcher(settings)
+        return None
+
+
+def ensure_launcher(settings: Settings) -> None:
+    """Have a warm launcher for this data dir (started in the background, watching this
+    process); a no-op when one runs or `feedback.warm_launcher` is off."""
+    if not settings.feedback.warm_launcher:
+        return
+    from labelloop import launcher
+
+    try:
+        launcher.start_detached(feedback_dir(settings), os.getpid(),
+                                settings.feedback.launcher_idle_s)
+    except OSError:
+        pass  # turns then start as plain processes, as before
 
 
 def _reap(proc: subprocess.Popen, snapshot: Path) -> None:

@@ -6,7 +6,7 @@ import json
 from typing import Any, Optional
 
 import labelloop  # noqa: F401
-from labelloop import data, registry
+from labelloop import data, distributed, registry
 from labelloop.modeling import resolve_base_model
 from labelloop.settings import Settings, load_settings
 from labelloop.tasks import task_from_settings
@@ -15,6 +15,7 @@ from labelloop.tasks import task_from_settings
 def validate_inputs(settings: Settings) -> None:
     """Fail fast, with one clear message, on anything that would break training later."""
     resolve_base_model(settings.model.base)
+    distributed.check_processes(settings.training)
     data.load_labelled(settings.dataset, task_from_settings(settings))
 
 

@@ -35,6 +35,7 @@ from services import ls_backend, status_page
 from services.balance import RecycleConnections
 from services.hot_route import HotRoute
 from services.batcher import MicroBatcher, Overloaded
+from services.gpus import check_gpus, worker_device
 from services.guard import AuthThrottle, Guard, bound_library_logs, host_policy, parse_json
 from services.lifecycle import parent_alive, watch_parent
 from services.runtime import (
@@ -147,6 +148,12 @@ class Labelloop:
 
     def __init__(self) -> None:
         self.settings = SETTINGS
+        if SETTINGS.serving.gpus:  # this worker's own GPU (services/gpus.py)
+            import torch
+
+            SETTINGS.serving.device = worker_device(SETTINGS.serving,
+                                                    bentoml.server_context.worker_index)
+            torch.cuda.set_device(SETTINGS.serving.device)
         try:
             self.holder = ModelHolder(self.settings)
         except NoChampionError as exc:
@@ -177,6 +184,13 @@ class Labelloop:
     def _preflight() -> None:
         """Once, in the serving process, before any worker starts: fail fast (instead of
         workers restarting forever) when there is no champion, and download its bundle once."""
+        if SETTINGS.serving.gpus:
+            import torch
+
+            try:
+                check_gpus(SETTINGS.serving, torch.cuda.device_count())
+            except ValueError as exc:
+                raise SystemExit(f"labelloop serve: error: {exc}") from None
         if SETTINGS.serving.bundle_dir:
             from services.runtime import bundle_version
 

@@ -90,3 +90,58 @@ def small_corpus_env(root: Path, rows: int, seed: int, **settings_env: str) -> t
         **settings_env,
     }
     return env, corpus
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def tiny_causal_lm(out_dir: Path, seed: int = 0, layers: int = 2, hidden: int = 64,
+                   texts: list[str] | None = None) -> Path:
+    """A few-layer random Llama with a small byte-level BPE tokenizer (ChatML chat template),
+    saved as a Hugging Face directory: a real causal LM that trains and generates in seconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out_dir = Path(out_dir)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = texts or ["hello how are you", "I am fine thank you", "what is your name",
+                       "my name is bot", "tell me a joke", "system user assistant"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>",
+                                   eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                   unk_token="<|endoftext|>")
+    fast.chat_template = CHATML_TEMPLATE
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = fast.eos_token_id
+    model.generation_config.pad_token_id = fast.pad_token_id
+    model.save_pretrained(out_dir)
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_generation_bundle(out_dir: Path, seed: int = 0, **meta) -> Path:
+    """`tiny_causal_lm` plus labelloop.json: a generation bundle for serving tests."""
+    import json
+
+    tiny_causal_lm(out_dir, seed=seed)
+    (Path(out_dir) / modeling.BUNDLE_META).write_text(json.dumps({
+        "task": {"type": "generation", "name": "chat"}, "base_model": "tiny-random-llama",
+        "init": "scratch", "method": "none", "max_length": 256, "max_prompt_tokens": 128,
+        "max_new_tokens": 32, "system_prompt": None, "dataset_digest": f"untrained-seed-{seed}",
+        **meta}, indent=2))
+    return Path(out_dir)

@@ -44,8 +44,7 @@ def retrain(settings: Settings, project: Optional[int] = None,
     champ = champion_info(settings)
     rule, why = challenger.choose_rule(settings, champ, seq)
     df = data.load_labelled(settings.dataset, task)
-    base_train, test = data.split(df, settings.dataset.test_fraction)
-    base_train = data.limit_rows(base_train, settings.dataset.max_train_rows)
+    base_train, test = data.frozen_split(df, settings.dataset)
     seen_seq = int(champ["labels_seq"]) if champ else 0
     new = trainable[trainable["seq"] > seen_seq] if rule == "warm" else trainable
     champion_bundle = None

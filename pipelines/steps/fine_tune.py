@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 from zenml import step
 
-from labelloop import data, modeling, scratch, training
+from labelloop import data, distributed, modeling, scratch
 from labelloop.tasks import task_from_settings
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
@@ -35,12 +35,13 @@ def fine_tune(
         "dataset": settings.dataset.path, "labels": ",".join(task.labels),
         "class_weights": "off" if weights is None else
         ",".join(f"{lab}={w:.3f}" for lab, w in weights.items()),
+        "num_processes": cfg.num_processes,
     })
 
     def log(step_no: int, values: dict[str, float]) -> None:
         mlflow.log_metrics(values, step=step_no)
 
-    result = training.fine_tune(train, task, settings.model, cfg, on_log=log)
+    result = distributed.fine_tune(train, task, settings.model, cfg, on_log=log)
     mlflow.log_metrics({
         "train_seconds": result.train_seconds,
         "train_samples_per_second": result.samples_per_second,
@@ -52,6 +53,7 @@ def fine_tune(
         "base_model": settings.model.base,
         "max_length": settings.model.max_length,
         "method": cfg.method,
+        "init": settings.model.init,
         "dataset": settings.dataset.path,
         "dataset_digest": data.digest(train),
         "train_rows": len(train),

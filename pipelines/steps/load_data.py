@@ -24,8 +24,7 @@ def load_data(
     task = task_from_settings(settings)
     resolve_base_model(settings.model.base)  # a bad base model fails here, before training
     df = data.load_labelled(settings.dataset, task)
-    train, test = data.split(df, settings.dataset.test_fraction)
-    train = data.limit_rows(train, settings.dataset.max_train_rows)
+    train, test = data.frozen_split(df, settings.dataset)
     human_rows = 0
     if include_human_labels:
         from labelloop import labels_store

@@ -135,3 +135,49 @@ def test_never_two_runs_at_once_for_a_project(workspace):
         r = feedback(env, "--project", "1")
     assert r.returncode == 3 and "already running" in r.stderr
     assert len(registry.list_versions(settings)) == 2
+
+
+def test_turn_forked_from_the_warm_launcher(workspace, monkeypatch):
+    """What the service does on "Start training" with feedback.warm_launcher: the real turn
+    runs in a child of the warm launcher (imports paid once), adopts the lock, and completes."""
+    import time
+
+    from labelloop import launcher, loop_status, trigger
+    from labelloop.processes import alive
+
+    root, env, settings, corpus = workspace
+    texts = corpus["text"].tolist()
+    add_labels(settings, [(t, "negative") for t in texts[20:26]], start_id=300)
+    folder = trigger.feedback_dir(settings)
+    proc = subprocess.Popen([sys.executable, "-m", "labelloop.launcher", "--dir", str(folder),
+                             "--watch-pid", str(os.getpid())], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not launcher.socket_path(folder).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "launcher never ready"
+            time.sleep(0.2)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.chdir(REPO)
+        before = len(registry.list_versions(settings))
+        assert trigger.request_feedback_run(settings, 1, "test: warm launcher") is True
+        info = trigger.running_info(settings, 1)
+        assert info["launcher"] is True and info["pid"] != proc.pid
+        log = Path(info["log"])
+        while alive(info["pid"]):
+            assert time.monotonic() < deadline + 300, log.read_text()[-3000:]
+            time.sleep(0.5)
+        out = log.read_text()
+        assert "=== labelloop feedback result ===" in out, out[-3000:]
+        assert "decision       retrain" in out
+        turn = loop_status.turns(settings, limit=1)[0]
+        assert turn["state"] == "done" and turn["trigger"] == "test: warm launcher"
+        assert len(registry.list_versions(settings)) == before + 1
+        assert trigger.running_info(settings, 1) is None
+        while list(folder.glob("settings-1-*.yaml")):  # the launcher reaps within a second
+            assert time.monotonic() < deadline + 330, "the settings snapshot outlived the turn"
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(30)

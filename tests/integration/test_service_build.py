@@ -35,7 +35,8 @@ def test_bentoml_build_offline(tmp_path):
     for excluded in ("tests", ".venv", ".labelloop"):
         assert not (src / excluded).exists(), excluded
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
-    assert "bentoml" in reqs and "mlflow" in reqs and "torch" in reqs
+    # only torch: the image installs the pinned project deps (configs/image/Dockerfile.j2)
+    assert "torch==" in reqs and "bentoml" in reqs
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     assert info["service"] == "services.service:Labelloop"
 
@@ -59,3 +60,20 @@ def test_labelloop_serve_without_champion(tmp_path, monkeypatch):
     monkeypatch.setenv("LABELLOOP__DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(RegistryError, match="labelloop train"):
         serve(None)
+
+
+def test_serve_with_more_gpus_than_present_fails_fast(tmp_path):
+    """serving.gpus on a machine without that many GPUs: one line naming the setting, before
+    any worker starts (the CPU check of the multi-GPU configuration path)."""
+    import torch
+
+    from tests.helpers import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP")}
+    env.update({"LABELLOOP__DATA_DIR": str(tmp_path / "empty"), "BENTOML_DO_NOT_TRACK": "true",
+                "LABELLOOP__SERVING__GPUS": str(torch.cuda.device_count() + 1),
+                "LABELLOOP__SERVING__WORKERS": "8"})
+    out = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+                         cwd=str(REPO_ROOT), env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "set serving.gpus to at most" in out.stdout + out.stderr

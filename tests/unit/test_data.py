@@ -102,3 +102,16 @@ def test_digest_changes_with_content():
     a = pd.DataFrame({"text": ["x"], "label": ["neutral"]})
     b = pd.DataFrame({"text": ["x"], "label": ["positive"]})
     assert data.digest(a) != data.digest(b) and data.digest(a) == data.digest(a.copy())
+
+
+def test_frozen_split_caps_test_rows_stably():
+    df = pd.DataFrame({"text": [f"text number {i}" for i in range(3000)], "label": "neutral"})
+    full_train, full_test = data.split(df, 0.2)
+    ds = DatasetSettings(max_test_rows=100, max_train_rows=500)
+    train, test = data.frozen_split(df, ds)
+    assert len(test) == 100 and len(train) == 500
+    assert set(test["text"]) <= set(full_test["text"]) and set(train["text"]) <= set(full_train["text"])
+    _, again = data.frozen_split(df.sample(frac=1, random_state=7), ds)
+    assert set(again["text"]) == set(test["text"])  # the same texts whatever the row order
+    _, uncapped = data.frozen_split(df, DatasetSettings())
+    assert len(uncapped) == len(full_test)

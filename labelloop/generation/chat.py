@@ -1,0 +1,96 @@
+"""Prompts and training examples through the model's chat template.
+
+Training, evaluation and serving all build token ids here, so the model sees at inference
+exactly the context it was trained on. A tokenizer without a chat template gets
+`DEFAULT_CHAT_TEMPLATE` (saved with the bundle's tokenizer, so serving uses it too).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+Messages = list[dict[str, str]]
+
+# A plain ChatML-like template for tokenizers that bring none (e.g. a raw GPT-2 tokenizer);
+# each turn ends with the tokenizer's eos token, so generation stops at the end of the answer.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] + ': ' + message['content'] + eos_token + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+
+
+def ensure_chat_template(tokenizer) -> bool:
+    """Give the tokenizer a chat template and a pad token if it lacks them; True if it had one."""
+    had = bool(getattr(tokenizer, "chat_template", None))
+    if not had:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return had
+
+
+def messages_for(prompt: str | Sequence[dict[str, str]], system_prompt: str | None = None) -> Messages:
+    """A prompt (text, or chat messages ending with a user turn) as chat messages."""
+    if isinstance(prompt, str):
+        msgs = [{"role": "user", "content": prompt}]
+    else:
+        msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+    if system_prompt and not (msgs and msgs[0]["role"] == "system"):
+        msgs = [{"role": "system", "content": system_prompt}] + msgs
+    return msgs
+
+
+def _ids(tokenizer, messages: Messages, add_generation_prompt: bool) -> list[int]:
+    out: Any = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                             tokenize=True, return_dict=False)
+    return list(out)
+
+
+def fit_prompt(tokenizer, messages: Messages, max_prompt_tokens: int) -> tuple[Messages, list[int]]:
+    """(messages, ids): the chat up to the assistant's turn in at most `max_prompt_tokens` ids.
+
+    A prompt that is too long loses the beginning of its last message (not the template's
+    structure around it), so the model still sees a well-formed chat ending with the question.
+    """
+    ids = _ids(tokenizer, messages, True)
+    for _ in range(4):
+        excess = len(ids) - max_prompt_tokens
+        if excess <= 0:
+            return messages, ids
+        last = messages[-1]
+        content = tokenizer(last["content"], add_special_tokens=False)["input_ids"]
+        if excess >= len(content):
+            break
+        messages = messages[:-1] + [{"role": last["role"],
+                                     "content": tokenizer.decode(content[excess:])}]
+        ids = _ids(tokenizer, messages, True)
+    return messages, ids[-max_prompt_tokens:]  # the template alone is too long: keep the end
+
+
+def prompt_ids(tokenizer, messages: Messages, max_prompt_tokens: int) -> list[int]:
+    return fit_prompt(tokenizer, messages, max_prompt_tokens)[1]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def example_ids(tokenizer, messages: Messages, response: str, max_prompt_tokens: int,
+                max_length: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one training example: labels are -100 on the prompt, so the loss
+    is on the response only (its end-of-turn token included); cut to `max_length` tokens."""
+    messages, prompt = fit_prompt(tokenizer, messages, max_prompt_tokens)
+    full = _ids(tokenizer, messages + [{"role": "assistant", "content": response}], False)
+    start = common_prefix(prompt, full)
+    if start < len(prompt) or start >= len(full):
+        # The template renders the prompt alone differently: use prompt ids + answer ids.
+        answer = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        full, start = prompt + answer, len(prompt)
+    input_ids = full[:max_length]
+    labels = ([-100] * start + full[start:])[:max_length]
+    return input_ids, labels

@@ -1,0 +1,68 @@
+"""labelloop/image.py without a container engine: what goes into the bento, and the errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from labelloop import image
+from labelloop.settings import ImageSettings
+from tests.helpers import REPO_ROOT
+
+
+def test_cpu_bentofile_ships_the_cpu_wheel_and_no_pypi_torch(tmp_path):
+    cfg = ImageSettings()
+    wheel = "build/image-wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
+    spec = yaml.safe_load(image.render_bentofile(cfg, wheel, image.LOCAL_BASE_IMAGE,
+                                                 tmp_path / "b.yaml").read_text())
+    assert spec["python"]["wheels"] == [wheel]
+    assert not any(p.startswith("torch") for p in spec["python"]["packages"])
+    assert spec["docker"]["base_image"] == image.LOCAL_BASE_IMAGE
+    assert spec["docker"]["dockerfile_template"] == "configs/image/Dockerfile.j2"
+    assert spec["service"] == "services.service:Labelloop"
+
+
+def test_gpu_bentofile_pins_the_cuda_build(tmp_path):
+    cfg = ImageSettings(variant="gpu", base_image="python:3.11-slim")
+    line = image.torch_requirement(cfg, tmp_path)
+    spec = yaml.safe_load(image.render_bentofile(cfg, line, "python:3.11-slim",
+                                                 tmp_path / "b.yaml").read_text())
+    assert spec["python"]["packages"] == ["torch==2.13.0"]
+    assert "wheels" not in spec["python"]
+
+
+def test_one_torch_version_everywhere():
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    bentofile = yaml.safe_load((REPO_ROOT / "bentofile.yaml").read_text())
+    version = ImageSettings().torch_version
+    assert re.findall(r'"torch==([\d.]+)"', makefile) == [version]
+    assert bentofile["python"]["packages"] == [f"torch=={version}"]
+
+
+def test_template_installs_the_pinned_project_deps():
+    text = (REPO_ROOT / "configs" / "image" / "Dockerfile.j2").read_text()
+    assert "-c $BENTO_PATH/deps/pip-constraints.txt" in text
+    assert "-r $BENTO_PATH/deps/pyproject.toml" in text and "wheels/*.whl" in text
+    include = yaml.safe_load((REPO_ROOT / "bentofile.yaml").read_text())["include"]
+    assert "configs/pip-constraints.txt" in include and "pyproject.toml" in include
+
+
+def test_no_engine_names_the_fix(monkeypatch):
+    monkeypatch.setattr(image.shutil, "which", lambda name, **kw: None)
+    with pytest.raises(image.ImageError, match="no working container engine.*make containers"):
+        image.find_engine(ImageSettings())
+
+
+def test_no_debootstrap_and_no_base_image_names_the_fix(monkeypatch):
+    monkeypatch.setattr(image.shutil, "which", lambda name, **kw: None)
+    engine = image.Engine("podman", "/bin/false", {})
+    with pytest.raises(image.ImageError, match="set image.base_image .* install debootstrap"):
+        image.build_local_base(engine, ImageSettings())
+
+
+def test_a_set_base_image_is_used_as_is():
+    engine = image.Engine("podman", "/bin/false", {})
+    assert image.base_image(engine, ImageSettings(base_image="python:3.11-slim")) == \
+        "python:3.11-slim"
