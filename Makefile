@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.labelloop-installed
 CONSTRAINTS := configs/pip-constraints.txt
 
-.PHONY: setup demo train feedback stop test test-unit browser containers image image-gpu stack clean
+.PHONY: setup demo train feedback stop test test-unit browser postgres containers image image-gpu stack clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,12 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 browser:
 	@command -v chromium >/dev/null 2>&1 || test -x /usr/bin/chromium || \
 	  { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+# Debian's PostgreSQL server binaries for the SQL-source tests (each test run starts its own
+# throwaway cluster on a free 127.0.0.1 port; the package's default cluster is not used).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
 
 # A container engine without a daemon (podman, with runc) and debootstrap for the local base
 # image: the image tests and `make image` need them (docs/deploy.md).
@@ -58,7 +64,7 @@ stop:
 stack: setup
 	$(PY) -m pipelines.stack
 
-test: setup browser containers
+test: setup browser postgres containers
 	$(PY) -m pytest -q
 
 test-unit: setup

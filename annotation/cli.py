@@ -2,7 +2,8 @@
 
 setup   create/update the Label Studio project, register the webhook, connect the ML backend
         (when the service answers)
-import  import `studio.pool_size` texts with the champion's predictions, least certain first
+import  import `studio.pool_size` texts of the unlabelled pool (`pool.source`, or `--file F`)
+        with the champion's predictions, most informative first (annotation/pool.py)
 sync    pull all annotations into the labels store, log model/annotator agreement to MLflow
 """
 
@@ -23,6 +24,7 @@ def main(args) -> int:
     from annotation.config import LabelConfigError
     from annotation.labelstudio import StudioConnectionError
     from annotation.sync import ExportError
+    from labelloop.errors import USER_ERRORS
 
     settings = load_settings(getattr(args, "config", None))
     action = args.action
@@ -35,7 +37,7 @@ def main(args) -> int:
         if action == "import":
             from annotation.labelstudio import import_pool
 
-            _print(import_pool(settings))
+            _print(import_pool(settings, file=getattr(args, "file", None)))
             return 0
         if action == "sync":
             from annotation.agreement import log_agreement
@@ -45,7 +47,7 @@ def main(args) -> int:
             report["agreement"] = log_agreement(settings)["versions"]
             _print(report)
             return 0
-    except (StudioConnectionError, LabelConfigError, ExportError) as exc:
+    except (StudioConnectionError, LabelConfigError, ExportError, *USER_ERRORS) as exc:
         print(f"labelloop annotate {action}: error: {exc}", file=sys.stderr)
         return 2
     raise SystemExit(f"unknown action {action!r}")

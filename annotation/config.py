@@ -19,7 +19,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any, Callable
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 from labelloop.tasks import ClassificationTask
 
@@ -34,7 +34,14 @@ class LabelConfigError(ValueError):
 
 
 def classification_config(task: ClassificationTask) -> str:
-    choices = "\n".join(f"    <Choice value={quoteattr(label)}/>" for label in task.labels)
+    def choice(label: str) -> str:
+        # A display name is shown instead of the value (`html`); the value, what is stored and
+        # what predictions name, stays the label.
+        shown = getattr(task, "display_name", lambda lab: lab)(label)
+        extra = f" html={quoteattr(escape(shown))}" if shown != label else ""
+        return f"    <Choice value={quoteattr(label)}{extra}/>"
+
+    choices = "\n".join(choice(label) for label in task.labels)
     return (
         "<View>\n"
         f"  <Text name={quoteattr(TEXT_NAME)} value=\"${TEXT_KEY}\"/>\n"

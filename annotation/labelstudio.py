@@ -310,17 +310,6 @@ def ensure_numeric_columns(client, project_id: int) -> int:
     return written
 
 
-def default_pool(settings: Settings, size: int) -> list[str]:
-    """Unlabelled candidates: texts of the dataset's TRAIN split (the test split stays frozen)."""
-    from labelloop.data import load_labelled, split, text_bucket
-
-    task = task_from_settings(settings)
-    df = load_labelled(settings.dataset, task)
-    train, _ = split(df, settings.dataset.test_fraction)
-    order = train["text"].map(lambda t: text_bucket("pool:" + t)).sort_values().index
-    return train.loc[order, "text"].tolist()[: size]
-
-
 def existing_texts(client, project_id: int) -> set[str]:
     texts = set()
     for t in client.tasks.list(project=project_id, fields="all"):
@@ -375,17 +364,34 @@ def _select_pool(settings: Settings, classifier, pool: list[str], size: int):
 
 
 def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, project_id: Optional[int] = None,
-                client=None, classifier=None, candidates: Optional[int] = None) -> dict[str, Any]:
+                client=None, classifier=None, candidates: Optional[int] = None,
+                file: Optional[str] = None) -> dict[str, Any]:
     """Import up to `studio.pool_size` new texts as tasks, predictions attached, least certain first.
 
-    `texts`: the pool (default: `candidates` texts, default 4 x pool_size, from the dataset's
-    train split, of which the `pool_size` most informative are imported).
+    The pool (annotation/pool.py): `texts`, else `file`, else `pool.source` (or, when asked, the
+    training split), cleaned the way the champion was trained, without texts already labelled;
+    of `candidates` of them (default 4 x pool_size, a stable sample) the `pool_size` most
+    informative are imported. A pool without usable texts is an error before anything is made.
     """
-    client = client or connect(settings)
+    from annotation import pool as pools
+    from labelloop.cleaning import Cleaning
+
+    # The pool is read first: a missing file or a failing query stops before anything else.
+    raw, where = (list(texts), "the given texts") if texts is not None else \
+        pools.raw_pool(settings, file)
     if classifier is None:
         classifier, version = load_champion(settings)
     else:
         version = str(classifier.version)
+    size = settings.studio.pool_size
+    built = pools.build_pool(settings, getattr(classifier, "cleaning", Cleaning()), texts=raw,
+                             where=where)
+    if texts is None or candidates is not None:
+        factor = 1 if settings.studio.ordering == "random" else 4
+        chosen = pools.candidates(built.texts, candidates or size * factor)
+    else:
+        chosen = built.texts
+    client = client or connect(settings)
     if project_id is None:
         configured = task_from_settings(settings)
         if set(classifier.task.labels) != set(configured.labels):
@@ -395,14 +401,10 @@ def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, proje
                 f"task.labels is {list(configured.labels)}; fix the config or train a new model")
         project_id = ensure_project(settings, client).id
     check_project_matches_model(settings, project_id, classifier.task, client)
-    size = settings.studio.pool_size
-    if texts is None:
-        factor = 1 if settings.studio.ordering == "random" else 4
-        texts = default_pool(settings, candidates or size * factor)
     seen = existing_texts(client, project_id)
     pool, dup = [], 0
-    for t in texts:
-        if not isinstance(t, str) or not t.strip() or t in seen:
+    for t in chosen:
+        if t in seen:
             dup += 1
             continue
         seen.add(t)
@@ -418,7 +420,9 @@ def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, proje
         # (what `push_predictions` does after a promotion).
         client.projects.update(id=project_id, model_version=version)
     ensure_numeric_columns(client, project_id)
-    return {"project": project_id, "imported": len(tasks), "skipped_existing_or_empty": dup,
+    return {"project": project_id, "imported": len(tasks),
+            "skipped_existing_or_empty": dup + built.empty, "skipped_in_project": dup,
+            **built.report(),
             "model_version": version, "ordering": settings.studio.ordering,
             "mean_uncertainty": (float(np.mean([t["data"]["uncertainty"] for t in tasks]))
                                  if tasks else None)}

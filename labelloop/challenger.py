@@ -72,9 +72,7 @@ def human_labels(settings: Settings, max_seq: Optional[int] = None) -> pd.DataFr
 
 def human_digest(rows: pd.DataFrame) -> str:
     """Digest of the human labels a retrain would use (order-free): equal means same data."""
-    if rows.empty:
-        return "none"
-    return data.digest(rows[["text", "label"]].sort_values(["text", "label"]))
+    return data.human_digest(rows)
 
 
 # -- the training rule -------------------------------------------------------------------------
@@ -104,7 +102,7 @@ def preflight(settings: Settings) -> None:
     from labelloop import registry, training
     from labelloop.tasks import task_from_settings
 
-    data.load_labelled(settings.dataset, task_from_settings(settings))
+    data.load_splits(settings.dataset, task_from_settings(settings))
     if settings.feedback.train_rule == "full":
         return
     champion = registry.get_champion(settings)
@@ -134,12 +132,15 @@ def training_rows(settings: Settings, rule: str, base_train: pd.DataFrame, test:
     `replay_rows`, or `replay_per_new_label` per new label where that is more (on the H200, 1,000
     corrections x 4 against 256 replayed rows took test macro-F1 from 0.80 to 0.56).
     """
-    everything = data.merge_human_labels(base_train, trainable, test)
+    from labelloop.cleaning import Cleaning
+
+    cleaning = Cleaning.from_settings(settings.dataset.cleaning)
+    everything = data.merge_human_labels(base_train, trainable, test, cleaning)
     if rule == "full":
         return everything
     w = settings.feedback.warm_start
-    new = data.merge_human_labels(new[["text", "label"]], pd.DataFrame(columns=["text", "label"]),
-                                  test) if not new.empty else new
+    new = data.merge_human_labels(pd.DataFrame(columns=["text", "label"]),
+                                  new[["text", "label"]], test, cleaning) if not new.empty else new
     rest = everything[~everything["text"].isin(set(new["text"]))] if not new.empty else everything
     order = rest["text"].map(lambda t: text_bucket("replay:" + t)).sort_values().index
     n_replay = max(w.replay_rows, int(w.replay_per_new_label * len(new)))

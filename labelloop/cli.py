@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("annotate", _cmd_annotate,
             "Set up the Label Studio project, import tasks with predictions, sync annotations.")
     p.add_argument("action", choices=["setup", "import", "sync"], help="what to do")
+    p.add_argument("--file", metavar="FILE", default=None,
+                   help="import: the unlabelled texts to import (a .txt file with one text per "
+                        "line, or a CSV/JSONL/Parquet/zip file with pool.text_column); default: "
+                        "pool.source")
 
     p = add("labels", _cmd_labels,
             "The human labels in the labels store: export them with provenance (CSV/JSONL), or "

@@ -63,6 +63,12 @@ def socket_path(feedback_dir: Path) -> Path:
 
 
 def env_fingerprint(env: dict[str, str]) -> dict[str, str]:
+    """The variables that must agree, as the child will see them once `import labelloop` has
+    set its defaults (a caller that has not imported labelloop yet lacks them, and that is the
+    same environment)."""
+    from labelloop import OFFLINE_ENV
+
+    env = {**OFFLINE_ENV, **env}
     return {k: v for k, v in env.items()
             if k.startswith(_IMPORT_TIME_PREFIXES) and k not in _PER_RUN}
 
@@ -283,8 +289,10 @@ class Launcher:
             if lock_fd is not None:
                 os.set_inheritable(lock_fd, True)  # the turn's own children see it as today
                 env["LABELLOOP_FEEDBACK_LOCK_FD"] = str(lock_fd)
+            from labelloop import OFFLINE_ENV
+
             os.environ.clear()
-            os.environ.update(env)
+            os.environ.update({**OFFLINE_ENV, **env})  # as `import labelloop` would leave it
             code = _run_module(req["module"], list(req["argv"]))
         except BaseException:  # noqa: BLE001 - the child reports and exits, never returns
             import traceback

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from labelloop.cleaning import Cleaning
 from labelloop.settings import ConfigError, resolve_path
 from labelloop.tasks import ClassificationTask, Prediction, task_from_dict
 
@@ -150,6 +151,85 @@ def max_chars_for(max_length: int) -> int:
     return max_length * CHARS_PER_TOKEN
 
 
+# -- truncation: which tokens of a long text the model reads (`model.truncation`) ----------------
+TRUNCATIONS = ("head", "tail", "head_tail")
+
+
+def select_tokens(ids: list[int], budget: int, strategy: str) -> list[int]:
+    """At most `budget` token ids. head_tail keeps the first quarter and the last three quarters
+    (Sun et al. 2019, "How to Fine-Tune BERT for Text Classification?": head 128 + tail 382 of
+    512 read long reviews best; a review's verdict tends to sit at its end)."""
+    if len(ids) <= budget:
+        return list(ids)
+    if strategy == "head":
+        return list(ids[:budget])
+    if strategy == "tail":
+        return list(ids[len(ids) - budget:])
+    head = budget // 4
+    return list(ids[:head]) + list(ids[len(ids) - (budget - head):])
+
+
+def cut_chars(text: str, max_chars: int, strategy: str) -> str:
+    """Cut a text to the characters `strategy` may read, before tokenizing (cheap: tokenizing
+    costs what the text holds); max_chars covers max_length tokens with room to spare."""
+    if len(text) <= max_chars:
+        return text
+    if strategy == "head":
+        return text[:max_chars]
+    if strategy == "tail":
+        return text[-max_chars:]
+    return text[:max_chars] + " " + text[-max_chars:]
+
+
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int,
+                 strategy: str = "head") -> list[list[int]]:
+    """Token ids (special tokens added, not padded) of texts, truncated by `strategy`: the one
+    definition training, evaluation and serving share."""
+    texts = [cut_chars(t, max_chars_for(max_length), strategy) for t in texts]
+    if strategy == "head":
+        return [list(x) for x in tokenizer(texts, truncation=True,
+                                           max_length=max_length)["input_ids"]]
+    if strategy not in TRUNCATIONS:
+        raise ModelError(f"unknown truncation {strategy!r}; known: {list(TRUNCATIONS)}")
+    prefix, suffix = special_tokens_around(tokenizer)
+    budget = max_length - len(prefix) - len(suffix)
+    body = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return [prefix + select_tokens(b, budget, strategy) + suffix for b in body]
+
+
+def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after one text ([CLS] / [SEP], <s> /
+    </s>): found by encoding a word with and without them."""
+    full = list(tokenizer("a")["input_ids"])
+    body = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    for i in range(len(full) - len(body) + 1):
+        if full[i:i + len(body)] == body:
+            return full[:i], full[i + len(body):]
+    raise ModelError("cannot tell where this tokenizer puts its special tokens; use "
+                     "model.truncation: head")
+
+
+def tokenize_padded(tokenizer, texts: Sequence[str], max_length: int,
+                    strategy: str = "head") -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask`, padded to max_length, for training."""
+    if strategy == "head":  # exactly what training always did
+        return tokenizer(list(texts), truncation=True, max_length=max_length,
+                         padding="max_length", return_tensors="pt")
+    ids = encode_texts(tokenizer, texts, max_length, strategy)
+    pad = int(tokenizer.pad_token_id or 0)
+    input_ids = torch.full((len(ids), max_length), pad, dtype=torch.long)
+    mask = torch.zeros((len(ids), max_length), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, :len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[row, :len(x)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def text_meta(cleaning: Cleaning, truncation: str) -> dict[str, Any]:
+    """What a bundle records about how its texts were read (`labelloop.json`)."""
+    return {"cleaning": cleaning.to_dict(), "truncation": truncation}
+
+
 class Classifier:
     """A loaded bundle ready for batched inference: load once, call many times.
 
@@ -158,12 +238,22 @@ class Classifier:
     `encode(texts)` -> token ids, `logits_from_ids(ids)` -> logits. `logits(texts)` does both.
     """
 
+    cleaning: Cleaning = Cleaning()  # what an old bundle without a recorded cleaning gets
+    truncation: str = "head"
+
     def __init__(self, bundle_dir: str | Path, device: str = "auto", version: str | None = None):
         self.bundle_dir = Path(bundle_dir)
         self.meta = read_bundle_meta(self.bundle_dir)
         self.task: ClassificationTask = task_from_dict(self.meta["task"])
         self.max_length: int = int(self.meta.get("max_length", 128))
-        self.max_chars: int = max_chars_for(self.max_length)  # texts are cut here first
+        # How this model's texts were cleaned and truncated when it was trained: applied to
+        # every text it reads, so serving sees what training saw. (None recorded: none, head.)
+        self.cleaning = Cleaning.from_meta(self.meta.get("cleaning"))
+        self.truncation: str = self.meta.get("truncation") or "head"
+        # Callers (the service) may cut a text's head to this many characters before `encode`;
+        # a model that reads the end of texts needs them whole (encode cuts them itself).
+        self.max_chars: int = (max_chars_for(self.max_length) if self.truncation == "head"
+                               else 10**9)
         self.version = version or self.meta.get("version")
         self.device = pick_device(device)
         self.tokenizer = load_tokenizer(str(self.bundle_dir))
@@ -194,10 +284,14 @@ class Classifier:
         return self
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text (special tokens added, truncated to max_length, not padded).
-        Texts are cut to `max_chars` first: tokenizing costs what the text holds, not what the
-        model reads."""
-        cut = self.max_chars
+        """Token ids per text (special tokens added, truncated to max_length, not padded), after
+        the model's recorded cleaning. Texts are cut to the characters the model can read first:
+        tokenizing costs what the text holds, not what the model reads."""
+        if not self.cleaning.is_identity:
+            texts = self.cleaning.texts(texts)
+        if self.truncation != "head":
+            return encode_texts(self.tokenizer, texts, self.max_length, self.truncation)
+        cut = self.max_chars  # (reading the head, this is the window)
         texts = [t if len(t) <= cut else t[:cut] for t in texts]
         if self._fast is not None:
             if len(texts) <= SMALL_ENCODE:

@@ -8,7 +8,9 @@ by deleting the oldest rows beyond `max_rows`.
 Table `predictions`: id (autoincrement), ts (unix seconds, float), source ('classify', 'ls', ...),
 model_version, text (its first `text_chars` characters), text_chars (its full length),
 text_sha256 (hex SHA-256 of its UTF-8), label, score, probabilities (JSON object label ->
-probability). Texts are capped so anonymous traffic cannot grow the file beyond about
+probability), output and details (generation: the generated text, capped at 4 x text_chars,
+and a JSON object with finish reason, token counts and sampling settings; NULL for
+classification rows, whose label/score/probabilities are empty for generation rows). Texts are capped so anonymous traffic cannot grow the file beyond about
 max_rows x text_chars; the hash still joins a row with the full text held elsewhere.
 """
 
@@ -41,7 +43,8 @@ CREATE TABLE IF NOT EXISTS predictions (
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 """
 # Added later; older files get them on open (NULL for the rows written before).
-_NEW_COLUMNS = {"text_chars": "INTEGER", "text_sha256": "TEXT"}
+_NEW_COLUMNS = {"text_chars": "INTEGER", "text_sha256": "TEXT", "output": "TEXT",
+                "details": "TEXT"}
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -70,6 +73,8 @@ class LoggedPrediction:
     probabilities: dict[str, float]
     text_chars: Optional[int] = None
     text_sha256: Optional[str] = None
+    output: Optional[str] = None
+    details: Optional[dict[str, Any]] = None
 
 
 class PredictionLog:
@@ -140,11 +145,32 @@ class PredictionLog:
             else:
                 label, score, probs = pred.label, pred.score, pred.probabilities
             rows.append((now, source, str(model_version), text, label, float(score),
-                         json.dumps(probs)))
+                         json.dumps(probs), None, None))
+        return self._enqueue(rows)
+
+    def record_generation(self, prompts: Sequence[str], outputs: Sequence[str],
+                          model_version: str, source: str = "generate",
+                          details: Optional[Sequence[dict[str, Any]]] = None) -> int:
+        """Queue one generation request's prompts and outputs (same contract as `record`)."""
+        if not self.enabled or not prompts:
+            return 0
+        n = len(prompts)
+        with self._lock:
+            if self._queued_rows + n > self.max_queued_rows:
+                self.dropped += n
+                return 0
+            self._queued_rows += n
+        now = time.time()
+        details = details or [{}] * n
+        rows = [(now, source, str(model_version), p, "", 0.0, "{}", o, d)
+                for p, o, d in zip(prompts, outputs, details)]
+        return self._enqueue(rows)
+
+    def _enqueue(self, rows: list[tuple]) -> int:
         self._queue.append(rows)  # deque.append is thread-safe
         if self._queued_rows >= 1000:
             self._wake.set()
-        return n
+        return len(rows)
 
     # ---- writer -----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -169,14 +195,17 @@ class PredictionLog:
         """Rows as stored: the text cut to `text_chars`, plus its length and hash (computed here,
         in the writer thread, not in the request path)."""
         cap = self.text_chars
-        return [(ts, src, ver, text[:cap], len(text), text_digest(text), label, score, probs)
-                for ts, src, ver, text, label, score, probs in rows]
+        return [(ts, src, ver, text[:cap], len(text), text_digest(text), label, score, probs,
+                 None if out is None else out[:4 * cap],
+                 None if det is None else json.dumps({**det, "output_chars": len(out or "")}))
+                for ts, src, ver, text, label, score, probs, out, det in rows]
 
     def _write(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
         with conn:
             conn.executemany(
                 "INSERT INTO predictions (ts, source, model_version, text, text_chars, "
-                "text_sha256, label, score, probabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "text_sha256, label, score, probabilities, output, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 self._capped(rows),
             )
             # Keep the table bounded: ids are monotonic, so the newest max_rows survive.
@@ -253,6 +282,7 @@ def read_predictions(
     try:
         have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
         extra = ", text_chars, text_sha256" if "text_sha256" in have else ", NULL, NULL"
+        extra += ", output, details" if "output" in have else ", NULL, NULL"
         query = ("SELECT ts, source, model_version, text, label, score, probabilities"
                  f"{extra} FROM predictions")
         params: list[Any] = []
@@ -265,8 +295,9 @@ def read_predictions(
     finally:
         conn.close()
     return [
-        LoggedPrediction(ts, src, ver, text, label, score, json.loads(probs), chars, digest)
-        for ts, src, ver, text, label, score, probs, chars, digest in rows
+        LoggedPrediction(ts, src, ver, text, label, score, json.loads(probs), chars, digest,
+                         out, None if det is None else json.loads(det))
+        for ts, src, ver, text, label, score, probs, chars, digest, out, det in rows
     ]
 
 

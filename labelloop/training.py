@@ -202,8 +202,8 @@ def fine_tune(
     model.to(device)
 
     # Tokenize once into padded tensors; each batch is then trimmed to its own longest text.
-    encoded = tokenizer(list(train["text"]), truncation=True, max_length=model_cfg.max_length,
-                        padding="max_length", return_tensors="pt")
+    encoded = modeling.tokenize_padded(tokenizer, list(train["text"]), model_cfg.max_length,
+                                       model_cfg.truncation)
     lengths = encoded["attention_mask"].sum(dim=1)  # on the CPU: no device sync per step
     # The whole tokenized set is small (rows x max_length ints): keep it on the device.
     input_ids = encoded["input_ids"].to(device)

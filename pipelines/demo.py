@@ -74,6 +74,10 @@ def write_demo_settings(config: Optional[str]) -> tuple[Path, Settings]:
         previous = (yaml.safe_load(path.read_text()) or {}).get("serving", {})
     data = settings.model_dump(mode="json")
     data["data_dir"] = str(settings.data_path)
+    if data["pool"]["source"] is None:
+        # The demo's corpus is all labelled: its annotators label texts of the training split
+        # (a simulation; a real project sets pool.source to its unlabelled texts).
+        data["pool"]["from_training_split"] = True
     serving = data["serving"]
     for key in ("ls_basic_auth_password", "webhook_secret", "admin_token"):
         serving[key] = serving.get(key) or previous.get(key) or secrets.token_urlsafe(24)

@@ -14,9 +14,14 @@ from labelloop.tasks import task_from_settings
 
 def validate_inputs(settings: Settings) -> None:
     """Fail fast, with one clear message, on anything that would break training later."""
+    if settings.task.type == "generation":
+        from labelloop.generation.steps import check_inputs
+
+        check_inputs(settings)
+        return
     resolve_base_model(settings.model.base)
     distributed.check_processes(settings.training)
-    data.load_labelled(settings.dataset, task_from_settings(settings))
+    data.load_splits(settings.dataset, task_from_settings(settings))
 
 
 def _step_output(run, step: str, name: str) -> Any:
@@ -52,6 +57,19 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
 def print_summary(settings: Settings, metrics: dict, decision: dict,
                   baseline: Optional[dict] = None) -> None:
     print("\n=== labelloop training result ===")
+    if settings.task.type == "generation":
+        for name in ("chrf", "rouge_l", "loss", "perplexity"):
+            print(f"test {name:<10} {metrics[name]:.4f}  (base {metrics[f'base_{name}']:.4f})")
+    else:
+        _print_classification(settings, metrics, baseline)
+    print(f"registered     {settings.registry.model_name} version {decision['challenger_version']}")
+    print(f"promotion      {'promoted to champion' if decision['promote'] else 'not promoted'}: "
+          f"{decision['reason']}")
+    show_status(settings=settings)
+
+
+def _print_classification(settings: Settings, metrics: dict,
+                          baseline: Optional[dict] = None) -> None:
     print(f"test accuracy  {metrics['accuracy']:.4f}")
     print(f"test macro-F1  {metrics['macro_f1']:.4f}")
     for label in task_from_settings(settings).labels:
@@ -61,10 +79,6 @@ def print_summary(settings: Settings, metrics: dict, decision: dict,
         print(f"baseline       {baseline['name']} (same split) macro-F1 {baseline['macro_f1']:.4f}: "
               f"the model {'beats it' if baseline['beats'] else 'does NOT beat it'} on {metric} "
               f"({metrics[metric] - baseline[metric]:+.4f})")
-    print(f"registered     {settings.registry.model_name} version {decision['challenger_version']}")
-    print(f"promotion      {'promoted to champion' if decision['promote'] else 'not promoted'}: "
-          f"{decision['reason']}")
-    show_status(settings=settings)
 
 
 def show_status(config: Optional[str] = None, settings: Optional[Settings] = None) -> int:
@@ -81,13 +95,31 @@ def show_status(config: Optional[str] = None, settings: Optional[Settings] = Non
         metric = f"{float(recorded):.4f}" if recorded else "?"
         print(f"  version {mv.version:>3}  {mv.tags.get(registry.STATUS_TAG, '?'):<7} "
               f"test {settings.promotion.metric} {metric}{mark}")
+        trace = provenance_line(mv.tags)
+        if trace:
+            print(f"               {trace}")
     return 0
+
+
+def provenance_line(tags: dict) -> str:
+    """What trained a version, from its registry tags (labelloop.provenance)."""
+    from labelloop import provenance
+
+    parts = [(name, tags.get(tag)) for name, tag in (
+        ("data", provenance.SOURCE_DIGEST_TAG), ("test split", provenance.TEST_DIGEST_TAG),
+        ("human labels", provenance.HUMAN_DIGEST_TAG), ("labels seq", provenance.LABELS_SEQ_TAG))]
+    return "  ".join(f"{name} {value}" for name, value in parts if value)
 
 
 def run_feedback(config: Optional[str] = None, project: Optional[int] = None,
                  reason: str = "cli") -> int:
     from pipelines.feedback import run_feedback_pipeline
 
+    if load_settings(config).task.type == "generation":
+        from labelloop.settings import ConfigError
+
+        raise ConfigError("the feedback loop does not take generation models yet (human "
+                          "responses and preferences come with issue 14); use `labelloop train`")
     return run_feedback_pipeline(config, project=project, reason=reason)
 
 

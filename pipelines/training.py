@@ -41,9 +41,15 @@ def training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] =
              human_labels_max_seq: Optional[int] = None) -> None:
     # Runs when the pipeline is compiled: a bad config or base model fails before any step.
     settings = load_settings(config, overrides=overrides)
-    resolve_base_model(settings.model.base)
-    train, test = load_data(config, overrides, include_human_labels, human_labels_max_seq)
-    bundle = fine_tune(train, config, overrides)
+    if settings.task.type == "generation":
+        from labelloop.generation.base import cache_root, resolve_causal_base
+
+        resolve_causal_base(settings.model.base, cache_root(settings))
+    else:
+        resolve_base_model(settings.model.base)
+    train, test, data_provenance = load_data(config, overrides, include_human_labels,
+                                             human_labels_max_seq)
+    bundle = fine_tune(train, test, data_provenance, config, overrides)
     metrics, predicted, baseline = evaluate_model(bundle, train, test, config, overrides)
     version = register_model(bundle, metrics, test, predicted, config, overrides)
     promote_model(version, metrics, test, predicted, config, overrides, baseline)

@@ -17,6 +17,8 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from labelloop import provenance
+from labelloop.generation_engine import is_generation_meta
 from labelloop.modeling import Classifier, read_bundle_meta
 from labelloop.settings import Settings
 
@@ -38,15 +40,33 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """One served version: a `classifier` or, for a generation bundle, a `generator`."""
+
     version: str
-    classifier: Classifier
+    classifier: Optional[Classifier]
     loaded_at: float = field(default_factory=time.time)
+    generator: Any = None  # labelloop.generation_engine.Generator
 
     @property
     def labels(self) -> list[str]:
-        return self.classifier.labels
+        return self.classifier.labels if self.classifier is not None else []
+
+    @property
+    def task_type(self) -> str:
+        return "generation" if self.generator is not None else "classification"
 
     def metadata(self, settings: Settings) -> dict[str, Any]:
+        if self.generator is not None:
+            gen = self.generator
+            meta = gen.meta
+            return {
+                "model_name": settings.registry.model_name, "model_version": self.version,
+                "alias": settings.registry.champion_alias, "task": meta.get("task"),
+                "base_model": meta.get("base_model"), "dataset_digest": meta.get("dataset_digest"),
+                "method": meta.get("method"), "created_at": meta.get("created_at"),
+                "device": str(gen.device), "generation": gen.info(), **provenance.shown(meta),
+                "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
+            }
         meta = self.classifier.meta
         return {
             "model_name": settings.registry.model_name,
@@ -56,12 +76,22 @@ class LoadedModel:
             "task": self.classifier.task.to_dict(),
             "base_model": meta.get("base_model"),
             "dataset_digest": meta.get("dataset_digest"),
+            # What trained it, exactly (labelloop.provenance): sources and their digests, the
+            # test split's and the human labels' digests, the labels store seq, and how texts
+            # are cleaned and truncated (applied to every request).
+            **provenance.shown(meta),
             "method": meta.get("method"),
             "max_length": self.classifier.max_length,
             "created_at": meta.get("created_at"),
             "device": str(self.classifier.device),
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
         }
+
+    def retire(self) -> None:
+        """This version is no longer served: a generation engine finishes what it was given,
+        then frees its device memory."""
+        if self.generator is not None:
+            self.generator.engine.retire()
 
 
 def no_champion_message(settings: Settings) -> str:
@@ -85,6 +115,9 @@ def bundle_version(bundle_dir: str | Path) -> str:
 
 
 def load_bundle(settings: Settings, bundle: str | Path, version: str) -> LoadedModel:
+    meta = read_bundle_meta(Path(bundle))
+    if is_generation_meta(meta):
+        return load_generation(settings, bundle, meta, str(version))
     clf = Classifier(bundle, device=settings.serving.device, version=str(version))
     if settings.serving.cpu_int8 and clf.device.type == "cpu":
         import torch
@@ -102,6 +135,22 @@ def load_bundle(settings: Settings, bundle: str | Path, version: str) -> LoadedM
                            type(exc).__name__, exc)
     clf.predict(["warm-up"] * 8)  # first call allocates; do it before anyone waits on it
     return LoadedModel(version=str(version), classifier=clf)
+
+
+def load_generation(settings: Settings, bundle: str | Path, meta: dict, version: str) -> LoadedModel:
+    from labelloop.generation_engine import Generator, GenRequest, Sampling
+
+    cfg, gen_cfg = settings.serving, settings.serving.generation
+    gen = Generator(bundle, device=cfg.device, version=version, slots=gen_cfg.slots,
+                    max_prompt_tokens=gen_cfg.max_prompt_tokens,
+                    max_new_tokens=gen_cfg.max_new_tokens, max_waiting=gen_cfg.max_waiting,
+                    prefill_tokens=gen_cfg.prefill_tokens, cuda_graphs=cfg.cuda_graphs)
+    warm = GenRequest(gen.encode("warm-up"), Sampling(max_new_tokens=4, ignore_eos=True),
+                      blocking=True)
+    gen.engine.submit([warm])  # first steps allocate (and capture a graph): not on a client
+    warm.wait(120)
+    logger.info("generation engine for version %s: %s", version, gen.info()["engine"])
+    return LoadedModel(version=str(version), classifier=None, generator=gen)
 
 
 def settle_heap() -> None:
@@ -165,8 +214,9 @@ class ModelHolder:
                 return {"previous": previous, "current": previous, "changed": False}
             logger.info("champion moved %s -> %s: loading", previous, target)
             new = self._loader(self.settings, target)  # fully loaded before the swap
-            self.current = new  # single reference assignment: atomic for readers
-            del new
+            old, self.current = self.current, new  # one reference assignment: atomic for readers
+            old.retire()
+            del new, old
             settle_heap()
             self.reloads += 1
             self.last_error = None
@@ -191,6 +241,7 @@ class ModelHolder:
 
     def stop(self) -> None:
         self._stop.set()
+        self.current.retire()
 
 
 # ---- input checks (shared by /classify and the Label Studio backend) ------------------------

@@ -13,6 +13,8 @@ Routes:
   GET  /healthz /livez    BentoML liveness;  GET /readyz: ready once the champion is loaded
   /ls/...                 Label Studio ML backend (services/ls_backend.py)
   GET  /status            the loop's status page for annotators (services/status_page.py)
+  POST /generate, /v1/chat/completions, /v1/completions, GET /v1/models
+                          when the champion is a generation model (services/generation_api.py)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from services import ls_backend, status_page
 from services.balance import RecycleConnections
 from services.hot_route import HotRoute
 from services.batcher import MicroBatcher, Overloaded
+from services.generation_api import GenerationAPI
 from services.gpus import check_gpus, worker_device
 from services.guard import AuthThrottle, Guard, bound_library_logs, host_policy, parse_json
 from services.lifecycle import parent_alive, watch_parent
@@ -173,6 +176,7 @@ class Labelloop:
         if cfg.batcher == "inprocess":
             self.batcher = MicroBatcher(self._infer, max_batch_texts=cfg.max_batch_size,
                                         max_latency_ms=cfg.max_latency_ms)
+        self.gen_api = GenerationAPI(self)  # answers only while a generation model is served
         settle_heap()  # after loading, before serving: no full-collection pauses later
         self.holder.start_polling(cfg.poll_interval_s)
         # An orphaned worker (its `bentoml serve` parent killed) exits instead of holding the
@@ -271,6 +275,8 @@ class Labelloop:
     def window(self) -> tuple[int, int]:
         """(characters, tokens) of a text the loaded model reads: texts are cut to the first."""
         clf = self.holder.current.classifier
+        if clf is None:  # a generation model: /classify refuses before this matters
+            return self.settings.serving.max_text_chars, 0
         return clf.max_chars, clf.max_length
 
     def _infer(self, requests: t.Sequence[t.Any]) -> list[dict[str, t.Any]]:
@@ -290,6 +296,11 @@ class Labelloop:
     async def classify(self, body: t.Any) -> JSONResponse:
         """Classify `text` (one string) or `texts` (a list of strings): label, score and all
         class probabilities per text, and the model version that produced them."""
+        current = self.holder.current
+        if current.classifier is None:
+            return JSONResponse({"error": f"the served model (version {current.version}) is a "
+                                          f"{current.task_type} model: use POST /generate"},
+                                status_code=409)
         try:
             clean, single = parse_classify_body(body, self.settings, *self.window())
         except BadRequest as exc:
@@ -344,14 +355,34 @@ def _classify_handler():
     return svc.classify
 
 
+# Generation routes (services/generation_api.py), answered like /classify in front of the router.
+GENERATION_ROUTES = {"/generate": "generate", "/v1/chat/completions": "chat_completions",
+                     "/v1/completions": "completions"}
+
+
+def _generation_handler(name: str):
+    def get():
+        svc = _current["service"]
+        if svc is None:
+            raise LookupError("the model is still loading")
+        return getattr(svc.gen_api, name)
+    return get
+
+
 # POST /classify: a pure ASGI endpoint in front of the router (services/hot_route.py says why).
 # Added last: middlewares added earlier wrap later ones, so connection recycling sees it.
 # Host check, JSON-only bodies, /classify_batch checked before BentoML parses it: outside the
 # /classify endpoint, so it guards that too (services/guard.py).
 Labelloop.add_asgi_middleware(
     Guard, hosts=host_policy(_CFG.host, _CFG.allowed_hosts),
-    json_routes=("/classify", "/classify_batch", "/ls/setup", "/ls/predict", "/ls/webhook"),
+    json_routes=("/classify", "/classify_batch", "/ls/setup", "/ls/predict", "/ls/webhook",
+                 *GENERATION_ROUTES),
     read_routes=("/classify_batch",), max_body_bytes=int(_CFG.max_request_mb * 2**20),
     check_body=_check_body)
 Labelloop.add_asgi_middleware(HotRoute, path="/classify", get_handler=_classify_handler,
                               max_body_bytes=int(_CFG.max_request_mb * 2**20))
+for _path, _name in GENERATION_ROUTES.items():
+    Labelloop.add_asgi_middleware(HotRoute, path=_path, get_handler=_generation_handler(_name),
+                                  max_body_bytes=int(_CFG.max_request_mb * 2**20))
+Labelloop.add_asgi_middleware(HotRoute, path="/v1/models", method="GET",
+                              get_handler=_generation_handler("models"))

@@ -26,6 +26,8 @@ def evaluate_model(
 ) -> Tuple[Annotated[dict, "metrics"], Annotated[list, "test_predicted"],
            Annotated[dict, "baseline"]]:
     settings = settings_for(config, overrides)
+    if settings.task.type == "generation":
+        return _evaluate_generation(settings, model_bundle, test)
     classifier = Classifier(model_bundle, device=settings.training.device)
     result = evaluation.evaluate_classifier(classifier, test, settings.evaluation.batch_size)
     evaluation.log_to_mlflow(result, settings.evaluation.sample_predictions)
@@ -47,3 +49,16 @@ def evaluate_model(
     predicted = [classifier.task.encode_label(lab) for lab in result.predictions["predicted"]]
     return result.metrics, predicted, {"name": base.name, **base.metrics, "beats": beats,
                                        "seconds": base.fit_seconds}
+
+
+def _evaluate_generation(settings, model_bundle: Path, test: pd.DataFrame):
+    """Fine-tuned and base model on the same test rows; the outputs go on to promotion."""
+    from labelloop.generation import evaluation as gen_eval
+    from labelloop.generation import steps as generation
+
+    result = generation.evaluate(settings, model_bundle, test)
+    gen_eval.log_to_mlflow(result, settings.evaluation.sample_predictions)
+    print("evaluation on the frozen test split (fine-tuned vs base):\n" + result.summary())
+    metrics = {k[len("test_"):]: v for k, v in result.metrics.items() if k.startswith("test_")}
+    metrics.update({k: v for k, v in result.metrics.items() if not k.startswith("test_")})
+    return metrics, result.outputs, {}  # no baseline for generation (yet)

@@ -31,7 +31,8 @@ def retrain(settings: Settings, project: Optional[int] = None,
     import mlflow
 
     from labelloop import challenger, data, evaluation, labels_store, loop_status, modeling, \
-        registry, scratch, training
+        provenance, registry, scratch, training
+    from labelloop.cleaning import Cleaning
     from labelloop.tasks import task_from_settings
 
     timings: dict[str, float] = {}
@@ -43,8 +44,8 @@ def retrain(settings: Settings, project: Optional[int] = None,
     trainable, heldout = challenger.human_split(human, settings.feedback.holdout_fraction)
     champ = champion_info(settings)
     rule, why = challenger.choose_rule(settings, champ, seq)
-    df = data.load_labelled(settings.dataset, task)
-    base_train, test = data.frozen_split(df, settings.dataset)
+    splits = data.load_splits(settings.dataset, task)
+    base_train, test = splits.train, splits.test
     seen_seq = int(champ["labels_seq"]) if champ else 0
     new = trainable[trainable["seq"] > seen_seq] if rule == "warm" else trainable
     champion_bundle = None
@@ -79,11 +80,14 @@ def retrain(settings: Settings, project: Optional[int] = None,
             t1 = time.perf_counter()
             result = challenger.train(settings, rule, rows, champion_bundle, on_log=on_log)
             timings["train_s"] = time.perf_counter() - t1
+            record = provenance.record(splits, rows, trainable, seq,
+                                       Cleaning.from_settings(settings.dataset.cleaning),
+                                       settings.model.truncation)
+            provenance.log_inputs(record, rows, test)
             bundle = modeling.save_bundle(result.model, result.tokenizer, tmp / "bundle", {
                 "task": task.to_dict(), "base_model": result.base_model,
                 "max_length": settings.model.max_length, "method": cfg.method,
-                "dataset": settings.dataset.path, "dataset_digest": data.digest(rows),
-                "train_rows": len(rows), "train_rule": rule,
+                "dataset": settings.dataset.path, **record, "train_rule": rule,
                 "warm_from": champ["version"] if rule == "warm" else None,
             })
             del result
@@ -101,6 +105,7 @@ def retrain(settings: Settings, project: Optional[int] = None,
             mv = registry.register_bundle(settings, run.info.run_id, tags={
                 "task": task.name, "base_model": result_base(bundle), "method": cfg.method,
                 "dataset_digest": data.digest(rows), "test_digest": test_digest,
+                provenance.SOURCE_DIGEST_TAG: record["source_digest"],
                 **{f"test_{k}": repr(float(scored.metrics[k])) for k in ("macro_f1", "accuracy")},
                 LABELS_SEQ_TAG: str(seq), challenger.FULL_SEQ_TAG: str(full_seq),
                 challenger.RULE_TAG: rule,

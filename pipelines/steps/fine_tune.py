@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 from zenml import step
 
-from labelloop import data, distributed, modeling, scratch, training
+from labelloop import distributed, modeling, provenance, scratch, training
 from labelloop.tasks import task_from_settings
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
@@ -18,11 +18,15 @@ from pipelines.steps.common import settings_for
 @step(experiment_tracker=TRACKER_NAME)
 def fine_tune(
     train: pd.DataFrame,
+    test: pd.DataFrame,
+    data_provenance: dict,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
 ) -> Annotated[Path, "model_bundle"]:
     settings = settings_for(config, overrides)
     task = task_from_settings(settings)
+    if task.type == "generation":
+        return _fine_tune_generation(settings, train)
     cfg = training.resolve(settings.training, len(train))  # `auto` values for this many rows
     schedule = training.plan(cfg, len(train))
     weights = training.class_weights(cfg.class_weights, list(train["label"]), task)
@@ -35,8 +39,11 @@ def fine_tune(
         "dataset": settings.dataset.path, "labels": ",".join(task.labels),
         "class_weights": "off" if weights is None else
         ",".join(f"{lab}={w:.3f}" for lab, w in weights.items()),
+        "truncation": settings.model.truncation,
+        "source_digest": data_provenance["source_digest"],
         "num_processes": cfg.num_processes,
     })
+    provenance.log_inputs(data_provenance, train, test)
 
     def log(step_no: int, values: dict[str, float]) -> None:
         mlflow.log_metrics(values, step=step_no)
@@ -55,9 +62,32 @@ def fine_tune(
         "method": cfg.method,
         "init": settings.model.init,
         "dataset": settings.dataset.path,
-        "dataset_digest": data.digest(train),
-        "train_rows": len(train),
+        **data_provenance,  # sources, digests, cleaning, truncation (labelloop.provenance)
     })
     print(f"fine-tune: {result.steps} steps, {result.samples_per_second:.1f} samples/s, "
           f"{result.train_seconds:.1f}s, final loss {result.final_loss:.4f}")
+    return out
+
+
+def _fine_tune_generation(settings, train: pd.DataFrame) -> Path:
+    from labelloop.generation import steps as generation
+
+    cfg = settings.training
+    mlflow.log_params({
+        "task_type": "generation", "base_model": settings.model.base, "init": settings.model.init,
+        "method": cfg.method, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
+        "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size,
+        "max_length": settings.model.max_length,
+        "max_prompt_tokens": settings.generation.max_prompt_tokens,
+        "lora_r": cfg.lora.r if cfg.method == "lora" else None, "train_rows": len(train),
+        "dataset": settings.dataset.path,
+    })
+    out, result = generation.train_bundle(
+        settings, train, on_log=lambda step_no, values: mlflow.log_metrics(values, step=step_no))
+    mlflow.log_metrics({"train_seconds": result.train_seconds,
+                        "train_samples_per_second": result.samples_per_second,
+                        "final_train_loss": result.final_loss})
+    print(f"fine-tune (SFT, {cfg.method}, init {settings.model.init}): {result.steps} steps, "
+          f"{result.samples_per_second:.1f} samples/s, {result.train_seconds:.1f}s, "
+          f"final loss {result.final_loss:.4f}")
     return out

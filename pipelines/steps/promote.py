@@ -33,13 +33,19 @@ def promote_model(
     champion_version = None
     if champion is not None and str(champion.version) != str(model_version):
         champion_version = str(champion.version)
-    empty = pd.DataFrame(columns=["text", "label"])
-    decision = challenger.judge(settings, model_version, np.asarray(test_predicted), None, test,
-                                champion_version, empty, empty)
-    if baseline:
-        decision = promotion.with_baseline(decision, baseline.get(settings.promotion.metric),
-                                           settings.promotion.require_beats_baseline,
-                                           baseline.get("name", "baseline"))
+    if settings.task.type == "generation":
+        from labelloop.generation import promotion as gen_promotion
+
+        decision = gen_promotion.judge(settings, model_version, list(test_predicted), test,
+                                       champion_version)
+    else:
+        empty = pd.DataFrame(columns=["text", "label"])
+        decision = challenger.judge(settings, model_version, np.asarray(test_predicted), None,
+                                    test, champion_version, empty, empty)
+        if baseline:
+            decision = promotion.with_baseline(decision, baseline.get(settings.promotion.metric),
+                                               settings.promotion.require_beats_baseline,
+                                               baseline.get("name", "baseline"))
     champion_score = decision.champion_score
     if decision.promote:
         registry.set_champion(settings, model_version)

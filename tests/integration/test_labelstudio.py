@@ -269,12 +269,14 @@ def test_imported_tasks_sort_numerically_and_show_their_score(label_studio, tmp_
 
 
 def test_import_with_the_real_champion(label_studio, tmp_path):
-    """The champion from the MLflow registry predicts a pool from the dataset's train split."""
+    """The champion from the MLflow registry predicts a pool from the dataset's train split
+    (asked for: pool.from_training_split)."""
     from tests.helpers import register_untrained_version
 
-    s = make_settings(label_studio, tmp_path, studio={"pool_size": 8, "ordering": "uncertainty"})
+    s = make_settings(label_studio, tmp_path, studio={"pool_size": 8, "ordering": "uncertainty"},
+                      pool={"from_training_split": True})
     version = str(register_untrained_version(s, seed=1))
-    report = L.import_pool(s)  # creates the project, default pool, champion predictions
+    report = L.import_pool(s)  # creates the project, the pool, champion predictions
     assert report["imported"] == 8 and report["model_version"] == version
     client = L.connect(s)
     tasks = sorted(client.tasks.list(project=report["project"], fields="all"), key=lambda t: t.id)

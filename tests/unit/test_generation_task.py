@@ -49,6 +49,10 @@ def test_settings_generation_family_defaults_and_errors():
         load_settings(overrides={"promotion": {"metric": "chrf"}}, environ={})
     with pytest.raises(ConfigError, match="model.init"):
         load_settings(overrides={"model": {"init": "random"}}, environ={})
+    with pytest.raises(ConfigError, match="model.init scratch trains every weight"):
+        load_settings(overrides={"model": {"init": "scratch"}}, environ={})
+    assert load_settings(overrides={"model": {"init": "scratch"}, "training": {"method": "full"}},
+                         environ={}).model.init == "scratch"
 
 
 def test_chat_formatting_masks_the_prompt_and_fits_long_prompts(tmp_path):

@@ -27,6 +27,7 @@ def main(argv):
     out, sleep_s = argv[0], float(argv[1])
     info = {"argv": argv, "cwd": os.getcwd(), "pid": os.getpid(), "sid": os.getsid(0),
             "marker": os.environ.get("PROBE_MARKER"),
+            "hub_offline": os.environ.get("HF_HUB_OFFLINE"),
             "lock_fd": os.environ.get("LABELLOOP_FEEDBACK_LOCK_FD")}
     if len(argv) > 2 and argv[2] == "adopt":
         from labelloop import trigger
@@ -123,6 +124,20 @@ def test_other_environment_is_refused_not_run(tmp_path, warm, probe_env):
         launcher.launch(folder, "launcher_probe", [str(tmp_path / "o"), "0"], env, os.getcwd(),
                         tmp_path / "child.log", [])
     assert not (tmp_path / "o").exists()
+
+
+def test_caller_without_labelloops_defaults_is_the_same_environment(tmp_path, warm, probe_env):
+    """Regression: a caller that had not imported labelloop yet (the GPU benchmark) sent an
+    environment without the telemetry defaults that `import labelloop` sets, and was refused."""
+    from labelloop import OFFLINE_ENV
+
+    folder, _ = warm
+    env = {k: v for k, v in probe_env.items() if k not in OFFLINE_ENV}
+    out = tmp_path / "out.json"
+    pid = launcher.launch(folder, "launcher_probe", [str(out), "0"], env, os.getcwd(),
+                          tmp_path / "child.log", [])
+    assert _wait(lambda: out.exists()) and _wait(lambda: not alive(pid))
+    assert json.loads(out.read_text())["hub_offline"] == "1"  # the child stays offline
 
 
 def test_no_launcher_is_unavailable(tmp_path):

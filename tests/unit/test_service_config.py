@@ -20,10 +20,16 @@ print(json.dumps({"config": {k: s.Labelloop.config.get(k) for k in ("metrics", "
                  default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else list(o)))
 """
 HOT = ["HotRoute", {"path": "/classify", "max_body_bytes": 64 * 2**20}]
+# The generation routes (services/generation_api.py) sit inside /classify's endpoint, so a
+# /classify request never passes them.
+GEN = [["HotRoute", {"path": p, "max_body_bytes": 64 * 2**20}]
+       for p in ("/generate", "/v1/chat/completions", "/v1/completions")] + [
+    ["HotRoute", {"path": "/v1/models", "method": "GET"}]]
 # Host check and JSON-only bodies (services/guard.py): outside /classify, inside recycling.
 GUARD = ["Guard", {"hosts": ["127.0.0.1", "::1", "localhost"],
                    "json_routes": ["/classify", "/classify_batch", "/ls/setup", "/ls/predict",
-                                   "/ls/webhook"],
+                                   "/ls/webhook", "/generate", "/v1/chat/completions",
+                                   "/v1/completions"],
                    "read_routes": ["/classify_batch"], "max_body_bytes": 64 * 2**20}]
 
 
@@ -39,7 +45,7 @@ def test_defaults_keep_metrics_drop_tracing_and_do_not_recycle_a_single_worker()
     got = _service_class()
     assert got["config"]["metrics"] == {"enabled": True}
     assert got["config"]["tracing"] == {"excluded_urls": [".*"]}  # every URL: no spans
-    assert got["middlewares"] == [GUARD, HOT]
+    assert got["middlewares"] == [GUARD, HOT, *GEN]
 
 
 def test_switches_and_recycling_with_several_workers():
@@ -51,8 +57,8 @@ def test_switches_and_recycling_with_several_workers():
     assert not got["config"]["tracing"]  # BentoML's own tracing config applies
     # Starlette: the first middleware is the outermost, so recycling wraps /classify
     assert got["middlewares"] == [["RecycleConnections", {"max_requests": 7, "max_age_s": 0.5}],
-                                  GUARD, HOT]
+                                  GUARD, HOT, *GEN]
     off = _service_class(LABELLOOP__SERVING__WORKERS="2",
                          LABELLOOP__SERVING__MAX_CONNECTION_AGE_S="0",
                          LABELLOOP__SERVING__MAX_REQUESTS_PER_CONNECTION="0")
-    assert off["middlewares"] == [GUARD, HOT]
+    assert off["middlewares"] == [GUARD, HOT, *GEN]

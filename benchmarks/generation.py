@@ -1,0 +1,162 @@
+"""Generation benchmark, training section: SFT wall time, loss, chrF and ROUGE-L against the
+base model, on the same frozen test split in the same run.
+
+The same code as the pipeline (labelloop.generation: data, SFT, evaluation), minus ZenML and
+MLflow, so it also runs on a bare GPU box. Each repeat trains from the base with another seed
+and evaluates the merged model (as the bundle holds it) and the base on the same test rows.
+
+    # CPU, small: a subset and one epoch (the real SmolLM2-135M; minutes on 2 cores)
+    OMP_NUM_THREADS=1 python benchmarks/generation.py train --train-rows 96 --test-rows 32 --epochs 1
+    # GPU, the full corpus with configs/generation.yaml's recipe (LoRA, 3 epochs), 2 seeds
+    python benchmarks/generation.py train --repeats 2 --out docs/generation_train_h200.json
+
+`--set key=value` overrides any setting (dotted, e.g. training.method=full). The serving
+section is benchmarks/generation_serving.py (`python benchmarks/generation.py serve ...` runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import labelloop  # noqa: E402,F401
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from labelloop.generation import base, data, evaluation, training  # noqa: E402
+from labelloop.settings import load_settings  # noqa: E402
+
+
+def _overrides(args) -> dict:
+    out: dict = {"data_dir": args.data_dir, "training": {"device": args.device}}
+
+    def put(dotted: str, value) -> None:
+        node = out
+        *heads, last = dotted.split(".")
+        for h in heads:
+            node = node.setdefault(h, {})
+        node[last] = value
+
+    if args.base:
+        put("model.base", args.base)
+    if args.dataset:
+        put("dataset.path", args.dataset)
+    if args.train_rows:
+        put("dataset.max_train_rows", args.train_rows)
+    if args.test_rows:
+        put("dataset.max_test_rows", args.test_rows)
+    if args.epochs:
+        put("training.epochs", args.epochs)
+    for spec in args.set:
+        key, _, value = spec.partition("=")
+        put(key, yaml.safe_load(value))
+    return out
+
+
+def one_run(settings, train, test, seed: int) -> dict:
+    s = settings.model_copy(update={"training": settings.training.model_copy(update={"seed": seed})})
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    start = time.perf_counter()
+    result = training.fine_tune(train, s, progress=False)
+    sync()
+    wall = time.perf_counter() - start
+    model = result.model.merge_and_unload() if hasattr(result.model, "merge_and_unload") else result.model
+    model = model.eval()
+    if model.device.type == "cuda":
+        model = model.to(torch.bfloat16)  # as the service loads a bundle on a GPU
+    tokenizer = result.tokenizer
+    tokenizer.padding_side = "left"
+    from transformers import AutoModelForCausalLM
+
+    base_model = AutoModelForCausalLM.from_pretrained(result.base_dir, dtype=model.dtype).to(
+        model.device).eval()
+    base_tok = base.load_tokenizer(result.base_dir)
+    base_tok.padding_side = "left"
+    start = time.perf_counter()
+    ev = evaluation.evaluate_with_base(model, tokenizer, base_model, base_tok, test, s)
+    sync()
+    eval_s = time.perf_counter() - start
+    print(f"seed {seed}: SFT {wall:.1f}s ({result.steps} steps, final train loss "
+          f"{result.final_loss:.4f}); evaluation {eval_s:.1f}s\n{ev.summary()}", flush=True)
+    return {"seed": seed, "sft_wall_s": wall, "trainer_s": result.train_seconds,
+            "steps": result.steps, "final_train_loss": result.final_loss,
+            "samples_per_s": result.samples_per_second, "eval_wall_s": eval_s,
+            "metrics": ev.metrics,
+            "samples": ev.table.sample(n=min(8, len(ev.table)), random_state=0).to_dict("records")}
+
+
+def train_section(args) -> dict:
+    settings = load_settings(REPO / "configs" / "generation.yaml", overrides=_overrides(args),
+                             environ={})
+    start = time.perf_counter()
+    base_dir = base.resolve_causal_base(settings.model.base, base.cache_root(settings))
+    convert_s = time.perf_counter() - start
+    df = data.load_pairs(settings.dataset)
+    train, test = data.frozen_split(df, settings.dataset)
+    print(f"{len(train)} training pairs, {len(test)} test pairs ({test['prompt'].nunique()} "
+          f"prompts); base {base_dir} ready in {convert_s:.1f}s", flush=True)
+    runs = [one_run(settings, train, test, settings.training.seed + k) for k in range(args.repeats)]
+
+    def span(key: str, sub: str = "metrics"):
+        values = [r[sub][key] if sub else r[key] for r in runs]
+        return [min(values), max(values)]
+
+    summary = {
+        "sft_wall_s": span("sft_wall_s", ""), "final_train_loss": span("final_train_loss", ""),
+        **{f"{who}_{m}": span(f"{who}_{m}") for who in ("test", "base")
+           for m in ("chrf", "rouge_l", "loss", "perplexity")},
+        "gain_chrf": span("gain_chrf"), "gain_rouge_l": span("gain_rouge_l"),
+    }
+    return {
+        "command": " ".join(sys.argv), "device": str(settings.training.device),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "base_ready_s": convert_s,
+        "train_rows": len(train), "test_rows": len(test),
+        "settings": {"training": settings.training.model_dump(), "model": settings.model.model_dump(),
+                     "generation": settings.generation.model_dump()},
+        "summary": summary, "runs": runs,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="section", required=True)
+    t = sub.add_parser("train", help="SFT + evaluation against the base model")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--base", help="model.base (default: configs/generation.yaml's GGUF)")
+    t.add_argument("--dataset", help="dataset.path (default: the chatterbot English corpus)")
+    t.add_argument("--train-rows", type=int, help="stable subsample of the training split")
+    t.add_argument("--test-rows", type=int, help="stable subsample of the test split")
+    t.add_argument("--epochs", type=float)
+    t.add_argument("--repeats", type=int, default=1, help="runs with seeds seed, seed+1, ...")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "labelloop-genbench"),
+                   help="where the converted base model is cached")
+    t.add_argument("--out", help="write the JSON report here")
+    s = sub.add_parser("serve", help="the serving section (benchmarks/generation_serving.py)")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.section == "serve":
+        import runpy
+
+        sys.argv = [str(REPO / "benchmarks" / "generation_serving.py"), *args.rest]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        return 0
+    report = train_section(args)
+    print(json.dumps(report["summary"], indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

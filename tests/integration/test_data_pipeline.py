@@ -1,0 +1,126 @@
+"""The real `training` pipeline on a user's dataset: a train CSV and a test JSONL with a rating
+column mapped to labels, HTML entities, wrapping quotes, nulls, head+tail truncation. Checks
+what the model records (sources, digests, cleaning) in the bundle, the registry, MLflow's
+dataset inputs and `labelloop status`, and that serving reads texts as training did."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from labelloop import registry
+from labelloop.settings import load_settings, resolve_path
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+STARS = {"negative": 1, "neutral": 3, "positive": 5}
+
+
+def review(text: str, i: int) -> str:
+    text = text.replace("'", "&#039;").replace("&", "&amp;", 1) if i % 2 else text
+    return f'"{text}"' if i % 3 == 0 else text
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user-data")
+    corpus = pd.read_csv(resolve_path(load_settings(environ={}).dataset.path), encoding="latin-1")
+    rows = corpus.drop_duplicates("text").sample(420, random_state=5).reset_index(drop=True)
+    rows["body"] = [review(t, i) for i, t in enumerate(rows["text"])]
+    rows["rating"] = rows["sentiment"].map(STARS)
+    rows.loc[rows.index % 17 == 0, "rating"] = 2  # a rating the map leaves out
+    train, test = rows.iloc[:320], rows.iloc[320:]
+    train[["body", "rating"]].to_csv(root / "train.csv", index=False)
+    test = test[["body", "rating"]].astype(object)
+    test.iloc[0, 0] = None  # a null text in JSONL: dropped and counted, not a crash
+    test.to_json(root / "test.jsonl", orient="records", lines=True)
+    cfg = {
+        "data_dir": str(root / "data"),
+        "dataset": {"path": str(root / "train.csv"), "test": str(root / "test.jsonl"),
+                    "encoding": "utf-8", "text_column": "body", "label_column": "rating",
+                    "label_map": {1: "negative", 3: "neutral", 5: "positive"},
+                    "cleaning": {"html_entities": True, "strip_quotes": True,
+                                 "whitespace": "collapse", "unicode_form": "NFC"}},
+        "model": {"max_length": 32, "truncation": "head_tail"},
+        "training": {"method": "full", "learning_rate": 1e-4, "batch_size": 16, "max_steps": 12},
+        "evaluation": {"sample_predictions": 3},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("LABELLOOP")}
+    env.update({"ZENML_CONFIG_PATH": str(root / "zenml"), "PYTHONUNBUFFERED": "1"})
+    return root, env
+
+
+def cli(root, env, *args, config=None):
+    return subprocess.run(
+        [sys.executable, "-m", "labelloop.cli", *args, "-c", str(config or root / "config.yaml")],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def test_overlapping_test_source_fails_before_training(workspace):
+    root, env = workspace
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    pd.read_csv(root / "train.csv").iloc[:30].to_json(root / "overlap.jsonl", orient="records",
+                                                      lines=True)
+    cfg["dataset"]["test"] = str(root / "overlap.jsonl")
+    (root / "overlap.yaml").write_text(yaml.safe_dump(cfg))
+    r = cli(root, env, "train", config=root / "overlap.yaml")
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "shares" in lines[0] and "test_overlap" in lines[0]
+    assert not (root / "data" / "mlflow.db").exists()  # the registry was never touched
+
+
+def test_train_on_a_mapped_cleaned_two_file_dataset(workspace):
+    root, env = workspace
+    r = cli(root, env, "train")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    assert "with a label the map drops" in out and "1 without text (1 null" in out
+    assert "test by the test source" in out and "HTML entities decoded" in out
+
+    s = load_settings(root / "config.yaml", environ={})
+    champion = registry.get_champion(s)
+    assert champion is not None
+    meta = json.loads((registry.fetch_bundle(s, champion.version) / "labelloop.json").read_text())
+    sha = {name: hashlib.sha256((root / name).read_bytes()).hexdigest()
+           for name in ("train.csv", "test.jsonl")}
+    assert [(x["role"], x["digest"]) for x in meta["sources"]] == [
+        ("train", sha["train.csv"]), ("test", sha["test.jsonl"])]
+    assert meta["cleaning"] == {"html_entities": True, "strip_quotes": True,
+                                "whitespace": "collapse", "unicode_form": "NFC"}
+    assert meta["truncation"] == "head_tail" and meta["human_digest"] == "none"
+    assert champion.tags["labelloop.source_digest"] == meta["source_digest"]
+    assert champion.tags["test_digest"] == meta["test_digest"]
+
+    # MLflow dataset inputs: the training and test rows, each with its source and digest
+    run = mlflow.tracking.MlflowClient(s.tracking_uri).get_run(champion.run_id)
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "test"}
+    assert inputs["train"].dataset.digest == meta["dataset_digest"]
+    assert inputs["test"].dataset.digest == meta["test_digest"]
+    assert "test.jsonl" in inputs["test"].dataset.source
+    tags = {t.key: t.value for t in inputs["test"].tags}
+    assert tags["source_digest"] == sha["test.jsonl"][:16]
+
+    status = cli(root, env, "status")
+    assert status.returncode == 0 and f"data {meta['source_digest']}" in status.stdout
+    assert f"test split {meta['test_digest']}" in status.stdout
+
+    # No train/serve skew: a raw text and its cleaned form get the very same prediction, and
+    # the cleaned training texts never held an entity.
+    from labelloop.modeling import Classifier
+
+    clf = Classifier(registry.fetch_bundle(s, champion.version), device="cpu")
+    raw = ['"I&#039;m  not sure &amp; undecided"', "  It&#039;s  great  "]
+    cleaned = ["I'm not sure & undecided", "It's great"]
+    assert clf.encode(raw) == clf.encode(cleaned)
+    assert [p.to_dict() for p in clf.predict(raw)] == [p.to_dict() for p in clf.predict(cleaned)]

@@ -1,0 +1,225 @@
+"""The generation engine: the slot decoder against the model's own forward pass, continuous
+batching against transformers' greedy `generate`, joining between steps, slots running out,
+cancel, stop strings, retire/close, step failures, the generate() fallback, and sampling."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from labelloop.generation_engine import (Engine, EngineClosed, GenRequest, Generator, Sampling,
+                                         TextStream, cut_at_stop, sample)
+from labelloop.slot_decoder import SlotDecoder, Unsupported
+from tests.helpers import tiny_generation_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return tiny_generation_bundle(tmp_path_factory.mktemp("gen") / "b", seed=3)
+
+
+@pytest.fixture(scope="module")
+def gen(bundle):
+    g = Generator(bundle, device="cpu", version="1", slots=4, max_prompt_tokens=64,
+                  max_new_tokens=64)
+    yield g
+    g.engine.close()
+
+
+def reference(model, prompt: list[int], n: int) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
+                         dtype=torch.long), max_new_tokens=n, do_sample=False,
+                         eos_token_id=None, pad_token_id=0)
+    return out[0, len(prompt):].tolist()
+
+
+def test_slot_decoder_matches_the_models_forward_per_row(gen):
+    model = gen.engine.model
+    dec = SlotDecoder(model, slots=4, max_seq=64, cuda_graphs=False)
+    a, b = gen.encode("hello how are you"), gen.encode("tell me a joke, a long one please")
+    logits = dec.prefill([2, 0], [a, b])  # slots out of order, different lengths
+    ref = model(input_ids=torch.tensor([a])).logits[0, -1], model(input_ids=torch.tensor([b])).logits[0, -1]
+    assert torch.allclose(logits[0], ref[0], atol=1e-4) and torch.allclose(logits[1], ref[1], atol=1e-4)
+    # one step: slot 0 (b) and slot 2 (a) at their own positions; slot 1 is empty
+    out = dec.decode(3, [7, 0, 9], [len(b), 0, len(a)])
+    with torch.no_grad():
+        rb = model(input_ids=torch.tensor([b + [7]])).logits[0, -1]
+        ra = model(input_ids=torch.tensor([a + [9]])).logits[0, -1]
+    assert torch.allclose(out[0], rb, atol=1e-4) and torch.allclose(out[2], ra, atol=1e-4)
+    assert dec.check_parity(a, steps=4) < 1e-4
+
+
+def test_concurrent_requests_equal_greedy_generate_and_join_between_steps(gen):
+    """More requests than slots, different lengths, some submitted while others decode: every
+    output is exactly transformers' greedy output for that prompt alone."""
+    prompts = [gen.encode(f"prompt number {i} " + "x " * i) for i in range(7)]
+    lengths = [3, 40, 5, 17, 1, 25, 9]
+    first = [GenRequest(p, Sampling(n, ignore_eos=True)) for p, n in zip(prompts[:4], lengths)]
+    gen.engine.submit(first)
+    time.sleep(0.05)
+    later = [GenRequest(p, Sampling(n, ignore_eos=True)) for p, n in zip(prompts[4:], lengths[4:])]
+    gen.engine.submit(later)
+    for r in first + later:
+        assert r.wait(60)
+    for r, p, n in zip(first + later, prompts, lengths):
+        assert r.finish_reason == "length" and len(r.tokens) == n
+        assert r.tokens == reference(gen.engine.model, p, n)
+
+
+def test_a_short_request_does_not_wait_for_a_long_one(gen):
+    long = GenRequest(gen.encode("long one"), Sampling(60, ignore_eos=True))
+    gen.engine.submit([long])
+    while not long.tokens:
+        time.sleep(0.001)
+    short = GenRequest(gen.encode("short"), Sampling(2, ignore_eos=True))
+    gen.engine.submit([short])
+    assert short.wait(30)
+    assert not long.done, "the short request waited for the long one"
+    assert long.wait(60) and len(long.tokens) == 60
+
+
+def test_cancel_frees_the_slot_and_eos_stops(gen):
+    held = [GenRequest(gen.encode(f"hold {i}"), Sampling(64, ignore_eos=True)) for i in range(4)]
+    gen.engine.submit(held)
+    for r in held:
+        r.cancel()
+    after = GenRequest(gen.encode("after"), Sampling(3, ignore_eos=True))
+    gen.engine.submit([after])
+    assert after.wait(30) and len(after.tokens) == 3
+    assert all(r.wait(30) and r.finish_reason == "cancelled" for r in held)
+    # the first greedy token made an end-of-sequence token: it stops there, without it
+    p = gen.encode("eos check")
+    tok = reference(gen.engine.model, p, 1)[0]
+    engine = gen.engine
+    saved = engine.eos
+    engine.eos = frozenset({tok})
+    try:
+        r = GenRequest(p, Sampling(10))
+        engine.submit([r])
+        assert r.wait(30) and r.finish_reason == "stop" and r.tokens == []
+    finally:
+        engine.eos = saved
+
+
+def test_stop_strings_end_the_request_and_are_cut_from_the_text(gen):
+    p = gen.encode("hello how are you", raw=True)  # the random model repeats " you"
+    free = GenRequest(p, Sampling(12, ignore_eos=True))
+    gen.engine.submit([free])
+    free.wait(30)
+    text = gen.decode(free.tokens)
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    assert stop.strip(), text
+    r = GenRequest(p, Sampling(12, stop=(stop,), ignore_eos=True))
+    gen.engine.submit([r])
+    assert r.wait(30) and r.finish_reason == "stop" and len(r.tokens) < 12
+    assert TextStream(gen.tokenizer, r).text() == cut_at_stop(text, (stop,))
+    assert stop not in TextStream(gen.tokenizer, r).text()
+
+
+class FakeTok:
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids)
+
+
+def test_text_stream_holds_back_a_possible_stop_string_and_partial_characters():
+    r = GenRequest([1], Sampling(10, stop=("END",)), blocking=True)
+    s = TextStream(FakeTok(), r)
+    r.tokens += [ord(c) for c in "abE"]
+    assert s.delta() == "ab"          # "E" may start "END"
+    r.tokens += [ord("x")]
+    assert s.delta() == "Ex"          # it did not
+    r.tokens += [0xFFFD]
+    assert s.delta() == ""            # an incomplete character waits for the next token
+    r.tokens += [ord(c) for c in "yEN"]
+    assert s.delta() == "\ufffdy"
+    r.tokens += [ord("D")]
+    r.finish_reason = "stop"
+    assert s.delta() == ""            # the stop string itself never goes out
+    assert s.text() == "abEx\ufffdy"
+
+
+def test_sampling_rules():
+    logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 2.9], [0.0, 0.0, 9.0]])
+    assert sample(logits, [0.0, 0.0, 0.0], [1.0] * 3) == [1, 0, 2]
+    # top_p small keeps only the most likely token, whatever the temperature
+    assert sample(logits, [1.5, 1.5, 1.5], [1e-6] * 3) == [1, 0, 2]
+    torch.manual_seed(0)
+    seen = {tuple(sample(logits[1:2], [1.0], [0.9])) for _ in range(200)}
+    assert seen == {(0,), (2,)}  # tokens 0 and 2 reach 0.9 together; token 1 never drawn
+
+
+def test_retire_serves_late_requests_then_closes(bundle):
+    g = Generator(bundle, device="cpu", version="2", slots=2, max_prompt_tokens=32,
+                  max_new_tokens=16)
+    g.engine.retire(grace_s=0.5)
+    late = GenRequest(g.encode("late"), Sampling(3, ignore_eos=True))
+    g.engine.submit([late])  # within the grace period: still served by this version
+    assert late.wait(30) and len(late.tokens) == 3
+    g.engine._thread.join(10)
+    with pytest.raises(EngineClosed):
+        g.engine.submit([GenRequest(g.encode("too late"), Sampling(3))])
+    assert g.engine.decoder is None  # cache and weights released
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(gen, monkeypatch):
+    calls = {"n": 0}
+    real = gen.engine.decoder.decode
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("device fell over")
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen.engine.decoder, "decode", flaky)
+    r = GenRequest(gen.encode("boom"), Sampling(5, ignore_eos=True))
+    gen.engine.submit([r])
+    assert r.wait(30) and r.finish_reason == "error"
+    ok = GenRequest(gen.encode("fine"), Sampling(5, ignore_eos=True))
+    gen.engine.submit([ok])
+    assert ok.wait(30) and ok.finish_reason == "length" and len(ok.tokens) == 5
+
+
+def test_unsupported_architectures_fall_back_to_generate(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tests.helpers import tiny_causal_lm
+
+    tok_dir = tiny_causal_lm(tmp_path / "t")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2,
+                                       n_positions=128)).eval()
+    with pytest.raises(Unsupported):
+        SlotDecoder(model, 2, 64)
+    engine = Engine(model, tok, [tok.eos_token_id], slots=4, max_seq=64, cuda_graphs=False)
+    try:
+        assert engine.decoder is None and "gpt2" in engine.fallback_reason
+        prompts = [tok("hello how are you")["input_ids"], tok("tell me")["input_ids"]]
+        reqs = [GenRequest(p, Sampling(6, ignore_eos=True)) for p in prompts]
+        engine.submit(reqs)
+        for r, p in zip(reqs, prompts):
+            assert r.wait(60) and r.tokens == reference(model, p, 6)
+    finally:
+        engine.close()
+
+
+def test_blocking_waiters_from_many_threads(gen):
+    results = []
+
+    def client(i):
+        r = GenRequest(gen.encode(f"thread {i}"), Sampling(4, ignore_eos=True))
+        gen.engine.submit([r])
+        results.append(r.wait(60) and len(r.tokens) == 4)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [True] * 12
