@@ -176,10 +176,6 @@ def handle_event(settings: Settings, payload: dict) -> dict:
                 summary["feedback_run"] = "started" if started else "already-running"
                 if started:
                     store.set_meta(mark_key, seq_now)
-    if records:
-        # An annotator is at work: have the warm launcher ready before "Start training", so
-        # that turn does not pay for the imports (labelloop/launcher.py). A no-op when it runs.
-        trigger.ensure_launcher(settings)
     if skipped:
         summary["skipped"] = skipped
     return summary

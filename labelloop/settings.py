@@ -460,6 +460,15 @@ class FeedbackSettings(_Section):
     launcher_idle_s: float = Field(3600.0, gt=0.0)
 
 
+class StackSettings(_Section):
+    """The ZenML stack the pipelines run on (pipelines/stack.py, docs/deploy.md)."""
+    # labelloop: local, in this process; labelloop-containers: each step in its own container
+    # (local Docker orchestrator); any other: a stack you registered (Kubernetes, Kubeflow).
+    name: str = "labelloop"
+    # Image the step images are built on; unset: image.name:image.variant (`labelloop image build`).
+    step_image: Optional[str] = None
+
+
 class ImageSettings(_Section):
     """Container images (labelloop/image.py, `labelloop image build`, docs/deploy.md)."""
     engine: Literal["auto", "podman", "docker"] = "auto"
@@ -491,6 +500,7 @@ class Settings(_Section):
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     image: ImageSettings = Field(default_factory=ImageSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
 
     @model_validator(mode="after")
     def _metric_of_the_family(self) -> "Settings":

@@ -49,8 +49,11 @@ from pipelines.steps.feedback_sync import sync_annotations
 
 
 def pipeline_options(settings: Settings) -> dict[str, Any]:
-    return {"settings": {"experiment_tracker": MLFlowExperimentTrackerSettings(
-        experiment_name=settings.registry.experiment)}}
+    from pipelines.stack import run_options  # steps in containers: image, env (stack.name)
+
+    return run_options(settings, {"settings": {"experiment_tracker":
+                                               MLFlowExperimentTrackerSettings(
+                                                   experiment_name=settings.registry.experiment)}})
 
 
 @pipeline(enable_cache=False)

@@ -17,6 +17,13 @@ def validate_inputs(settings: Settings) -> None:
     if settings.task.type == "generation":
         from labelloop.generation.steps import check_inputs
 
+        if settings.training.num_processes > 1:  # not silently one process
+            from labelloop.settings import ConfigError
+
+            raise ConfigError("training.num_processes > 1 spreads classification fine-tunes "
+                              "only; generation trains in one process: set "
+                              "training.num_processes to 1")
+
         check_inputs(settings)
         return
     resolve_base_model(settings.model.base)
@@ -31,7 +38,7 @@ def _step_output(run, step: str, name: str) -> Any:
 def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
                  include_human_labels: bool = False) -> int:
     from pipelines.interrupted import mark_interrupted_runs, pid_tags
-    from pipelines.stack import ensure_stack
+    from pipelines.stack import ensure_stack, run_options
     from pipelines.training import pipeline_options, training
 
     settings = load_settings(config, overrides=overrides)
@@ -44,7 +51,8 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
     for name in mark_interrupted_runs():
         print(f"marked the interrupted ZenML run {name} as failed (its process is gone)")
     run = training.with_options(run_name=f"training-v{next_version}-{{date}}-{{time}}",
-                                tags=pid_tags(), **pipeline_options(settings.registry))(
+                                tags=pid_tags(),
+                                **run_options(settings, pipeline_options(settings.registry)))(
         config=str(config) if config else None, overrides=overrides,
         include_human_labels=include_human_labels,
     )

@@ -364,6 +364,13 @@ def create_app(get_state: Callable[[], Any]) -> FastAPI:
                            str(exc)[:200])
             raise BadRequest(f"rejected webhook payload: unexpected shape ({type(exc).__name__}:"
                              f" {str(exc)[:200]})", status=400) from None
+        if (answer or {}).get("outcomes"):
+            # An annotator is at work: have the warm launcher ready before "Start training",
+            # so that turn does not pay for the imports (labelloop/launcher.py). A no-op when
+            # one runs; here, not in handle_event, so only a serving process starts one.
+            from labelloop.trigger import ensure_launcher
+
+            await run_in_threadpool(ensure_launcher, state.settings)
         return {"status": "ok", "action": action, **(answer or {})}
 
     @app.get("/versions")

@@ -183,6 +183,13 @@ def test_annotations_reach_the_labels_store(loop):
     assert dict(zip(rows["text"], rows["label"])) == loop["expected"]
     changed = dict(zip(rows["text"], rows["changed"]))
     assert changed[texts[0]] == 0 and changed[texts[1]] == 1
+    # An annotator is at work: the service started the warm launcher for the coming turn.
+    from labelloop import launcher, trigger
+
+    deadline = time.time() + 30
+    while not launcher.is_running(trigger.feedback_dir(s)):
+        assert time.time() < deadline, "no warm launcher after the annotation webhooks"
+        time.sleep(0.2)
 
 
 def _press_start_training(s, pid):
@@ -202,10 +209,18 @@ def test_start_training_retrains_promotes_serves_and_shows_it(loop, browser_page
     from annotation import labelstudio as L
     from labelloop import challenger
 
+    from labelloop import launcher, trigger
+
     s, pid = loop["settings"], loop["project"]
     base = f"http://{s.serving.host}:{s.serving.port}"
+    deadline = time.time() + 180  # its imports: seconds when quiet, a minute on a busy box
+    while not launcher.socket_path(trigger.feedback_dir(s)).exists():
+        assert time.time() < deadline, "the warm launcher never became ready"
+        time.sleep(0.5)
     t0 = time.perf_counter()
     backend_id = _press_start_training(s, pid)
+    info = trigger.running_info(s, pid)
+    assert info and info.get("launcher") is True, info  # forked from the warm launcher
     _press_start_training(s, pid)  # a second press while the first runs starts nothing
     deadline = time.time() + 600
     while True:
