@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
@@ -215,20 +215,50 @@ class ModelSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    method: Literal["lora", "full"] = "lora"
+    # auto: full fine-tuning below small_data_rows training rows, LoRA from there on
+    # (labelloop.training.resolve); learning_rate auto: that method's measured best.
+    method: Literal["auto", "lora", "full"] = "auto"
+    small_data_rows: int = Field(5000, gt=0)
     epochs: float = Field(4, gt=0)
     max_steps: Optional[int] = Field(None, gt=0)
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: Union[Literal["auto"], float] = "auto"
     batch_size: int = Field(64, gt=0)
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
     seed: int = 42
     device: str = "auto"
     log_every_steps: int = Field(20, gt=0)
+    # Loss weight per class (labelloop.training.class_weights): off; auto = rows / (labels x
+    # rows of the label), so a rare label counts as much as a common one; or {label: weight}.
+    class_weights: Union[Literal["off", "auto"], dict[str, float]] = "off"
+    # Steps rather than epochs on small data (labelloop.training.plan): at least this many
+    # optimizer steps, batches shrinking down to min_batch_size before passes are added.
+    min_steps: int = Field(200, ge=0)
+    min_batch_size: int = Field(16, gt=0)
     # Data-parallel processes for the fine-tune (labelloop/distributed.py, through accelerate):
     # one per GPU, or CPU processes over gloo. 1 = the plain loop in this process.
     num_processes: int = Field(1, gt=0)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _rate_positive(cls, rate):
+        if rate != "auto" and rate <= 0:
+            raise ValueError(f"the learning rate must be positive or auto (got {rate})")
+        return rate
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _off_unquoted(cls, weights):
+        return "off" if weights is False else weights  # YAML reads a bare `off` as false
+
+    @field_validator("class_weights")
+    @classmethod
+    def _weights_positive(cls, weights):
+        if isinstance(weights, dict) and (not weights or min(weights.values()) <= 0):
+            raise ValueError("class weights must be positive numbers, one per label named "
+                             f"(got {weights})")
+        return weights
 
 
 class GenerationSettings(_Section):
@@ -266,6 +296,9 @@ class PromotionSettings(_Section):
     rule: Literal["paired", "margin"] = "paired"
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     resamples: int = Field(1000, ge=100)
+    # Promote only a model that beats the TF-IDF + logistic-regression baseline fitted on the
+    # same training rows (labelloop.baseline) on the test split, by `metric`.
+    require_beats_baseline: bool = False
 
 
 class GenerationServingSettings(_Section):
@@ -526,6 +559,15 @@ class Settings(_Section):
         if unknown:
             raise ValueError(f"dataset.label_map maps to {unknown}, which are not in task.labels "
                              f"{self.task.labels}")
+        return self
+
+    @model_validator(mode="after")
+    def _weights_name_labels(self):
+        weights = self.training.class_weights
+        unknown = sorted(set(weights) - set(self.task.labels)) if isinstance(weights, dict) else []
+        if unknown:
+            raise ValueError(f"training.class_weights names label(s) {unknown} that are not in "
+                             f"task.labels {self.task.labels}")
         return self
 
     # Derived locations: the single place that says where each thing lives.

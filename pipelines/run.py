@@ -58,28 +58,35 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
     )
     metrics = _step_output(run, "evaluate_model", "metrics")
     decision = _step_output(run, "promote_model", "promotion_decision")
-    print_summary(settings, metrics, decision)
+    print_summary(settings, metrics, decision, _step_output(run, "evaluate_model", "baseline"))
     return 0
 
 
-def print_summary(settings: Settings, metrics: dict, decision: dict) -> None:
+def print_summary(settings: Settings, metrics: dict, decision: dict,
+                  baseline: Optional[dict] = None) -> None:
     print("\n=== labelloop training result ===")
     if settings.task.type == "generation":
         for name in ("chrf", "rouge_l", "loss", "perplexity"):
             print(f"test {name:<10} {metrics[name]:.4f}  (base {metrics[f'base_{name}']:.4f})")
     else:
-        _print_classification(settings, metrics)
+        _print_classification(settings, metrics, baseline)
     print(f"registered     {settings.registry.model_name} version {decision['challenger_version']}")
     print(f"promotion      {'promoted to champion' if decision['promote'] else 'not promoted'}: "
           f"{decision['reason']}")
     show_status(settings=settings)
 
 
-def _print_classification(settings: Settings, metrics: dict) -> None:
+def _print_classification(settings: Settings, metrics: dict,
+                          baseline: Optional[dict] = None) -> None:
     print(f"test accuracy  {metrics['accuracy']:.4f}")
     print(f"test macro-F1  {metrics['macro_f1']:.4f}")
     for label in task_from_settings(settings).labels:
         print(f"  F1 {label:<10} {metrics[f'f1_{label}']:.4f}")
+    if baseline:
+        metric = settings.promotion.metric
+        print(f"baseline       {baseline['name']} (same split) macro-F1 {baseline['macro_f1']:.4f}: "
+              f"the model {'beats it' if baseline['beats'] else 'does NOT beat it'} on {metric} "
+              f"({metrics[metric] - baseline[metric]:+.4f})")
 
 
 def show_status(config: Optional[str] = None, settings: Optional[Settings] = None) -> int:
