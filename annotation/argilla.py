@@ -295,13 +295,19 @@ def list_records(client, dataset_id: str, include: str = "responses,suggestions"
 
 
 def log_pool(settings: Settings, texts: Optional[Iterable[str]] = None, client=None,
-             classifier=None, candidates: Optional[int] = None) -> dict[str, Any]:
+             classifier=None, candidates: Optional[int] = None,
+             file: Optional[str] = None) -> dict[str, Any]:
     """Log up to `argilla.pool_size` new texts as records with the champion's suggestion, the
     most informative first (`studio.ordering`, the same selection Label Studio's import uses).
-    Texts the dataset already holds are skipped."""
-    from annotation.labelstudio import _select_pool, default_pool, load_champion
+    The pool is Label Studio's (annotation/pool.py): `texts`, else `file`, else `pool.source`
+    (or the training split when `pool.from_training_split`), cleaned as the champion was trained,
+    without labelled texts. Texts the dataset already holds are skipped."""
+    from annotation import pool as pools
+    from annotation.labelstudio import _select_pool, load_champion
+    from labelloop.cleaning import Cleaning
 
-    client = client or connect(settings)
+    raw, where = (list(texts), "the given texts") if texts is not None else \
+        pools.raw_pool(settings, file)  # a missing pool stops before anything is made
     if classifier is None:
         classifier, version = load_champion(settings)
     else:
@@ -311,15 +317,20 @@ def log_pool(settings: Settings, texts: Optional[Iterable[str]] = None, client=N
         raise DatasetMismatch(
             f"the champion (version {version}) predicts {list(classifier.task.labels)} but "
             f"task.labels is {list(configured.labels)}; fix the config or train a new model")
-    ds, info = ensure_dataset(settings, client, classifier.task)
     size = settings.argilla.pool_size
-    if texts is None:
+    built = pools.build_pool(settings, getattr(classifier, "cleaning", Cleaning()), texts=raw,
+                             where=where)
+    if texts is None or candidates is not None:
         factor = 1 if settings.studio.ordering == "random" else 4
-        texts = default_pool(settings, candidates or size * factor)
+        chosen = pools.candidates(built.texts, candidates or size * factor)
+    else:
+        chosen = built.texts
+    client = client or connect(settings)
+    ds, info = ensure_dataset(settings, client, classifier.task)
     seen = {(r.get("external_id") or "") for r in list_records(client, info.id, include="")}
     pool, skipped = [], 0
-    for t in texts:
-        if not isinstance(t, str) or not t.strip() or record_id(t) in seen:
+    for t in chosen:
+        if record_id(t) in seen:
             skipped += 1
             continue
         seen.add(record_id(t))
@@ -328,8 +339,8 @@ def log_pool(settings: Settings, texts: Optional[Iterable[str]] = None, client=N
     records = [build_record(t, p, version, rank) for rank, (t, p) in enumerate(zip(pool, preds))]
     _log(ds, records)
     return {"dataset": info.id, "name": info.name, "created": info.created,
-            "logged": len(records), "skipped_existing_or_empty": skipped,
-            "model_version": version}
+            "logged": len(records), "skipped_existing_or_empty": skipped + built.empty,
+            **built.report(), "model_version": version}
 
 
 def pending(records: Sequence[dict]) -> list[dict]:
