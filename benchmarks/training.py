@@ -1,15 +1,28 @@
-"""Training benchmark: fine-tune on the full default corpus and compare with TF-IDF + LR.
+"""Training benchmark: fine-tune, and compare with the TF-IDF + LR baseline on the same split.
 
-Prints, per run: training samples/s, training wall time, test accuracy and macro-F1, next to a
-TF-IDF (1-2 grams) + logistic-regression baseline fitted on the same split in the same process.
-Uses the same code as the pipeline (labelloop.data / training / evaluation), minus ZenML and
-MLflow, so it also runs on a bare GPU box.
+Two cases, each with the baseline (labelloop.baseline, the one every training run logs) fitted
+on the same rows in the same process:
 
-    python benchmarks/training.py                       # the configured default (LoRA)
+- `full`: the whole default corpus, split by text hash as the pipeline splits it;
+- `small`: a 500-row, imbalanced, stable subsample of the default corpus (per label, the rows
+  first in a salted hash order, at the shares of `--small-shares`: all three labels, the
+  minority under 20%), split by text hash like any dataset (about 400 training and 100 test
+  rows). `--draws K` repeats it on K disjoint-by-salt subsamples. Because ~100 test rows are
+  noisy, each small model is also scored on `wide`: 2,000 rows of the corpus's frozen test split
+  at the same shares (never trained on: the split is by hash, so they are not in any draw's
+  training rows), against the baseline of the same draw.
+
+Prints per run: macro-F1 and accuracy, the ratio to the baseline, training wall time and
+samples/s; ranges over draws and seeds. Uses the same code as the pipeline (labelloop.data /
+training / evaluation / baseline), minus ZenML and MLflow, so it also runs on a bare GPU box.
+
+    python benchmarks/training.py                       # the configured default, full corpus
     python benchmarks/training.py --run fast:method=full,epochs=1,learning_rate=1e-4
-    python benchmarks/training.py --max-train-rows 2000 --test-rows 500   # a quick CPU check
+    python benchmarks/training.py --case small --draws 3 --seeds 1 2   # the small case (CPU: minutes)
+    python benchmarks/training.py --case full small --json docs/training.json
 
-Each `--run NAME:key=value,...` overrides `training.*` or `model.*` keys for one run.
+Runs go in the order given; `--run CASE/NAME:...` runs on that case only. Each run overrides
+`training.*` or `model.*` keys (`class_weights=auto`, `max_steps=400`, ...); `--run default:` is the configured default.
 """
 
 from __future__ import annotations
@@ -25,11 +38,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import labelloop  # noqa: E402,F401
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
 
-from labelloop import data, evaluation, modeling, training  # noqa: E402
+from labelloop import baseline, data, distributed, evaluation, modeling, training  # noqa: E402
 from labelloop.settings import load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
 
@@ -42,89 +54,193 @@ def parse_run(spec: str) -> tuple[str, dict, dict]:
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         target = model_over if key in MODEL_KEYS else train_over
-        target[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
-    return name, train_over, model_over
+        try:
+            target[key] = json.loads(value)
+        except ValueError:
+            target[key] = value
+    return name or "default", train_over, model_over
 
 
-def tfidf_baseline(train, test, task) -> dict:
-    start = time.perf_counter()
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-    x_train = vec.fit_transform(train["text"])
-    clf = LogisticRegression(max_iter=2000, C=4.0).fit(x_train, train["label"])
-    fit_s = time.perf_counter() - start
-    pred = clf.predict(vec.transform(test["text"]))
-    m = evaluation.compute_metrics([task.encode_label(x) for x in test["label"]],
-                                   [task.encode_label(x) for x in pred], task)
-    return {"name": "tfidf+logreg", "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-            "train_seconds": fit_s, "samples_per_second": len(train) / fit_s}
+def shares_of(spec: str) -> dict[str, float]:
+    return {k: float(v) for k, v in (item.split("=") for item in spec.split(","))}
 
 
-def run_once(name, train_over, model_over, settings, train, test, task) -> dict:
-    cfg = settings.training.model_copy(update=train_over)
+def stable_sample(df: pd.DataFrame, salt: str, shares: dict[str, float], rows: int) -> pd.DataFrame:
+    """Per label, its first rows in a salted hash order: the same rows on every machine."""
+    parts = []
+    for label, share in shares.items():
+        of_label = df[df["label"] == label]
+        order = of_label["text"].map(lambda t: data.text_bucket(salt + t)).sort_values().index
+        parts.append(of_label.loc[order[:round(rows * share)]])
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+def build_cases(args, settings, task) -> list[dict]:
+    df = data.load_labelled(settings.dataset, task)
+    train, test = data.split(df, settings.dataset.test_fraction)
+    cases = []
+    if "full" in args.case:
+        cases.append({"case": "full", "draw": 0,
+                      "train": data.limit_rows(train, args.max_train_rows
+                                               or settings.dataset.max_train_rows),
+                      "test": data.limit_rows(test, args.test_rows), "extra": {}})
+    if "small" in args.case:
+        shares = shares_of(args.small_shares)
+        wide = stable_sample(test, "wide:", shares, args.wide_rows)
+        for k in range(args.draws):
+            sample = stable_sample(df, f"small{k}:", shares, args.small_rows)
+            s_train, s_test = data.split(sample, settings.dataset.test_fraction)
+            counts = sample["label"].value_counts()
+            assert set(counts.index) == set(task.labels), counts
+            assert counts.min() / len(sample) < 0.2, counts
+            cases.append({"case": "small", "draw": k, "train": s_train, "test": s_test,
+                          "extra": {"wide": wide}})
+    return cases
+
+
+def score(clf, test, task, batch_size) -> dict:
+    ev = evaluation.evaluate_classifier(clf, test, batch_size)
+    return {"accuracy": ev.metrics["accuracy"], "macro_f1": ev.metrics["macro_f1"],
+            "predicted_share": ev.predictions["predicted"].value_counts(normalize=True)
+            .round(3).to_dict()}
+
+
+def fit_baselines(case, task, weightings) -> dict:
+    """The baseline per split (test, wide) under the first weighting; the others beside it."""
+    out = {}
+    for i, weighting in enumerate(weightings):
+        weights = training.class_weights(weighting, list(case["train"]["label"]), task)
+        for split_name, test in [("test", case["test"]), *case["extra"].items()]:
+            b = baseline.fit_and_score(case["train"], test, task, weights)
+            key = split_name if i == 0 else f"{split_name}_class_weights_{weighting}"
+            out[key] = {**b.metrics, "seconds": b.fit_seconds, "class_weights": weighting}
+    return out
+
+
+def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
+    cfg = settings.training.model_copy(update={**train_over, **({"seed": seed} if seed else {})})
     model_cfg = settings.model.model_copy(update=model_over)
-    print(f"\n--- {name}: {cfg.method} epochs={cfg.epochs} lr={cfg.learning_rate} "
-          f"batch={cfg.batch_size} max_length={model_cfg.max_length}", flush=True)
-    result = training.fine_tune(train, task, model_cfg, cfg, progress=False)
+    train = case["train"]
+    cfg = training.resolve(cfg, len(train))
+    sched = training.plan(cfg, len(train))
+    print(f"\n--- {case['case']}#{case['draw']} {name} seed {cfg.seed}: {cfg.method} "
+          f"lr={cfg.learning_rate} batch={sched.batch_size} steps={sched.steps} "
+          f"({sched.epochs(len(train)):.1f} epochs of {len(train)} rows) "
+          f"class_weights={cfg.class_weights} max_length={model_cfg.max_length}", flush=True)
+    # num_processes=N: N data-parallel processes (labelloop/distributed.py); 1: this process
+    result = distributed.fine_tune(train, task, model_cfg, cfg, progress=False)
+    out = {"case": case["case"], "draw": case["draw"], "name": name, "seed": cfg.seed,
+           "method": cfg.method, "lr": cfg.learning_rate, "batch_size": sched.batch_size,
+           "steps": sched.steps, "epochs": sched.epochs(len(train)),
+           "class_weights": cfg.class_weights, "max_length": model_cfg.max_length,
+           "num_processes": cfg.num_processes,
+           "overrides": {**train_over, **model_over}, "train_rows": len(train),
+           "test_rows": len(case["test"]), "train_seconds": result.train_seconds,
+           "samples_per_second": result.samples_per_second}
     with tempfile.TemporaryDirectory() as tmp:
         modeling.save_bundle(result.model, result.tokenizer, Path(tmp), {
             "task": task.to_dict(), "max_length": model_cfg.max_length,
             "base_model": model_cfg.base})
         clf = modeling.Classifier(tmp, device=cfg.device)
         start = time.perf_counter()
-        ev = evaluation.evaluate_classifier(clf, test, settings.evaluation.batch_size)
-        eval_s = time.perf_counter() - start
-    out = {"name": name, "method": cfg.method, "epochs": cfg.epochs, "lr": cfg.learning_rate,
-           "batch_size": cfg.batch_size, "max_length": model_cfg.max_length,
-           "accuracy": ev.metrics["accuracy"], "macro_f1": ev.metrics["macro_f1"],
-           "train_seconds": result.train_seconds, "samples_per_second": result.samples_per_second,
-           "eval_seconds": eval_s, "eval_texts_per_second": len(test) / eval_s}
-    print(f"    macro-F1 {out['macro_f1']:.4f}  acc {out['accuracy']:.4f}  "
-          f"train {out['train_seconds']:.1f}s ({out['samples_per_second']:.0f} samples/s)", flush=True)
+        out.update(score(clf, case["test"], task, settings.evaluation.batch_size))
+        out["eval_seconds"] = time.perf_counter() - start
+        for split_name, test in case["extra"].items():
+            out[split_name] = score(clf, test, task, settings.evaluation.batch_size)
+    wide = f"  wide {out['wide']['macro_f1']:.4f}" if "wide" in out else ""
+    print(f"    macro-F1 {out['macro_f1']:.4f}  acc {out['accuracy']:.4f}{wide}  "
+          f"train {out['train_seconds']:.1f}s ({out['samples_per_second']:.0f} samples/s)  "
+          f"predicted {out['predicted_share']}", flush=True)
     del result, clf
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return out
 
 
+def span(values, fmt: str = ".4f") -> str:
+    lo, hi = format(min(values := list(values)), fmt), format(max(values), fmt)
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def report(results: list[dict], baselines: dict) -> None:
+    for case in sorted({r["case"] for r in results}):
+        rows = [r for r in results if r["case"] == case]
+        print(f"\n{case}: {'run':<18}{'macro-F1':>15}{'vs baseline':>15}{'wide F1':>15}"
+              f"{'train s':>13}{'samples/s':>12}  (n={len(rows)})")
+        base_rows = [b for (c, _), b in baselines.items() if c == case]
+        line = f"{'':<{len(case) + 2}}{baseline.NAME:<18}{span(b['test']['macro_f1'] for b in base_rows):>15}"
+        line += f"{'1.000x':>15}"
+        if all("wide" in b for b in base_rows):
+            line += f"{span(b['wide']['macro_f1'] for b in base_rows):>15}"
+        print(line)
+        for name in dict.fromkeys(r["name"] for r in rows):
+            runs = [r for r in rows if r["name"] == name]
+            ratios = [r["macro_f1"] / baselines[(case, r["draw"])]["test"]["macro_f1"] for r in runs]
+            wide = span(r["wide"]["macro_f1"] for r in runs) if "wide" in runs[0] else "-"
+            print(f"{'':<{len(case) + 2}}{name:<18}{span(r['macro_f1'] for r in runs):>15}"
+                  f"{span(ratios, '.3f') + 'x':>15}{wide:>15}"
+                  f"{span((r['train_seconds'] for r in runs), '.1f'):>13}"
+                  f"{min(r['samples_per_second'] for r in runs):>12.0f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", help="labelloop settings YAML (default: built-in defaults)")
+    ap.add_argument("--case", nargs="+", choices=["full", "small"], default=["full"])
     ap.add_argument("--run", action="append", default=[], metavar="NAME:key=val,...",
                     help="a fine-tuning run with overrides (repeatable; default: one 'default' run)")
-    ap.add_argument("--max-train-rows", type=int, default=None, help="cap training rows (quick runs)")
-    ap.add_argument("--test-rows", type=int, default=None, help="cap test rows (quick runs)")
-    ap.add_argument("--out", help="write results as JSON here")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="training seeds per run (0: the configured seed)")
+    ap.add_argument("--baseline-weights", nargs="+", metavar="off|auto",
+                    help="class weighting(s) of the baseline; the first is compared with "
+                         "(default: training.class_weights)")
+    ap.add_argument("--draws", type=int, default=3, help="small: how many stable subsamples")
+    ap.add_argument("--small-rows", type=int, default=500)
+    ap.add_argument("--small-shares", default="negative=0.45,neutral=0.40,positive=0.15")
+    ap.add_argument("--wide-rows", type=int, default=2000)
+    ap.add_argument("--max-train-rows", type=int, default=None, help="full: cap training rows")
+    ap.add_argument("--test-rows", type=int, default=None, help="full: cap test rows")
+    ap.add_argument("--json", "--out", dest="json", help="write results as JSON here (after every run)")
     args = ap.parse_args()
 
     settings = load_settings(args.config)
     task = task_from_settings(settings)
-    df = data.load_labelled(settings.dataset, task)
-    train, test = data.split(df, settings.dataset.test_fraction)
-    train = data.limit_rows(train, args.max_train_rows or settings.dataset.max_train_rows)
-    test = data.limit_rows(test, args.test_rows)
     device = modeling.pick_device(settings.training.device)
     machine = (torch.cuda.get_device_name(0) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     print(f"machine: {machine}; torch {torch.__version__}")
-    print(f"data: {len(train)} train / {len(test)} test rows (split by text hash, "
-          f"test digest {data.digest(test)})")
+    cases = build_cases(args, settings, task)
+    results, baselines = [], {}
 
-    results = [tfidf_baseline(train, test, task)]
-    print(f"baseline tfidf+logreg: macro-F1 {results[0]['macro_f1']:.4f} "
-          f"acc {results[0]['accuracy']:.4f} fit {results[0]['train_seconds']:.1f}s")
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "machine": machine, "command": " ".join(sys.argv),
+                "baselines": [{"case": c, "draw": d, **b} for (c, d), b in baselines.items()],
+                "results": results}, indent=2, default=str))
+
+    for case in cases:
+        print(f"\ncase {case['case']}#{case['draw']}: {len(case['train'])} train / "
+              f"{len(case['test'])} test rows, labels {case['train']['label'].value_counts().to_dict()}"
+              f" (test digest {data.digest(case['test'])})")
+        baselines[(case["case"], case["draw"])] = b = fit_baselines(
+            case, task, args.baseline_weights or [settings.training.class_weights])
+        print(f"baseline {baseline.NAME}: " + ", ".join(
+            f"{k} macro-F1 {v['macro_f1']:.4f} ({v['seconds']:.1f}s)" for k, v in b.items()))
+    save()
+    # Runs in the order given, each on every case it names (`small/NAME:...`) or on all.
     for spec in args.run or ["default:"]:
-        results.append(run_once(*parse_run(spec), settings=settings, train=train, test=test, task=task))
-
-    base = results[0]["macro_f1"]
-    print(f"\n{'run':<16}{'method':<7}{'macro-F1':>9}{'vs tfidf':>10}{'acc':>8}"
-          f"{'train s':>9}{'samples/s':>11}")
-    for r in results:
-        print(f"{r['name']:<16}{r.get('method', '-'):<7}{r['macro_f1']:>9.4f}"
-              f"{r['macro_f1'] / base:>9.3f}x{r['accuracy']:>8.4f}{r['train_seconds']:>9.1f}"
-              f"{r['samples_per_second']:>11.0f}")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"machine": machine, "train_rows": len(train),
-                                              "test_rows": len(test), "results": results}, indent=2))
+        head, colon, rest = spec.partition(":")
+        only, _, name = head.rpartition("/")
+        spec = name + colon + rest
+        for case in cases:
+            if only and case["case"] != only:
+                continue
+            for seed in args.seeds:
+                results.append(run_once(*parse_run(spec), settings=settings, case=case,
+                                        task=task, seed=seed))
+                save()
+    report(results, baselines)
     return 0
 
 

@@ -117,7 +117,9 @@ def warm_training_settings(settings: Settings) -> TrainingSettings:
     w = settings.feedback.warm_start
     return settings.training.model_copy(update={
         "method": w.method, "epochs": w.epochs, "learning_rate": w.learning_rate,
-        "batch_size": w.batch_size, "max_steps": None})
+        "batch_size": w.batch_size, "max_steps": None,
+        # its own measured schedule (`epochs` over new labels + replay), not the small-data floor
+        "min_steps": 0})
 
 
 def training_rows(settings: Settings, rule: str, base_train: pd.DataFrame, test: pd.DataFrame,

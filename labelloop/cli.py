@@ -40,6 +40,12 @@ def _cmd_studio(args: argparse.Namespace) -> int:
     return studio_main(args)
 
 
+def _cmd_argilla(args: argparse.Namespace) -> int:
+    from annotation.argilla_server import cli
+
+    return cli(args)
+
+
 def _cmd_annotate(args: argparse.Namespace) -> int:
     from annotation.cli import main as annotate_main
 
@@ -129,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("studio", _cmd_studio, "Manage the local Label Studio server (own virtualenv).")
     p.add_argument("action", choices=["up", "down", "status"], help="start, stop or check it")
 
+    p = add("argilla", _cmd_argilla,
+            "Argilla: manage the local server (up, down, status; own virtualenv), set up the "
+            "dataset and webhook (setup), log texts with the champion's suggestions (log), "
+            "update unanswered records to the champion (push), pull responses (sync).")
+    p.add_argument("action", choices=["up", "down", "status", "setup", "log", "push", "sync"],
+                   help="what to do")
+
     p = add("annotate", _cmd_annotate,
             "Set up the Label Studio project, import tasks with predictions, sync annotations.")
     p.add_argument("action", choices=["setup", "import", "sync"], help="what to do")
@@ -158,13 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", _cmd_demo,
             "The whole loop locally: train, serve, start Label Studio with predicted tasks.")
     p.add_argument("--stop", action="store_true",
-                   help="stop the demo's service and Label Studio (the data stays)")
+                   help="stop the demo's service and annotation tools (the data stays)")
+    p.add_argument("--tools", default=None, metavar="LIST",
+                   help="annotation tools, comma-separated: label-studio (default), argilla, "
+                        "or label-studio,argilla (replaces annotation.tools)")
     return parser
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: printed as one line, not a traceback. The CLI is the
     top layer, so it may know the annotation tools' error types; the core package does not."""
+    from annotation.argilla import ArgillaConnectionError, DatasetMismatch
+    from annotation.argilla_server import ArgillaServerError
     from annotation.config import LabelConfigError
     from annotation.labelstudio import StudioConnectionError
     from annotation.studio import StudioError
@@ -175,7 +193,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from labelloop.trigger import FeedbackRunning
 
     return USER_ERRORS + (LabelConfigError, StudioConnectionError, StudioError, ExportError,
-                          FeedbackRunning, LabelsExportError, ImageError)
+                          FeedbackRunning, LabelsExportError, ImageError,
+                          ArgillaConnectionError, DatasetMismatch, ArgillaServerError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,11 @@ that was committed and leaves nothing half-written.
 
 `training_rows(settings)` gives the final active labels, one per text (the latest annotation
 wins). A per-write sequence number lets the feedback loop count "labels since the last run".
+
+Task families share the store: a row's `text` is what the model was given and `label` the human
+answer, a class name for classification, the response text for generation (`task.type:
+generation`); `training_rows` names the columns as the family's rows do (`task.row_columns`:
+text/label, or prompt/response).
 """
 
 from __future__ import annotations
@@ -491,9 +496,13 @@ def open_store(settings: Settings) -> LabelsStore:
 
 def training_rows(settings: Settings, source: str | None = None, project: Any = None,
                   max_seq: int | None = None) -> pd.DataFrame:
-    """DataFrame[text, label, provenance...]: the final active human labels, one per text."""
+    """DataFrame[text, label, provenance...]: the final active human labels, one per text
+    (for a generation task `prompt` and `response` instead of text and label)."""
     with open_store(settings) as store:
-        return store.training_rows(source=source, project=project, max_seq=max_seq)
+        rows = store.training_rows(source=source, project=project, max_seq=max_seq)
+    if settings.task.type == "generation":
+        rows = rows.rename(columns={"text": "prompt", "label": "response"})
+    return rows
 
 
 def new_labels_since_last_run(settings: Settings, project: Any = None) -> int:

@@ -16,7 +16,7 @@ Kept free of I/O so it is trivially testable; `reason` is one line a person can 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -38,9 +38,30 @@ class PromotionDecision:
     confidence: Optional[float] = None
     # human evidence: {"heldout": {"n", "challenger", "champion"}, "corrections": {...}}
     human: dict = field(default_factory=dict)
+    # the TF-IDF baseline fitted on the same rows (labelloop.baseline), same metric and split
+    baseline_score: Optional[float] = None
+    beats_baseline: Optional[bool] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def with_baseline(decision: PromotionDecision, baseline_score: Optional[float], required: bool,
+                  name: str = "tfidf+logreg") -> PromotionDecision:
+    """The decision, saying whether the challenger beats the baseline on the test split; with
+    `required` (promotion.require_beats_baseline), a challenger that does not is kept out."""
+    if baseline_score is None or math.isnan(baseline_score):
+        return decision
+    beats = bool(decision.challenger_score is not None
+                 and decision.challenger_score > baseline_score)
+    verdict = (f"{'beats' if beats else 'does not beat'} the {name} baseline "
+               f"({decision.challenger_score:.4f} vs {baseline_score:.4f} {decision.metric})")
+    if required and not beats and decision.promote:
+        return replace(decision, promote=False, baseline_score=baseline_score, beats_baseline=beats,
+                       reason=f"kept out: the challenger {verdict} and "
+                              f"promotion.require_beats_baseline is set (else: {decision.reason})")
+    return replace(decision, baseline_score=baseline_score, beats_baseline=beats,
+                   reason=f"{decision.reason}; the challenger {verdict}")
 
 
 # -- the paired bootstrap ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
@@ -215,20 +215,50 @@ class ModelSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    method: Literal["lora", "full"] = "lora"
+    # auto: full fine-tuning below small_data_rows training rows, LoRA from there on
+    # (labelloop.training.resolve); learning_rate auto: that method's measured best.
+    method: Literal["auto", "lora", "full"] = "auto"
+    small_data_rows: int = Field(5000, gt=0)
     epochs: float = Field(4, gt=0)
     max_steps: Optional[int] = Field(None, gt=0)
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: Union[Literal["auto"], float] = "auto"
     batch_size: int = Field(64, gt=0)
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
     seed: int = 42
     device: str = "auto"
     log_every_steps: int = Field(20, gt=0)
+    # Loss weight per class (labelloop.training.class_weights): off; auto = rows / (labels x
+    # rows of the label), so a rare label counts as much as a common one; or {label: weight}.
+    class_weights: Union[Literal["off", "auto"], dict[str, float]] = "off"
+    # Steps rather than epochs on small data (labelloop.training.plan): at least this many
+    # optimizer steps, batches shrinking down to min_batch_size before passes are added.
+    min_steps: int = Field(200, ge=0)
+    min_batch_size: int = Field(16, gt=0)
     # Data-parallel processes for the fine-tune (labelloop/distributed.py, through accelerate):
     # one per GPU, or CPU processes over gloo. 1 = the plain loop in this process.
     num_processes: int = Field(1, gt=0)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+
+    @field_validator("learning_rate")
+    @classmethod
+    def _rate_positive(cls, rate):
+        if rate != "auto" and rate <= 0:
+            raise ValueError(f"the learning rate must be positive or auto (got {rate})")
+        return rate
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _off_unquoted(cls, weights):
+        return "off" if weights is False else weights  # YAML reads a bare `off` as false
+
+    @field_validator("class_weights")
+    @classmethod
+    def _weights_positive(cls, weights):
+        if isinstance(weights, dict) and (not weights or min(weights.values()) <= 0):
+            raise ValueError("class weights must be positive numbers, one per label named "
+                             f"(got {weights})")
+        return weights
 
 
 class GenerationSettings(_Section):
@@ -266,6 +296,9 @@ class PromotionSettings(_Section):
     rule: Literal["paired", "margin"] = "paired"
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     resamples: int = Field(1000, ge=100)
+    # Promote only a model that beats the TF-IDF + logistic-regression baseline fitted on the
+    # same training rows (labelloop.baseline) on the test split, by `metric`.
+    require_beats_baseline: bool = False
 
 
 class GenerationServingSettings(_Section):
@@ -385,6 +418,40 @@ class StudioSettings(_Section):
     diverse_candidates: int = Field(10, ge=1)
 
 
+class AnnotationSettings(_Section):
+    # Which annotation tools the loop feeds and reads (annotation/tools.py): the feedback sync
+    # pulls from each, publishing a new champion's predictions updates each.
+    tools: list[Literal["label-studio", "argilla"]] = Field(
+        default_factory=lambda: ["label-studio"])
+
+    @field_validator("tools")
+    @classmethod
+    def _tools_unique(cls, tools: list[str]) -> list[str]:
+        if len(set(tools)) != len(tools):
+            raise ValueError(f"annotation tools must be listed once each, got {tools}")
+        return tools
+
+
+class ArgillaSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(6900, gt=0, lt=65536)
+    # The search engine (Elasticsearch protocol) and Redis argilla-server needs, both served
+    # by noida-db on these ports (annotation/argilla_server.py).
+    search_port: int = Field(9200, gt=0, lt=65536)
+    redis_port: int = Field(6379, gt=0, lt=65536)
+    venv: Optional[str] = None
+    username: str = "labelloop"
+    # Argilla wants passwords of 8 characters or more.
+    password: str = Field("labelloop-admin", repr=False, min_length=8)
+    api_key: str = Field("", repr=False)
+    workspace: str = "labelloop"
+    dataset: str = "labelloop-sentiment"
+    pool_size: int = Field(200, gt=0)
+    # Start a feedback run once this many new labels arrived through Argilla's webhooks since
+    # the last run (0 = never from Argilla's webhooks).
+    webhook_trigger_labels: int = Field(0, ge=0)
+
+
 class WarmStartSettings(_Section):
     replay_rows: int = Field(256, ge=0)
     # ...and at least this many replayed rows per new label, so a large batch of corrections
@@ -427,6 +494,15 @@ class FeedbackSettings(_Section):
     launcher_idle_s: float = Field(3600.0, gt=0.0)
 
 
+class StackSettings(_Section):
+    """The ZenML stack the pipelines run on (pipelines/stack.py, docs/deploy.md)."""
+    # labelloop: local, in this process; labelloop-containers: each step in its own container
+    # (local Docker orchestrator); any other: a stack you registered (Kubernetes, Kubeflow).
+    name: str = "labelloop"
+    # Image the step images are built on; unset: image.name:image.variant (`labelloop image build`).
+    step_image: Optional[str] = None
+
+
 class ImageSettings(_Section):
     """Container images (labelloop/image.py, `labelloop image build`, docs/deploy.md)."""
     engine: Literal["auto", "podman", "docker"] = "auto"
@@ -455,9 +531,12 @@ class Settings(_Section):
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     studio: StudioSettings = Field(default_factory=StudioSettings)
+    annotation: AnnotationSettings = Field(default_factory=AnnotationSettings)
+    argilla: ArgillaSettings = Field(default_factory=ArgillaSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     image: ImageSettings = Field(default_factory=ImageSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
 
     @model_validator(mode="after")
     def _metric_of_the_family(self) -> "Settings":
@@ -480,6 +559,15 @@ class Settings(_Section):
         if unknown:
             raise ValueError(f"dataset.label_map maps to {unknown}, which are not in task.labels "
                              f"{self.task.labels}")
+        return self
+
+    @model_validator(mode="after")
+    def _weights_name_labels(self):
+        weights = self.training.class_weights
+        unknown = sorted(set(weights) - set(self.task.labels)) if isinstance(weights, dict) else []
+        if unknown:
+            raise ValueError(f"training.class_weights names label(s) {unknown} that are not in "
+                             f"task.labels {self.task.labels}")
         return self
 
     # Derived locations: the single place that says where each thing lives.

@@ -6,10 +6,13 @@
    `<data_dir>/demo-settings.yaml` (mode 0600), which every process of the demo reads;
 2. train the first model if there is no champion yet (the `training` pipeline);
 3. start the BentoML service in the background (`bentoml serve`, log and pid under the data dir);
-4. start Label Studio (`labelloop studio up`), in the background from the start, so its
-   start-up overlaps the training;
-5. set up the project (label config from the model's labels), the webhook and the ML backend,
-   and import a pool of unlabelled texts with the champion's predictions, least certain first;
+4. start the annotation tools that are on (`annotation.tools`, or `--tools label-studio,argilla`):
+   Label Studio (`labelloop studio up`) and/or Argilla (`labelloop argilla up`), in the
+   background from the start, so their start-up overlaps the training;
+5. Label Studio: set up the project (label config from the model's labels), the webhook and the
+   ML backend, and import a pool of unlabelled texts with the champion's predictions, least
+   certain first; Argilla: the dataset (a label question over the model's labels), the webhook,
+   and records with the champion's suggestions;
 6. print the URL, the login and the next command, as the user can run it (`make feedback`
    from the repository, else the venv's `labelloop` by its path unless it is on the PATH).
 
@@ -65,9 +68,11 @@ def base_config(config: Optional[str]) -> Optional[str]:
     return None
 
 
-def write_demo_settings(config: Optional[str]) -> tuple[Path, Settings]:
-    """The demo's settings file: the chosen config + secrets generated once (0600)."""
-    settings = load_settings(config)
+def write_demo_settings(config: Optional[str],
+                        tools: Optional[list[str]] = None) -> tuple[Path, Settings]:
+    """The demo's settings file: the chosen config + secrets generated once (0600); `tools`
+    (from `--tools`) replaces `annotation.tools`."""
+    settings = load_settings(config, overrides={"annotation": {"tools": tools}} if tools else None)
     path = settings.data_path / SETTINGS_FILE
     previous: dict[str, Any] = {}
     if path.is_file():
@@ -198,6 +203,23 @@ def setup_project(settings: Settings) -> dict[str, Any]:
     return out
 
 
+def setup_argilla(settings: Settings) -> dict[str, Any]:
+    """Dataset + webhook; records with the champion's suggestions logged once (idempotent)."""
+    from annotation import argilla as A
+
+    client = A.connect(settings)
+    out = A.setup(settings, client=client, progress=say)
+    have = len(A.list_records(client, out["dataset"], include=""))
+    if have == 0:
+        say(f"logging {settings.argilla.pool_size} records with the champion's suggestions "
+            f"({settings.studio.ordering} first)")
+        out["log"] = A.log_pool(settings, client=client)
+    else:
+        say(f"dataset already holds {have} records: nothing logged")
+        out["log"] = {"logged": 0, "existing": have}
+    return out
+
+
 class _Background:
     """`fn()` in a daemon thread; `result()` re-raises what it raised. Label Studio starts
     (30-90 s on this 2-core box, most of it a Django start) while the first model trains."""
@@ -262,21 +284,30 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def up(config: Optional[str]) -> int:
-    from annotation import studio
+def up(config: Optional[str], tools: Optional[list[str]] = None) -> int:
+    from annotation import argilla_server, studio
     from labelloop import registry
 
     started = time.monotonic()
     chosen = base_config(config)
     say(f"settings: {chosen or 'built-in defaults'}")
-    settings_file, settings = write_demo_settings(chosen)
+    settings_file, settings = write_demo_settings(chosen, tools)
     say(f"demo settings (with generated secrets, mode 0600): {settings_file}")
-    label_studio = _Background(lambda: studio.start(settings, timeout=600,
-                                                    progress=_studio_progress))
-    label_studio.check_early()
+    tools = settings.annotation.tools
+    say(f"annotation tools: {', '.join(tools)}")
+    # The tools start in the background from the start: their start-up overlaps the training.
+    servers = {}
+    if "label-studio" in tools:
+        servers["label-studio"] = _Background(lambda: studio.start(
+            settings, timeout=600, progress=_studio_progress))
+    if "argilla" in tools:
+        servers["argilla"] = _Background(lambda: argilla_server.start(
+            settings, progress=_studio_progress))
+    for server in servers.values():
+        server.check_early()
     champion = registry.get_champion(settings)
     if champion is None:
-        say("no champion yet: training the first model (Label Studio starts meanwhile)")
+        say("no champion yet: training the first model (the annotation tools start meanwhile)")
         from pipelines.run import run_training
 
         run_training(str(settings_file))
@@ -284,17 +315,29 @@ def up(config: Optional[str]) -> int:
     else:
         say(f"champion: {settings.registry.model_name} version {champion.version}")
     start_service(settings_file, settings)
-    server = label_studio.result()
-    out = setup_project(settings)
+    shown = []
+    if "label-studio" in servers:
+        server = servers["label-studio"].result()
+        out = setup_project(settings)
+        shown.append(("Label Studio", out["url"], server.username, server.password))
+    if "argilla" in servers:
+        server = servers["argilla"].result()
+        out = setup_argilla(settings)
+        shown.append(("Argilla", out["url"], server.username, server.password))
     rel = _shown_path(settings_file)
     default_file = (REPO_ROOT / ".labelloop" / SETTINGS_FILE).resolve() == settings_file.resolve()
     print()
     print(f"=== labelloop demo is running (ready after {_minutes(time.monotonic() - started)}) ===")
-    print(f"Label Studio   {out['url']}")
-    print(f"  login        {server.username} / {server.password}")
+    for name, url, username, password in shown:
+        print(f"{name:<15}{url}")
+        print(f"  login        {username} / {password}")
     print(f"service        {service_url(settings)}  (POST /classify, GET /metadata)")
-    print("next           open a few tasks, correct the model's choice and Submit, then press")
-    print("               'Start training' (Settings > Model) or run:")
+    if "label-studio" in tools:
+        print("next           open a few tasks, correct the model's choice and Submit, then press")
+        print("               'Start training' (Settings > Model) or run:")
+    else:
+        print("next           answer a few records in Argilla (keep or change the suggestion,")
+        print("               Submit), then run:")
     print("                 " + command_hint(f"feedback --config {rel}",
                                              "feedback" if default_file else None))
     print("               the new champion answers at "
@@ -306,7 +349,7 @@ def up(config: Optional[str]) -> int:
 
 
 def down(config: Optional[str]) -> int:
-    from annotation import studio
+    from annotation import argilla_server, studio
 
     settings = load_settings(config)
     demo_file = settings.data_path / SETTINGS_FILE
@@ -314,6 +357,7 @@ def down(config: Optional[str]) -> int:
         settings = load_settings(str(demo_file))
     stop_service(settings)
     studio.stop(settings, progress=say)
+    argilla_server.stop(settings, progress=say)
     say("stopped (data stays under " + str(settings.data_path) + ")")
     return 0
 
@@ -322,7 +366,8 @@ def main(args) -> int:
     config = getattr(args, "config", None)
     if getattr(args, "stop", False):
         return down(config)
-    return up(config)
+    tools = getattr(args, "tools", None)
+    return up(config, [t.strip() for t in tools.split(",") if t.strip()] if tools else None)
 
 
 if __name__ == "__main__":
@@ -331,5 +376,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config")
-    p.add_argument("--stop", action="store_true", help="stop the service and Label Studio")
+    p.add_argument("--stop", action="store_true", help="stop the service and the annotation tools")
+    p.add_argument("--tools", help="annotation tools, comma-separated: label-studio, argilla")
     raise SystemExit(main(p.parse_args()))

@@ -3,14 +3,15 @@
     sync_annotations -> evaluate_fresh -> decide_retrain -> retrain_if_needed
                      -> reload_service -> push_predictions
 
-1. sync: Label Studio's annotations (created, updated, deleted) into the labels store;
+1. sync: the answers of every annotation tool that is on (`annotation.tools`: Label Studio,
+   Argilla; created, updated, deleted) into the one labels store;
 2. score the champion on held-out human labels, against what its own confidence expects;
 3. decide (FeedbackSettings; decision, reason and estimate printed and logged to MLflow);
 4. if retraining: a challenger trained in this process (a warm start from the champion or a
    full retrain, `feedback.train_rule`), registered, and promoted only if the paired test on the
    frozen split and the human labels say it is better (labelloop.challenger);
 5. tell the running service to reload (it also polls the registry);
-6. give the project's unannotated tasks the champion's predictions.
+6. give every tool's unannotated items the champion's predictions.
 
 Each turn is one ZenML run and one MLflow run, both named `feedback-turn-<n>-...`, with the
 training nested under it as `training v<version> (<rule>)`. Its stage, progress and outcome go
@@ -49,8 +50,11 @@ from pipelines.steps.feedback_sync import sync_annotations
 
 
 def pipeline_options(settings: Settings) -> dict[str, Any]:
-    return {"settings": {"experiment_tracker": MLFlowExperimentTrackerSettings(
-        experiment_name=settings.registry.experiment)}}
+    from pipelines.stack import run_options  # steps in containers: image, env (stack.name)
+
+    return run_options(settings, {"settings": {"experiment_tracker":
+                                               MLFlowExperimentTrackerSettings(
+                                                   experiment_name=settings.registry.experiment)}})
 
 
 @pipeline(enable_cache=False)
@@ -69,6 +73,10 @@ def resolve_project(settings: Settings, project: Optional[int]) -> Optional[int]
     """The project id: as given, else the one titled `studio.project_title` (None if LS is down)."""
     if project is not None:
         return int(project)
+    from annotation.tools import is_enabled
+
+    if not is_enabled(settings, "label-studio"):
+        return None
     try:
         from annotation.labelstudio import StudioConnectionError, connect, find_project
     except ImportError:
@@ -106,7 +114,7 @@ def run_feedback_pipeline(config: Optional[str] = None, project: Optional[int] =
     from labelloop.trigger import FeedbackRunning, feedback_lock
     from pipelines.interrupted import mark_interrupted_runs, pid_tags
     from pipelines.stack import ensure_stack
-    from pipelines.steps.feedback_publish import tell_annotators
+    from pipelines.steps.feedback_publish import tell_all as tell_annotators
 
     from labelloop.challenger import preflight
 

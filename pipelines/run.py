@@ -17,6 +17,13 @@ def validate_inputs(settings: Settings) -> None:
     if settings.task.type == "generation":
         from labelloop.generation.steps import check_inputs
 
+        if settings.training.num_processes > 1:  # not silently one process
+            from labelloop.settings import ConfigError
+
+            raise ConfigError("training.num_processes > 1 spreads classification fine-tunes "
+                              "only; generation trains in one process: set "
+                              "training.num_processes to 1")
+
         check_inputs(settings)
         return
     resolve_base_model(settings.model.base)
@@ -31,7 +38,7 @@ def _step_output(run, step: str, name: str) -> Any:
 def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
                  include_human_labels: bool = False) -> int:
     from pipelines.interrupted import mark_interrupted_runs, pid_tags
-    from pipelines.stack import ensure_stack
+    from pipelines.stack import ensure_stack, run_options
     from pipelines.training import pipeline_options, training
 
     settings = load_settings(config, overrides=overrides)
@@ -44,34 +51,42 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
     for name in mark_interrupted_runs():
         print(f"marked the interrupted ZenML run {name} as failed (its process is gone)")
     run = training.with_options(run_name=f"training-v{next_version}-{{date}}-{{time}}",
-                                tags=pid_tags(), **pipeline_options(settings.registry))(
+                                tags=pid_tags(),
+                                **run_options(settings, pipeline_options(settings.registry)))(
         config=str(config) if config else None, overrides=overrides,
         include_human_labels=include_human_labels,
     )
     metrics = _step_output(run, "evaluate_model", "metrics")
     decision = _step_output(run, "promote_model", "promotion_decision")
-    print_summary(settings, metrics, decision)
+    print_summary(settings, metrics, decision, _step_output(run, "evaluate_model", "baseline"))
     return 0
 
 
-def print_summary(settings: Settings, metrics: dict, decision: dict) -> None:
+def print_summary(settings: Settings, metrics: dict, decision: dict,
+                  baseline: Optional[dict] = None) -> None:
     print("\n=== labelloop training result ===")
     if settings.task.type == "generation":
         for name in ("chrf", "rouge_l", "loss", "perplexity"):
             print(f"test {name:<10} {metrics[name]:.4f}  (base {metrics[f'base_{name}']:.4f})")
     else:
-        _print_classification(settings, metrics)
+        _print_classification(settings, metrics, baseline)
     print(f"registered     {settings.registry.model_name} version {decision['challenger_version']}")
     print(f"promotion      {'promoted to champion' if decision['promote'] else 'not promoted'}: "
           f"{decision['reason']}")
     show_status(settings=settings)
 
 
-def _print_classification(settings: Settings, metrics: dict) -> None:
+def _print_classification(settings: Settings, metrics: dict,
+                          baseline: Optional[dict] = None) -> None:
     print(f"test accuracy  {metrics['accuracy']:.4f}")
     print(f"test macro-F1  {metrics['macro_f1']:.4f}")
     for label in task_from_settings(settings).labels:
         print(f"  F1 {label:<10} {metrics[f'f1_{label}']:.4f}")
+    if baseline:
+        metric = settings.promotion.metric
+        print(f"baseline       {baseline['name']} (same split) macro-F1 {baseline['macro_f1']:.4f}: "
+              f"the model {'beats it' if baseline['beats'] else 'does NOT beat it'} on {metric} "
+              f"({metrics[metric] - baseline[metric]:+.4f})")
 
 
 def show_status(config: Optional[str] = None, settings: Optional[Settings] = None) -> int:

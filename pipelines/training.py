@@ -1,4 +1,5 @@
-"""ZenML pipeline `training`: load -> split -> fine-tune -> evaluate -> register -> promote.
+"""ZenML pipeline `training`: load -> split -> fine-tune -> evaluate (and the TF-IDF baseline)
+-> register -> promote.
 
 Run it with `labelloop train --config configs/default.yaml`, or with ZenML directly:
 `zenml pipeline run pipelines.training.training --config configs/pipelines/training.yaml`
@@ -49,6 +50,6 @@ def training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] =
     train, test, data_provenance = load_data(config, overrides, include_human_labels,
                                              human_labels_max_seq)
     bundle = fine_tune(train, test, data_provenance, config, overrides)
-    metrics, predicted = evaluate_model(bundle, test, config, overrides)
+    metrics, predicted, baseline = evaluate_model(bundle, train, test, config, overrides)
     version = register_model(bundle, metrics, test, predicted, config, overrides)
-    promote_model(version, metrics, test, predicted, config, overrides)
+    promote_model(version, metrics, test, predicted, config, overrides, baseline)

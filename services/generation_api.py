@@ -247,6 +247,12 @@ async def submit(get_model: Callable[[], Any], job: Job) -> tuple[Any, list[GenR
         if gen is None:
             raise Rejected(409, f"the served model (version {model.version}) is a "
                                 f"{model.task_type} model: use POST /classify")
+        if job.sampling.max_new_tokens > gen.max_new_tokens:
+            # the model's positions allow fewer than the settings (Generator shrank the limits)
+            raise Rejected(422, f"'max_new_tokens' is {job.sampling.max_new_tokens}; this model "
+                                f"(version {model.version}) generates at most "
+                                f"{gen.max_new_tokens} (its positions and "
+                                "serving.generation.max_new_tokens)")
         if len(job.prompts) > 16:  # bulk: tokenize off the event loop
             ids = await run_in_threadpool(_encode, gen, job)
         else:

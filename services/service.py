@@ -13,6 +13,7 @@ Routes:
   GET  /healthz /livez    BentoML liveness;  GET /readyz: ready once the champion is loaded
   /ls/...                 Label Studio ML backend (services/ls_backend.py)
   GET  /status            the loop's status page for annotators (services/status_page.py)
+  POST /argilla/webhook   Argilla's signed webhook deliveries (services/argilla_hook.py)
   POST /generate, /v1/chat/completions, /v1/completions, GET /v1/models
                           when the champion is a generation model (services/generation_api.py)
 """
@@ -33,7 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from labelloop.prediction_log import PredictionLog
 from labelloop.settings import Settings, load_settings
-from services import ls_backend, status_page
+from services import argilla_hook, ls_backend, status_page
 from services.balance import RecycleConnections
 from services.hot_route import HotRoute
 from services.batcher import MicroBatcher, Overloaded
@@ -124,11 +125,13 @@ async def admin_reload(request: Request):
 
 ls_app = ls_backend.create_app(_state)
 status_app = status_page.create_app(_state)
+argilla_app = argilla_hook.create_app(_state)
 
 
 @bentoml.asgi_app(ops_app, path="/")  # mounted passively: only its own routes match
 @bentoml.asgi_app(ls_app, path="/ls")
 @bentoml.asgi_app(status_app, path="/status")
+@bentoml.asgi_app(argilla_app, path="/argilla")
 @bentoml.service(
     name="labelloop",
     workers=_CFG.workers,
@@ -376,7 +379,7 @@ def _generation_handler(name: str):
 Labelloop.add_asgi_middleware(
     Guard, hosts=host_policy(_CFG.host, _CFG.allowed_hosts),
     json_routes=("/classify", "/classify_batch", "/ls/setup", "/ls/predict", "/ls/webhook",
-                 *GENERATION_ROUTES),
+                 "/argilla/webhook", *GENERATION_ROUTES),
     read_routes=("/classify_batch",), max_body_bytes=int(_CFG.max_request_mb * 2**20),
     check_body=_check_body)
 Labelloop.add_asgi_middleware(HotRoute, path="/classify", get_handler=_classify_handler,

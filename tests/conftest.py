@@ -34,3 +34,24 @@ def label_studio(tmp_path_factory):
         yield server
     finally:
         studio.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def argilla_server(tmp_path_factory):
+    """ONE real Argilla server (argilla-server 2.8 + noida-db, own venv installed on first use:
+    about a minute once per machine; about 30 s to start) for the whole test session, on free
+    ports, data under pytest's session temp dir, stopped (every process) at the end.
+    Tests build Settings from `argilla_server.argilla_overrides()` and use a dataset name of
+    their own (datasets are shared by the session's server)."""
+    from annotation import argilla_server
+    from labelloop.settings import Settings
+    from tests.helpers import free_port
+
+    data_dir = tmp_path_factory.mktemp("argilla-server")
+    settings = Settings(data_dir=str(data_dir), argilla={
+        "port": free_port(), "search_port": free_port(), "redis_port": free_port()})
+    server = argilla_server.start(settings, timeout=300)
+    try:
+        yield server
+    finally:
+        argilla_server.stop(settings)

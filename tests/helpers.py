@@ -84,6 +84,7 @@ def small_corpus_env(root: Path, rows: int, seed: int, **settings_env: str) -> t
         "LABELLOOP__DATASET__PATH": str(root / "small.csv"),
         "LABELLOOP__DATASET__ENCODING": "utf-8",
         "LABELLOOP__TRAINING__BATCH_SIZE": "16",
+        "LABELLOOP__TRAINING__MIN_STEPS": "0",  # tiny training: no small-data floor of steps
         "LABELLOOP__MODEL__MAX_LENGTH": "32",
         "PYTHONUNBUFFERED": "1",
         **settings_env,

@@ -4,9 +4,11 @@
   it switches to the new champion now rather than at its next registry poll
   (`serving.poll_interval_s`). A service that is not running, or no admin token, is not an error:
   the service polls the registry by itself.
-- `push_predictions`: every unannotated task of the project gets the champion's prediction
-  (label, score, model version) unless it already holds one of that version, and the project's
-  `model_version` is set to it, so annotators see the current model's suggestion. Idempotent.
+- `push_predictions`: in every annotation tool that is on (`annotation.tools`,
+  annotation/tools.py), every unannotated item gets the champion's prediction (label, score,
+  model version) unless it already holds one of that version: Label Studio's pending tasks
+  (`push`; the project's `model_version` is set to it) and Argilla's unanswered records
+  (annotation/argilla.py `push_suggestions`). Idempotent.
 """
 
 from __future__ import annotations
@@ -183,7 +185,33 @@ def push_predictions(
     loop_status.set_stage(settings, turn, "push")
     if not settings.feedback.push_predictions:
         return {"pushed": 0, "note": "feedback.push_predictions is off"}
-    out = push(settings, project)
-    print(f"predictions: {out.get('pushed', 0)} pending task(s) got version "
-          f"{out.get('model_version', '?')}'s prediction" + (f" ({out['note']})" if out.get("note") else ""))
+    return publish_all(settings, project)
+
+
+def publish_all(settings: Settings, project: Optional[int]) -> dict[str, Any]:
+    """The champion's predictions onto the pending items of every annotation tool that is on
+    (`annotation.tools`); a tool that is down is reported, not an error."""
+    from annotation.tools import enabled
+
+    out: dict[str, Any] = {"pushed": 0, "tools": {}}
+    for tool in enabled(settings):
+        try:
+            got = tool.publish(settings, project, None)
+        except tool.unavailable() as exc:
+            got = {"pushed": 0, "note": f"{tool.name} unavailable: {exc}"}
+        out["tools"][tool.name] = got
+        out["pushed"] += int(got.get("pushed", 0))
+        if got.get("model_version"):
+            out["model_version"] = got["model_version"]
+        print(f"predictions: {tool.name}: {got.get('pushed', 0)} pending item(s) got version "
+              f"{got.get('model_version', '?')}'s prediction"
+              + (f" ({got['note']})" if got.get("note") else ""))
     return out
+
+
+def tell_all(settings: Settings, project: Optional[int], line: str) -> None:
+    """The loop's news to the annotators of every tool that is on (best effort)."""
+    from annotation.tools import enabled
+
+    for tool in enabled(settings):
+        tool.tell(settings, project, line)

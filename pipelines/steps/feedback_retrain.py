@@ -12,7 +12,6 @@ last full retrain behind it (`labelloop.full_seq`, for the auto rule).
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from pathlib import Path
@@ -56,8 +55,8 @@ def retrain(settings: Settings, project: Optional[int] = None,
     rows = challenger.training_rows(settings, rule, base_train, test, trainable, new)
     timings["prepare_s"] = time.perf_counter() - t0
     cfg = challenger.warm_training_settings(settings) if rule == "warm" else settings.training
-    total_steps = cfg.max_steps or max(1, math.ceil(math.ceil(len(rows) / cfg.batch_size)
-                                                    * cfg.epochs))
+    cfg = training.resolve(cfg, len(rows))
+    total_steps = training.plan(cfg, len(rows)).steps
     print(f"retrain: {rule} ({why}): {len(rows)} rows = {len(new)} new human labels"
           f"{' x ' + str(settings.feedback.warm_start.new_label_repeats) if rule == 'warm' else ''}"
           f" + earlier rows; {len(heldout)} human labels held out; {total_steps} steps")

@@ -1,8 +1,9 @@
-"""Feedback step 1: pull the project's annotations from Label Studio into the labels store.
+"""Feedback step 1: pull the answers of every annotation tool that is on into the labels store.
 
-The webhook already writes annotations as they happen; this full export pull makes the store
-exact (it also sees deletions and anything a webhook missed). When Label Studio cannot be
-reached the run goes on with what the store holds (webhook-delivered labels) and says so.
+The tools' webhooks already write answers as they happen; this full pull (Label Studio's export,
+Argilla's record listing; annotation/tools.py) makes the store exact (it also sees deletions and
+anything a webhook missed). When a tool cannot be reached the run goes on with what the store
+holds (webhook-delivered labels) and says so.
 """
 
 from __future__ import annotations
@@ -21,39 +22,45 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def sync_labels(settings: Settings, project: Optional[int]) -> dict[str, Any]:
-    """annotation.sync.sync_project plus the agreement log; never raises for an unreachable LS."""
+    """Every annotation tool that is on (`annotation.tools`) pulled into the labels store, plus
+    the agreement log; a tool that cannot be reached is reported, never raised."""
+    from annotation.tools import enabled
     from labelloop import labels_store
 
-    report: dict[str, Any] = {"project": project, "synced": False}
-    try:
-        from annotation.labelstudio import StudioConnectionError
-        from annotation.sync import ExportError, sync_project
-    except ImportError as exc:  # annotation/ missing: the store alone
-        report["error"] = f"annotation sync unavailable: {exc}"
-    else:
+    report: dict[str, Any] = {"project": project, "synced": False, "tools": {}}
+    for tool in enabled(settings):
         try:
-            out = sync_project(settings, project)
-            report.update(out)
-            report["synced"] = True
-        except (StudioConnectionError, ExportError) as exc:
-            report["error"] = str(exc)
-    if not report["synced"]:
-        print(f"sync: skipped ({report['error']}); going on with the labels already in the store "
-              f"(webhook events)")
-    else:
-        print(f"sync: project {report['project']}: {report['annotations']} annotations in "
-              f"{report['tasks']} tasks, {report['outcomes']}, {report['deleted']} deleted, "
-              f"{len(report['skipped'])} skipped (not trainable)")
+            out = tool.sync(settings, project)
+        except tool.unavailable() as exc:
+            report["tools"][tool.name] = {"synced": False, "error": str(exc)}
+            print(f"sync: {tool.name}: skipped ({exc}); going on with the labels already in the "
+                  "store (webhook events)")
+            continue
+        report["tools"][tool.name] = {"synced": True, **out}
+        report["synced"] = True
+        if tool.name == "label-studio":
+            report.update(out)  # the Label Studio fields older reports had at the top
+        print(f"sync: {tool.name}: {_describe(out)}")
+    if report["synced"]:
         try:
             from annotation.agreement import log_agreement
 
-            report["agreement"] = log_agreement(settings, project=report["project"])["versions"]
+            report["agreement"] = log_agreement(settings)["versions"]
         except Exception as exc:  # noqa: BLE001 - the agreement log is a report, not the loop
             print(f"note: agreement not logged: {type(exc).__name__}: {exc}")
     with labels_store.open_store(settings) as store:
         report["store"] = store.summary()
         report["store_seq"] = store.current_seq()
     return report
+
+
+def _describe(out: dict[str, Any]) -> str:
+    where = (f"project {out['project']}: {out['annotations']} annotations in {out['tasks']} tasks"
+             if "project" in out else
+             f"dataset {out.get('dataset')}: {out.get('responses')} responses in "
+             f"{out.get('records')} records")
+    return (f"{where}, {out.get('outcomes')}, {out.get('deleted')} deleted, "
+            f"{len(out.get('skipped') or [])} skipped (not trainable)")
 
 
 @step(enable_cache=False, experiment_tracker=TRACKER_NAME)

@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 from zenml import step
 
-from labelloop import distributed, modeling, provenance, scratch
+from labelloop import distributed, modeling, provenance, scratch, training
 from labelloop.tasks import task_from_settings
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
@@ -25,15 +25,20 @@ def fine_tune(
 ) -> Annotated[Path, "model_bundle"]:
     settings = settings_for(config, overrides)
     task = task_from_settings(settings)
-    cfg = settings.training
     if task.type == "generation":
         return _fine_tune_generation(settings, train)
+    cfg = training.resolve(settings.training, len(train))  # `auto` values for this many rows
+    schedule = training.plan(cfg, len(train))
+    weights = training.class_weights(cfg.class_weights, list(train["label"]), task)
     mlflow.log_params({
-        "base_model": settings.model.base, "method": cfg.method, "epochs": cfg.epochs,
+        "base_model": settings.model.base, "method": cfg.method,
+        "epochs": round(schedule.epochs(len(train)), 3), "steps": schedule.steps,
         "max_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
-        "batch_size": cfg.batch_size, "max_length": settings.model.max_length,
+        "batch_size": schedule.batch_size, "max_length": settings.model.max_length,
         "lora_r": cfg.lora.r if cfg.method == "lora" else None, "train_rows": len(train),
         "dataset": settings.dataset.path, "labels": ",".join(task.labels),
+        "class_weights": "off" if weights is None else
+        ",".join(f"{lab}={w:.3f}" for lab, w in weights.items()),
         "truncation": settings.model.truncation,
         "source_digest": data_provenance["source_digest"],
         "num_processes": cfg.num_processes,

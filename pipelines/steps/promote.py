@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from zenml import get_step_context, log_metadata, step
 
-from labelloop import challenger, registry
+from labelloop import challenger, promotion, registry
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
 
@@ -22,9 +22,12 @@ def promote_model(
     test_predicted: list,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
+    baseline: Optional[dict] = None,
 ) -> Annotated[dict, "promotion_decision"]:
     """The rule of `promotion.rule` (labelloop.challenger.judge). A training run has no human
-    labels of its own to break a tie within noise, so there the champion stays."""
+    labels of its own to break a tie within noise, so there the champion stays. The decision
+    says whether the challenger beats the TF-IDF baseline of its run; with
+    `promotion.require_beats_baseline` one that does not is never promoted."""
     settings = settings_for(config, overrides)
     champion = registry.get_champion(settings)
     champion_version = None
@@ -39,6 +42,10 @@ def promote_model(
         empty = pd.DataFrame(columns=["text", "label"])
         decision = challenger.judge(settings, model_version, np.asarray(test_predicted), None,
                                     test, champion_version, empty, empty)
+        if baseline:
+            decision = promotion.with_baseline(decision, baseline.get(settings.promotion.metric),
+                                               settings.promotion.require_beats_baseline,
+                                               baseline.get("name", "baseline"))
     champion_score = decision.champion_score
     if decision.promote:
         registry.set_champion(settings, model_version)

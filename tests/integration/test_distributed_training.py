@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def _setup(rows: int = 192):
     settings = Settings(model={"max_length": 32},
-                        training={"method": "full", "epochs": 1, "batch_size": 32,
+                        training={"method": "full", "epochs": 1, "batch_size": 32, "min_steps": 0,
                                   "learning_rate": 1e-4, "log_every_steps": 3, "device": "cpu"})
     task = task_from_settings(settings)
     frame = data.load_labelled(settings.dataset, task)

@@ -81,6 +81,12 @@ def test_first_run_registers_and_becomes_champion(workspace):
     run = client.get_run(champion.run_id)
     assert 0.0 <= run.data.metrics["test_macro_f1"] <= 1.0
     assert run.data.params["method"] == "full"
+    # The TF-IDF baseline of the same split is logged and compared in the same run.
+    assert 0.0 < run.data.metrics["baseline_macro_f1"] <= 1.0
+    beats = run.data.metrics["test_macro_f1"] > run.data.metrics["baseline_macro_f1"]
+    assert run.data.metrics["beats_baseline"] == float(beats)
+    assert "baseline       tfidf+logreg (same split)" in r.stdout
+    assert ("the model beats it" if beats else "the model does NOT beat it") in r.stdout
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/test_confusion_matrix.png" in artifacts
@@ -120,6 +126,23 @@ def test_worse_challenger_does_not_take_the_alias(workspace):
     assert decision["promote"] is False
     assert decision["champion_version"] == "1"
     assert decision["challenger_score"] < decision["champion_score"]
+    assert decision["beats_baseline"] is False and decision["baseline_score"] > 0
+    assert "does not beat the tfidf+logreg baseline" in decision["reason"]
+
+
+def test_required_baseline_keeps_out_even_the_first_model(tmp_path):
+    """promotion.require_beats_baseline: an untrained first model, which would otherwise become
+    champion (there is none), is registered but kept out, and the summary says why."""
+    env, _ = small_corpus_env(tmp_path, rows=240, seed=11,
+                              LABELLOOP__EVALUATION__SAMPLE_PREDICTIONS="0")
+    r = cli(env, "train", extra_env={
+        "LABELLOOP__PROMOTION__REQUIRE_BEATS_BASELINE": "true",
+        "LABELLOOP__TRAINING__MAX_STEPS": "1", "LABELLOOP__TRAINING__LEARNING_RATE": "1e-9"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "not promoted: kept out: the challenger does not beat the tfidf+logreg" in r.stdout
+    s = settings_of(env)
+    assert registry.get_champion(s) is None
+    assert [mv.tags[registry.STATUS_TAG] for mv in registry.list_versions(s)] == ["ready"]
 
 
 def test_status_command_lists_versions(workspace):

@@ -36,3 +36,10 @@ def test_cpu_serving_profile():
     s = load_settings(CONFIGS / "serving-cpu.yaml", environ={}).serving
     assert (s.device, s.batcher, s.cpu_int8, s.workers) == ("cpu", "inprocess", True, 1)
     assert s.host == "127.0.0.1"
+
+
+def test_fast_gpu_training_profile():
+    t = load_settings(CONFIGS / "train-fast-gpu.yaml", environ={}).training
+    # what the H200 figure (macro-F1 0.7823 in 6.8 s) was measured with
+    assert (t.method, t.epochs, t.learning_rate, t.class_weights) == ("full", 1, 1e-4, "auto")
+    assert (t.batch_size, t.max_steps) == (64, None)

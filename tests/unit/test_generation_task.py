@@ -88,3 +88,21 @@ def test_bundle_meta_and_wrong_family(tmp_path):
                                                                    "name": "s", "labels": ["a", "b"]}}))
     with pytest.raises(ModelError, match="not a generation model"):
         bundle.load_generation_bundle(d, device="cpu")
+
+
+def test_labels_store_rows_in_the_family_columns(tmp_path):
+    from labelloop import labels_store
+    from labelloop.labels_store import LabelRecord
+    from labelloop.settings import Settings
+
+    settings = Settings(data_dir=str(tmp_path), task={"type": "generation", "name": "chat"})
+    row = GenerationTask("chat").row_from_answer("How are you?", "Fine, thanks.")
+    with labels_store.open_store(settings) as store:
+        store.upsert(LabelRecord(source="label-studio", project="1", annotation_id="1",
+                                 text=row["prompt"], label=row["response"],
+                                 updated_at="2026-01-01T00:00:00Z"))
+    rows = labels_store.training_rows(settings)
+    assert rows[["prompt", "response"]].values.tolist() == [["How are you?", "Fine, thanks."]]
+    classification = Settings(data_dir=str(tmp_path))
+    assert list(labels_store.training_rows(classification)[["text", "label"]].iloc[0]) == \
+        ["How are you?", "Fine, thanks."]

@@ -28,7 +28,7 @@ GEN = [["HotRoute", {"path": p, "max_body_bytes": 64 * 2**20}]
 # Host check and JSON-only bodies (services/guard.py): outside /classify, inside recycling.
 GUARD = ["Guard", {"hosts": ["127.0.0.1", "::1", "localhost"],
                    "json_routes": ["/classify", "/classify_batch", "/ls/setup", "/ls/predict",
-                                   "/ls/webhook", "/generate", "/v1/chat/completions",
+                                   "/ls/webhook", "/argilla/webhook", "/generate", "/v1/chat/completions",
                                    "/v1/completions"],
                    "read_routes": ["/classify_batch"], "max_body_bytes": 64 * 2**20}]
 
