@@ -74,7 +74,7 @@ def test_warm_turn_one_named_run_then_no_retrain_on_identical_data(workspace):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     print(r.stdout[-3000:])
-    assert "sync: skipped" in out
+    assert "sync: label-studio: skipped" in out  # Label Studio is down; the run goes on
     assert "decision       retrain" in out and "6 new human labels since the last retrain" in out
     # A champion exists and few labels arrived: a warm start, trained inside the turn.
     assert "training       warm start" in out
