@@ -20,10 +20,7 @@ stops all three (SIGTERM to each group, SIGKILL after a timeout), leaving no pro
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +31,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import labelloop  # noqa: F401  (offline/telemetry switches)
+from annotation import side_server as side
+from annotation.side_server import Progress
 from labelloop.processes import alive
 from labelloop.settings import Settings, load_settings
 
@@ -42,8 +41,6 @@ DEFAULT_VENV = Path("~/.cache/labelloop/argilla-server-venv")
 # valid for non-boolean flag"); huggingface-hub<1 is the last that accepts that click.
 REQUIREMENTS = ("argilla-server==2.8.0", "click<8.2", "huggingface-hub<1", "noida-db==0.2.3")
 PROCESSES = ("noida", "server", "worker")  # started in this order, stopped in reverse
-
-Progress = Callable[[str], None]
 
 
 class ArgillaServerError(RuntimeError):
@@ -87,8 +84,8 @@ class ArgillaPaths:
 
 
 def paths(settings: Settings) -> ArgillaPaths:
-    venv = Path(settings.argilla.venv).expanduser() if settings.argilla.venv else DEFAULT_VENV.expanduser()
-    return ArgillaPaths(venv=venv.resolve(), data_dir=settings.data_path / "argilla")
+    return ArgillaPaths(venv=side.venv_path(settings.argilla.venv, DEFAULT_VENV),
+                        data_dir=settings.data_path / "argilla")
 
 
 def url(settings: Settings) -> str:
@@ -100,30 +97,14 @@ def api_key(settings: Settings, create: bool = False) -> str:
     if settings.argilla.api_key:
         return settings.argilla.api_key
     key_file = paths(settings).key_file
-    if key_file.is_file():
-        return key_file.read_text().strip()
-    if not create:
+    if not create and not key_file.is_file():
         raise ArgillaServerError(
             f"no Argilla API key: set argilla.api_key, or run `labelloop argilla up` once (it "
             f"generates one in {key_file})")
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key = "labelloop." + secrets.token_urlsafe(24)
-    fd = os.open(str(key_file), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-    return key
+    return side.stored_secret(key_file, lambda: "labelloop." + secrets.token_urlsafe(24))
 
 
 # -- install ---------------------------------------------------------------------------------
-def _clean_env() -> dict[str, str]:
-    """This process's environment without the project venv leaking into Argilla's."""
-    env = dict(os.environ)
-    for key in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME"):
-        env.pop(key, None)
-    venv_bin = str(Path(sys.prefix) / "bin")
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
-    return env
-
 
 def ensure_installed(settings: Settings, progress: Progress = _say) -> ArgillaPaths:
     """argilla-server and noida-db in their own venv, installed (once) if missing."""
@@ -132,17 +113,7 @@ def ensure_installed(settings: Settings, progress: Progress = _say) -> ArgillaPa
         return p
     progress(f"argilla-server is not installed in {p.venv}; installing it there "
              "(one time, about a minute, about 600 MB)")
-    try:
-        if not p.python.is_file():
-            p.venv.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-m", "venv", str(p.venv)], check=True)
-        env = _clean_env()
-        subprocess.run([str(p.python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-                       check=True, env=env)
-        subprocess.run([str(p.python), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
-                       check=True, env=env)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise ArgillaServerError(f"installing argilla-server into {p.venv} failed: {exc}") from exc
+    side.install(p.venv, REQUIREMENTS, "argilla-server", ArgillaServerError)
     if not (p.noida.is_file() and _has_server(p)):
         raise ArgillaServerError(f"pip finished but argilla-server/noida-db are missing in {p.venv}")
     progress("argilla-server installed")
@@ -155,30 +126,13 @@ def _has_server(p: ArgillaPaths) -> bool:
 
 # -- processes -------------------------------------------------------------------------------
 def _read_pid(p: ArgillaPaths, name: str) -> Optional[int]:
-    try:
-        pid = int(p.pid_file(name).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if not alive(pid):
-        return None
-    try:  # a recycled pid is not ours
-        if str(p.venv).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return None
-    except OSError:
-        pass
-    return pid
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+    return side.read_pid(p.pid_file(name), (str(p.venv).encode(),))
 
 
 def server_env(settings: Settings) -> dict[str, str]:
     a = settings.argilla
     p = paths(settings)
-    env = _clean_env()
+    env = side.clean_env()
     env.update(labelloop.OFFLINE_ENV)
     env.update({
         "ARGILLA_HOME_PATH": str(p.home),
@@ -197,15 +151,7 @@ def server_env(settings: Settings) -> dict[str, str]:
 
 def _spawn(settings: Settings, name: str, cmd: list[str]) -> int:
     p = paths(settings)
-    log = open(p.log_file(name), "ab")
-    try:
-        proc = subprocess.Popen(cmd, cwd=str(p.data_dir), env=server_env(settings),
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    finally:
-        log.close()
-    p.pid_file(name).write_text(f"{proc.pid}\n")
-    return proc.pid
+    return side.spawn(cmd, p.data_dir, server_env(settings), p.log_file(name), p.pid_file(name)).pid
 
 
 def _run(settings: Settings, args: list[str], what: str, timeout: float = 180.0) -> str:
@@ -232,28 +178,8 @@ def is_ready(base_url: str, timeout: float = 2.0) -> bool:
 
 def _wait(check: Callable[[], bool], settings: Settings, name: str, pid: int, timeout: float,
           progress: Progress, what: str) -> None:
-    p = paths(settings)
-    started = time.monotonic()
-    last = 0.0
-    while not check():
-        if not alive(pid):
-            raise ArgillaServerError(f"{what} exited during startup; last lines of "
-                                     f"{p.log_file(name)}:\n{_tail(p.log_file(name))}")
-        elapsed = time.monotonic() - started
-        if elapsed > timeout:
-            raise ArgillaServerError(f"{what} did not come up within {timeout:.0f}s; last lines "
-                                     f"of {p.log_file(name)}:\n{_tail(p.log_file(name))}")
-        if elapsed - last >= 5:
-            progress(f"waiting for {what} ... {elapsed:.0f}s")
-            last = elapsed
-        time.sleep(0.3)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+    side.wait_until(check, lambda: alive(pid), timeout, progress, what,
+                    paths(settings).log_file(name), ArgillaServerError, poll=0.3)
 
 
 @dataclass(frozen=True)
@@ -294,7 +220,7 @@ def start(settings: Settings, timeout: float = 180.0, progress: Progress = _say)
     for name, key, host in (("noida", "search_port", "127.0.0.1"),
                             ("noida", "redis_port", "127.0.0.1"), ("server", "port", a.host)):
         port = getattr(a, key)
-        if running[name] is None and _port_open(host, port):
+        if running[name] is None and side.port_open(host, port):
             raise ArgillaServerError(
                 f"port {port} on {host} is in use by a process labelloop did not start; stop it "
                 f"or set argilla.{key} to a free port")
@@ -309,8 +235,8 @@ def start(settings: Settings, timeout: float = 180.0, progress: Progress = _say)
                 str(p.noida), "start", "--data-dir", str(p.data_dir / "noida"),
                 "--host", "127.0.0.1", "--only", "redis,elasticsearch",
                 "--redis-port", str(a.redis_port), "--elasticsearch-port", str(a.search_port)])
-            _wait(lambda: _port_open("127.0.0.1", a.search_port)
-                  and _port_open("127.0.0.1", a.redis_port),
+            _wait(lambda: side.port_open("127.0.0.1", a.search_port)
+                  and side.port_open("127.0.0.1", a.redis_port),
                   settings, "noida", pid, 60, progress, "noida-db")
         if running["server"] is None:
             progress("migrating Argilla's database")
@@ -352,29 +278,11 @@ def stop(settings: Settings, timeout: float = 20.0, progress: Progress = _say) -
             p.pid_file(name).unlink(missing_ok=True)
             continue
         stopped = True
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if alive(pid):
-            progress(f"{name} (pid {pid}) did not stop in time; killing it")
         # The whole group goes: noida-db's launcher execs a child, rq forks workers.
-        _signal_group(pid, signal.SIGKILL)
-        time.sleep(0.1)
-        alive(pid)  # reaps our own child
+        side.stop_pid(pid, name, timeout, progress)
         p.pid_file(name).unlink(missing_ok=True)
     progress("Argilla stopped" if stopped else "Argilla is not running")
     return stopped
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)  # started with start_new_session: its pid is its group
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def status(settings: Settings) -> dict:

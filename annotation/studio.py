@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -24,15 +23,15 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import labelloop  # noqa: F401  (offline/telemetry switches, incl. Label Studio's)
+from annotation import side_server as side
+from annotation.side_server import Progress
 from labelloop.settings import Settings, load_settings
 
 DEFAULT_VENV = Path("~/.cache/labelloop/label-studio-venv")
 LABEL_STUDIO_REQUIREMENT = os.environ.get("LABELLOOP_LABEL_STUDIO_REQUIREMENT", "label-studio")
-
-Progress = Callable[[str], None]
 
 
 class StudioError(RuntimeError):
@@ -58,10 +57,9 @@ class StudioPaths:
 
 
 def paths(settings: Settings) -> StudioPaths:
-    venv = Path(settings.studio.venv).expanduser() if settings.studio.venv else DEFAULT_VENV.expanduser()
     data = settings.data_path / "label-studio"
     return StudioPaths(
-        venv=venv.resolve(), data_dir=data, pid_file=data / "label-studio.pid",
+        venv=side.venv_path(settings.studio.venv, DEFAULT_VENV), data_dir=data, pid_file=data / "label-studio.pid",
         log_file=data / "label-studio.log", token_file=data / "api_token",
         info_file=data / "server.json",
     )
@@ -76,19 +74,13 @@ def api_token(settings: Settings, create: bool = False) -> str:
     if settings.studio.api_token:
         return settings.studio.api_token
     token_file = paths(settings).token_file
-    if token_file.is_file():
-        return token_file.read_text().strip()
-    if not create:
+    if not create and not token_file.is_file():
         raise StudioError(
             f"no Label Studio API token: set studio.api_token, or run `labelloop studio up` "
             f"once (it generates one in {token_file})"
         )
-    token_file.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(20)  # 40 characters, like Label Studio's own tokens
-    fd = os.open(str(token_file), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
+    # 40 characters, like Label Studio's own tokens
+    return side.stored_secret(token_file, lambda: secrets.token_hex(20))
 
 
 # -- install ---------------------------------------------------------------------------------
@@ -99,34 +91,11 @@ def ensure_installed(settings: Settings, progress: Progress = _say) -> Path:
         return p.executable
     progress(f"Label Studio is not installed in {p.venv}; installing it there "
              "(one time, about 2 minutes, about 1 GB)")
-    python = p.venv / "bin" / "python"
-    try:
-        if not python.is_file():
-            p.venv.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-m", "venv", str(p.venv)], check=True)
-        env = _clean_env()
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-                       check=True, env=env)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", LABEL_STUDIO_REQUIREMENT],
-                       check=True, env=env)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise StudioError(f"installing Label Studio into {p.venv} failed: {exc}") from exc
+    side.install(p.venv, [LABEL_STUDIO_REQUIREMENT], "Label Studio", StudioError)
     if not p.executable.is_file():
         raise StudioError(f"pip finished but {p.executable} does not exist")
     progress("Label Studio installed")
     return p.executable
-
-
-def _clean_env() -> dict[str, str]:
-    """This process's environment without the project venv leaking into Label Studio's."""
-    env = dict(os.environ)
-    for key in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "DJANGO_SETTINGS_MODULE"):
-        env.pop(key, None)
-    venv_bin = str(Path(sys.prefix) / "bin")
-    env["PATH"] = os.pathsep.join(
-        part for part in env.get("PATH", "").split(os.pathsep) if part != venv_bin
-    )
-    return env
 
 
 # -- health / process --------------------------------------------------------------------------
@@ -139,35 +108,7 @@ def is_healthy(base_url: str, timeout: float = 2.0) -> bool:
 
 
 def _read_pid(p: StudioPaths) -> Optional[int]:
-    try:
-        pid = int(p.pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    # A zombie child (ours, already exited) is not running; a recycled pid is not ours.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
-            return None
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"label-studio" not in cmdline and b"label_studio" not in cmdline:
-            return None
-    except (OSError, IndexError):
-        pass
-    return pid
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex((host, port)) == 0
+    return side.read_pid(p.pid_file, (b"label-studio", b"label_studio"))
 
 
 @dataclass(frozen=True)
@@ -198,7 +139,7 @@ def _server(settings: Settings, pid: Optional[int]) -> StudioServer:
 
 def studio_env(settings: Settings, token: str) -> dict[str, str]:
     p = paths(settings)
-    env = _clean_env()
+    env = side.clean_env()
     env.update(labelloop.OFFLINE_ENV)
     env.update({
         "LABEL_STUDIO_BASE_DATA_DIR": str(p.data_dir),
@@ -227,7 +168,7 @@ def start(settings: Settings, timeout: float = 240.0, progress: Progress = _say)
             return _server(settings, pid)
         progress(f"a Label Studio process (pid {pid}) exists but {base} is not healthy yet")
         return _wait_healthy(settings, pid, timeout, progress)
-    if _port_in_use(settings.studio.host, settings.studio.port):
+    if side.port_open(settings.studio.host, settings.studio.port, timeout=1.0):
         if is_healthy(base):
             raise StudioError(
                 f"a Label Studio that labelloop did not start already answers at {base}; stop it "
@@ -245,15 +186,7 @@ def start(settings: Settings, timeout: float = 240.0, progress: Progress = _say)
         "--data-dir", str(p.data_dir),
     ]  # user, password and token travel in the environment (not visible in `ps`)
     progress(f"starting Label Studio at {base} (data in {p.data_dir}, log {p.log_file})")
-    log = open(p.log_file, "ab")
-    try:
-        proc = subprocess.Popen(
-            cmd, cwd=str(p.data_dir), env=studio_env(settings, token), stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    finally:
-        log.close()
-    p.pid_file.write_text(f"{proc.pid}\n")
+    proc = side.spawn(cmd, p.data_dir, studio_env(settings, token), p.log_file, p.pid_file)
     p.info_file.write_text(json.dumps({"pid": proc.pid, "url": base, "started_at": time.time(),
                                        "venv": str(p.venv)}))
     return _wait_healthy(settings, proc.pid, timeout, progress, proc)
@@ -263,34 +196,19 @@ def _wait_healthy(settings: Settings, pid: int, timeout: float, progress: Progre
                   proc: Optional[subprocess.Popen] = None) -> StudioServer:
     p = paths(settings)
     base = url(settings)
-    started = time.monotonic()
-    last_report = 0.0
-    while True:
-        if is_healthy(base):
-            progress(f"Label Studio is up at {base} after {time.monotonic() - started:.0f}s "
-                     f"(login {settings.studio.username})")
-            return _server(settings, pid)
-        exited = proc.poll() is not None if proc is not None else _read_pid(p) is None
-        if exited:
-            p.pid_file.unlink(missing_ok=True)
-            raise StudioError(f"Label Studio exited during startup; last lines of {p.log_file}:\n"
-                              + _tail(p.log_file))
-        elapsed = time.monotonic() - started
-        if elapsed > timeout:
-            stop(settings, progress=progress)
-            raise StudioError(f"Label Studio did not answer {base}/health within {timeout:.0f}s; "
-                              f"last lines of {p.log_file}:\n" + _tail(p.log_file))
-        if elapsed - last_report >= 5:
-            progress(f"waiting for {base}/health ... {elapsed:.0f}s")
-            last_report = elapsed
-        time.sleep(0.5)
 
+    def running() -> bool:
+        return proc.poll() is None if proc is not None else _read_pid(p) is not None
 
-def _tail(path: Path, lines: int = 15) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        took = side.wait_until(lambda: is_healthy(base), running, timeout, progress,
+                               f"Label Studio ({base}/health)", p.log_file, StudioError,
+                               on_timeout=lambda: stop(settings, progress=progress))
+    except StudioError:
+        p.pid_file.unlink(missing_ok=True)
+        raise
+    progress(f"Label Studio is up at {base} after {took:.0f}s (login {settings.studio.username})")
+    return _server(settings, pid)
 
 
 def stop(settings: Settings, timeout: float = 30.0, progress: Progress = _say) -> bool:
@@ -302,39 +220,7 @@ def stop(settings: Settings, timeout: float = 30.0, progress: Progress = _say) -
         progress("Label Studio is not running")
         return False
     progress(f"stopping Label Studio (pid {pid})")
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        pgid = None
-    own_group = pgid is not None and pgid == pid  # started by us with start_new_session
-
-    def _signal(sig: int) -> None:
-        try:
-            if own_group:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-    _signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap if it is our child
-        except ChildProcessError:
-            pass
-        if _read_pid(p) is None:
-            break
-        time.sleep(0.3)
-    else:
-        progress("Label Studio did not stop in time; killing it")
-        _signal(signal.SIGKILL)
-        time.sleep(0.5)
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+    side.stop_pid(pid, "Label Studio", timeout, progress)
     p.pid_file.unlink(missing_ok=True)
     progress("Label Studio stopped")
     return True

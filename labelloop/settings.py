@@ -397,15 +397,22 @@ class ServingSettings(_Section):
     generation: GenerationServingSettings = Field(default_factory=GenerationServingSettings)
 
 
-class StudioSettings(_Section):
+class SideServerSettings(_Section):
+    """What the local annotation servers' sections share (annotation/side_server.py)."""
+
     host: str = "127.0.0.1"
-    port: int = Field(8080, gt=0, lt=65536)
+    # The server's own virtualenv; None: one under ~/.cache/labelloop/.
     venv: Optional[str] = None
+    # Unlabelled texts put in front of annotators per import.
+    pool_size: int = Field(200, gt=0)
+
+
+class StudioSettings(SideServerSettings):
+    port: int = Field(8080, gt=0, lt=65536)
     username: str = "admin@labelloop.local"
     password: str = Field("labelloop-admin", repr=False)
     api_token: str = Field("", repr=False)
     project_title: str = "labelloop sentiment"
-    pool_size: int = Field(200, gt=0)
     # Which texts annotators see first (labelloop/selection.py; `uncertainty` is the old name
     # of least_confidence). One name for the whole pool, checked here before any work.
     ordering: Literal["random", "least_confidence", "uncertainty", "margin", "entropy",
@@ -432,21 +439,18 @@ class AnnotationSettings(_Section):
         return tools
 
 
-class ArgillaSettings(_Section):
-    host: str = "127.0.0.1"
+class ArgillaSettings(SideServerSettings):
     port: int = Field(6900, gt=0, lt=65536)
     # The search engine (Elasticsearch protocol) and Redis argilla-server needs, both served
     # by noida-db on these ports (annotation/argilla_server.py).
     search_port: int = Field(9200, gt=0, lt=65536)
     redis_port: int = Field(6379, gt=0, lt=65536)
-    venv: Optional[str] = None
     username: str = "labelloop"
     # Argilla wants passwords of 8 characters or more.
     password: str = Field("labelloop-admin", repr=False, min_length=8)
     api_key: str = Field("", repr=False)
     workspace: str = "labelloop"
     dataset: str = "labelloop-sentiment"
-    pool_size: int = Field(200, gt=0)
     # Start a feedback run once this many new labels arrived through Argilla's webhooks since
     # the last run (0 = never from Argilla's webhooks).
     webhook_trigger_labels: int = Field(0, ge=0)
