@@ -23,7 +23,6 @@ id; `task_id` the record id.
 from __future__ import annotations
 
 import hashlib
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -68,13 +67,12 @@ def connect(settings: Settings, key: Optional[str] = None, timeout: float = 30.0
     import httpx
     from argilla._exceptions import ArgillaAPIError, ArgillaCredentialsError
 
+    from annotation.side_server import reachable
+
     base = argilla_url(settings)
     down = (f"Argilla is unreachable at {base}; start it with `labelloop argilla up` or fix "
             "argilla.host/argilla.port")
-    try:  # fail fast: the SDK retries a dead server for seconds
-        socket.create_connection((settings.argilla.host, settings.argilla.port), timeout=1.0).close()
-    except OSError as exc:
-        raise ArgillaConnectionError(f"{down} ({type(exc).__name__}: {exc})") from None
+    reachable(settings.argilla.host, settings.argilla.port, ArgillaConnectionError, down)
     try:
         client = rg.Argilla(api_url=base, api_key=key or _key(settings), timeout=int(timeout),
                             retries=1)
@@ -356,16 +354,12 @@ def push_suggestions(settings: Settings, client=None, classifier=None) -> dict[s
     ds = find_dataset(client, settings)
     if ds is None:
         return {"pushed": 0, "note": f"no Argilla dataset {settings.argilla.dataset!r} yet"}
-    if classifier is None:
-        from labelloop import challenger, registry
+    from annotation.tools import champion_model
 
-        champion = registry.get_champion(settings)
-        if champion is None:
-            return {"pushed": 0, "note": "no champion yet"}
-        version = str(champion.version)
-        classifier = challenger.classifier_for(settings, version)
-    else:
-        version = str(classifier.version)
+    champion = champion_model(settings, classifier)
+    if champion is None:
+        return {"pushed": 0, "note": "no champion yet"}
+    classifier, version = champion
     check_dataset(ds, classifier.task)
     todo = [r for r in pending(list_records(client, str(ds.id)))
             if (r.get("metadata") or {}).get("model_version") != version
@@ -480,7 +474,9 @@ def tell_annotators(settings: Settings, line: str) -> bool:
         ds = find_dataset(client, settings)
         if ds is None:
             return False
-        status = f"http://{settings.serving.host}:{settings.serving.port}/status"
+        from annotation.tools import status_page_url
+
+        status = status_page_url(settings)
         base = dataset_settings_for(task_from_settings(settings)).guidelines
         ds.settings.guidelines = f"**Model:** {line}\n\nEvery training run: {status}\n\n{base}"
         ds.update()

@@ -63,17 +63,14 @@ def connect(settings: Settings, token: Optional[str] = None, timeout: float = 30
     from label_studio_sdk import LabelStudio
     from label_studio_sdk.core.api_error import ApiError
 
+    from annotation.side_server import reachable
+
     base = studio_url(settings)
+    down = (f"Label Studio is unreachable at {base}; start it with `labelloop studio up` or fix "
+            "studio.host/studio.port")
     # Fail fast when nothing listens: the SDK's retries spent about 3 s per call on a server
     # that is down (13 s of a 72 s feedback turn).
-    import socket
-
-    try:
-        socket.create_connection((settings.studio.host, settings.studio.port), timeout=1.0).close()
-    except OSError as exc:
-        raise StudioConnectionError(
-            f"Label Studio is unreachable at {base} ({type(exc).__name__}: {exc}); start it with "
-            "`labelloop studio up` or fix studio.host/studio.port") from None
+    reachable(settings.studio.host, settings.studio.port, StudioConnectionError, down)
     client = LabelStudio(base_url=base, api_key=token or _token(settings), timeout=timeout)
     try:
         client.users.whoami()
@@ -85,9 +82,7 @@ def connect(settings: Settings, token: Optional[str] = None, timeout: float = 30
         raise StudioConnectionError(f"Label Studio at {base} answered HTTP {exc.status_code}: "
                                     f"{str(exc.body)[:200]}") from None
     except (httpx.HTTPError, OSError) as exc:
-        raise StudioConnectionError(
-            f"Label Studio is unreachable at {base} ({type(exc).__name__}: {exc}); start it with "
-            "`labelloop studio up` or fix studio.host/studio.port") from None
+        raise StudioConnectionError(f"{down} ({type(exc).__name__}: {exc})") from None
     return client
 
 
@@ -216,6 +211,43 @@ def connect_ml_backend(settings: Settings, project_id: int, client=None) -> dict
             "ls_basic_auth_user/password?") from None
     return {"id": int(backend.id), "url": url, "created": True, "updated": False,
             "state": _get(backend, "state")}
+
+
+def tell_annotators(settings: Settings, project: Optional[int], line: str) -> bool:
+    """Put the loop's latest news where annotators look: the project's instructions (the
+    labeling page's "i" button), with a link to the status page, and the description of the ML
+    backend's card (project settings, Model: where "Start training" is pressed). Label Studio
+    1.23 drops the webhook's answer to "Start training", so these are the channels it offers.
+    Best effort: never fails a turn."""
+    from annotation.tools import status_page_url
+
+    if project is None:
+        return False
+    status = status_page_url(settings)
+    try:
+        client = connect(settings, timeout=5.0)
+        html = (f"<p><b>Model:</b> {line}</p><p>Versions, scores and every training run: "
+                f'<a href="{status}" target="_blank">{status}</a></p>')
+        client.projects.update(id=project, expert_instruction=html)
+    except Exception as exc:  # noqa: BLE001 - Label Studio down or the project gone
+        print(f"note: could not update the project's instructions: {type(exc).__name__}")
+        return False
+    try:
+        url = service_url(settings)
+        for backend in client.ml.list(project=project):
+            if _get(backend, "url") == url:
+                # LS 1.23 re-validates the whole backend on update (connection and auth): send
+                # url, project and the Basic-auth pair (the password is write-only) with it.
+                client.ml.update(id=backend.id, project=project, url=url,
+                                 title=_get(backend, "title") or "labelloop",
+                                 auth_method="BASIC_AUTH",
+                                 basic_auth_user=settings.serving.ls_basic_auth_user,
+                                 basic_auth_pass=settings.serving.ls_basic_auth_password,
+                                 description=f"{line} Status: {status}"[:1000])
+    except Exception as exc:  # noqa: BLE001
+        body = str(getattr(exc, "body", "") or exc)[:300]
+        print(f"note: could not update the ML backend's description: {type(exc).__name__} {body}")
+    return True
 
 
 # -- tasks with predictions ---------------------------------------------------------------------
@@ -532,4 +564,5 @@ def push_predictions(settings: Settings, project_id: Optional[int] = None, clien
                     for (task_id, _), p in zip(todo, preds)]
         for start in range(0, len(requests), 500):
             client.projects.import_predictions(id=project_id, request=requests[start:start + 500])
+    client.projects.update(id=project_id, model_version=version)
     return {"project": project_id, "model_version": version, "pushed": len(todo)}
