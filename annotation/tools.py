@@ -11,7 +11,9 @@
                                       up": the loop goes on without that tool and says so
 
 `project` is the Label Studio project id a feedback turn runs for (None: the configured one);
-Argilla has one dataset per settings and ignores it.
+Argilla has one dataset per settings and ignores it. `publish` loads the champion once through
+`champion_model` when the caller passes none, and answers "nothing to do" notes (tool down, no
+project or dataset yet, no champion) rather than failing the turn.
 """
 
 from __future__ import annotations
@@ -31,6 +33,25 @@ class Tool:
     unavailable: Callable[[], tuple[type[BaseException], ...]]
 
 
+def champion_model(settings: Settings, model=None) -> Optional[tuple[Any, str]]:
+    """(model, version): the one given, else the registry's champion (loaded once per process);
+    None when there is no champion yet."""
+    if model is not None:
+        return model, str(model.version)
+    from labelloop import challenger, registry
+
+    champion = registry.get_champion(settings)
+    if champion is None:
+        return None
+    version = str(champion.version)
+    return challenger.classifier_for(settings, version), version
+
+
+def status_page_url(settings: Settings) -> str:
+    """The service's status page, which every tool's news links to."""
+    return f"http://{settings.serving.host}:{settings.serving.port}/status"
+
+
 # -- Label Studio ------------------------------------------------------------------------------
 def _ls_sync(settings: Settings, project: Optional[int]) -> dict[str, Any]:
     from annotation.sync import sync_project
@@ -39,13 +60,31 @@ def _ls_sync(settings: Settings, project: Optional[int]) -> dict[str, Any]:
 
 
 def _ls_publish(settings: Settings, project: Optional[int], classifier=None) -> dict[str, Any]:
-    from pipelines.steps.feedback_publish import push
+    """The champion's predictions onto the project's unannotated tasks (skip already-done ones)."""
+    from annotation.labelstudio import (
+        LabelConfigError, StudioConnectionError, connect, find_project, push_predictions,
+    )
 
-    return push(settings, project, classifier=classifier)
+    try:
+        client = connect(settings)
+        if project is None:
+            found = find_project(client, settings.studio.project_title)
+            if found is None:
+                return {"pushed": 0, "note": "no Label Studio project yet"}
+            project = int(found.id)
+    except StudioConnectionError as exc:
+        return {"pushed": 0, "note": f"Label Studio unreachable: {exc}"}
+    champion = champion_model(settings, classifier)
+    if champion is None:
+        return {"pushed": 0, "note": "no champion yet"}
+    try:
+        return push_predictions(settings, project, client, classifier=champion[0])
+    except LabelConfigError as exc:  # the project asks for other labels than the model gives
+        return {"pushed": 0, "project": project, "note": f"not pushed: {exc}"}
 
 
 def _ls_tell(settings: Settings, project: Optional[int], line: str) -> bool:
-    from pipelines.steps.feedback_publish import tell_annotators
+    from annotation.labelstudio import tell_annotators
 
     return tell_annotators(settings, project, line)
 

@@ -150,7 +150,7 @@ def zenml_times(out: str) -> tuple[dict[str, float], float | None]:
 PROBED = [
     ("pipelines.feedback", "load_settings"), ("pipelines.feedback", "resolve_project"),
     ("labelloop.challenger", "preflight"), ("pipelines.stack", "ensure_stack"),
-    ("pipelines.steps.feedback_publish", "tell_annotators"),
+    ("annotation.labelstudio", "tell_annotators"),
     ("annotation.labelstudio", "connect"), ("labelloop.data", "load_labelled"),
     ("labelloop.registry", "fetch_bundle"), ("labelloop.registry", "register_bundle"),
     ("labelloop.registry", "set_champion"), ("labelloop.challenger", "training_rows"),

@@ -7,8 +7,8 @@
 - `push_predictions`: in every annotation tool that is on (`annotation.tools`,
   annotation/tools.py), every unannotated item gets the champion's prediction (label, score,
   model version) unless it already holds one of that version: Label Studio's pending tasks
-  (`push`; the project's `model_version` is set to it) and Argilla's unanswered records
-  (annotation/argilla.py `push_suggestions`). Idempotent.
+  (annotation/labelstudio.py `push_predictions`; the project's `model_version` is set to it)
+  and Argilla's unanswered records (annotation/argilla.py `push_suggestions`). Idempotent.
 """
 
 from __future__ import annotations
@@ -51,104 +51,6 @@ def reload(settings: Settings, timeout: float = 120.0) -> dict[str, Any]:
                 "note": f"the service refused the reload (HTTP {resp.status_code}): "
                         f"{body.get('error', body)}"}
     return {"reloaded": True, "status": resp.status_code, "service": body}
-
-
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    return obj.get(key, default) if isinstance(obj, dict) else getattr(obj, key, default)
-
-
-def pending_tasks(client, project_id: int) -> list[dict[str, Any]]:
-    """Unannotated tasks: id, text, and the model versions of the predictions they hold."""
-    from annotation.config import TEXT_KEY
-
-    out = []
-    for t in client.tasks.list(project=project_id, fields="all"):
-        if (_get(t, "total_annotations") or 0) > 0 or (_get(t, "cancelled_annotations") or 0) > 0:
-            continue
-        data = _get(t, "data") or {}
-        text = data.get(TEXT_KEY) if isinstance(data, dict) else None
-        if not isinstance(text, str) or not text.strip():
-            continue
-        versions = {str(_get(p, "model_version")) for p in (_get(t, "predictions") or [])}
-        out.append({"id": int(_get(t, "id")), "text": text, "versions": versions})
-    return out
-
-
-def push(settings: Settings, project: Optional[int], client=None,
-         classifier=None) -> dict[str, Any]:
-    """The champion's predictions onto the project's unannotated tasks (skip already-done ones)."""
-    from annotation.labelstudio import (
-        StudioConnectionError, connect, find_project, prediction_for,
-    )
-
-    try:
-        client = client or connect(settings)
-        if project is None:
-            found = find_project(client, settings.studio.project_title)
-            if found is None:
-                return {"pushed": 0, "note": "no Label Studio project yet"}
-            project = int(found.id)
-    except StudioConnectionError as exc:
-        return {"pushed": 0, "note": f"Label Studio unreachable: {exc}"}
-    if classifier is None:
-        from labelloop import challenger, registry
-
-        champion = registry.get_champion(settings)
-        if champion is None:
-            return {"pushed": 0, "note": "no champion yet"}
-        version = str(champion.version)
-        classifier = challenger.classifier_for(settings, version)  # loaded once per process
-    else:
-        version = str(classifier.version)
-    tasks = [t for t in pending_tasks(client, project) if version not in t["versions"]]
-    preds = classifier.predict([t["text"] for t in tasks]) if tasks else []
-    requests = [{"task": t["id"], **prediction_for(p.label, p.score, version)}
-                for t, p in zip(tasks, preds)]
-    for start in range(0, len(requests), 500):  # one request per 500 tasks, not one per task
-        client.projects.import_predictions(id=project, request=requests[start:start + 500])
-    client.projects.update(id=project, model_version=version)
-    return {"pushed": len(tasks), "project": project, "model_version": version}
-
-
-def status_page_url(settings: Settings) -> str:
-    return service_base_url(settings) + "/status"
-
-
-def tell_annotators(settings: Settings, project: Optional[int], line: str) -> bool:
-    """Put the loop's latest news where annotators look: the project's instructions (the
-    labeling page's "i" button), with a link to the status page, and the description of the ML
-    backend's card (project settings, Model: where "Start training" is pressed). Label Studio
-    1.23 drops the webhook's answer to "Start training", so these are the channels it offers.
-    Best effort: never fails a turn."""
-    if project is None:
-        return False
-    try:
-        from annotation.labelstudio import connect, service_url
-
-        client = connect(settings, timeout=5.0)
-        html = (f"<p><b>Model:</b> {line}</p><p>Versions, scores and every training run: "
-                f'<a href="{status_page_url(settings)}" target="_blank">'
-                f"{status_page_url(settings)}</a></p>")
-        client.projects.update(id=project, expert_instruction=html)
-    except Exception as exc:  # noqa: BLE001 - Label Studio down or the project gone
-        print(f"note: could not update the project's instructions: {type(exc).__name__}")
-        return False
-    try:
-        url = service_url(settings)
-        for backend in client.ml.list(project=project):
-            if _get(backend, "url") == url:
-                # LS 1.23 re-validates the whole backend on update (connection and auth): send
-                # url, project and the Basic-auth pair (the password is write-only) with it.
-                client.ml.update(id=backend.id, project=project, url=url,
-                                 title=_get(backend, "title") or "labelloop",
-                                 auth_method="BASIC_AUTH",
-                                 basic_auth_user=settings.serving.ls_basic_auth_user,
-                                 basic_auth_pass=settings.serving.ls_basic_auth_password,
-                                 description=f"{line} Status: {status_page_url(settings)}"[:1000])
-    except Exception as exc:  # noqa: BLE001
-        body = str(getattr(exc, "body", "") or exc)[:300]
-        print(f"note: could not update the ML backend's description: {type(exc).__name__} {body}")
-    return True
 
 
 @step(enable_cache=False)
