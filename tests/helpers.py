@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -64,12 +66,9 @@ def register_untrained_version(settings: Settings, seed: int = 0, champion: bool
     return str(mv.version)
 
 
-def small_corpus_env(root: Path, rows: int, seed: int, **settings_env: str) -> tuple[dict, object]:
-    """A workspace for pipeline tests: `rows` tweets of the default corpus in `root/small.csv`,
-    a private ZenML store and data dir, tiny training, plus any LABELLOOP__ overrides given.
-    Returns (environment for subprocesses, the full corpus frame)."""
-    import os
-
+def sample_corpus(root: Path, rows: int, seed: int):
+    """`rows` tweets of the default corpus written to `root/small.csv` (utf-8); returns the
+    full corpus frame."""
     import pandas as pd
 
     from labelloop.settings import load_settings, resolve_path
@@ -77,6 +76,47 @@ def small_corpus_env(root: Path, rows: int, seed: int, **settings_env: str) -> t
     corpus = pd.read_csv(resolve_path(load_settings(environ={}).dataset.path), encoding="latin-1")
     corpus.sample(rows, random_state=seed)[["sentiment", "text"]].to_csv(root / "small.csv",
                                                                          index=False)
+    return corpus
+
+
+@contextmanager
+def demo_service(root: Path, config: dict,
+                 champion: Callable[[Settings], str]) -> Iterator[tuple[Path, Settings, str]]:
+    """The labelloop service as a real process (`bentoml serve`, started by pipelines.demo) on
+    `config` (written to root/config.yaml; its data_dir the service's), while it runs with no
+    LABELLOOP_* variable of the caller's and a private ZenML store under `root`.
+    `champion(settings)` registers what it serves. Yields (settings file, settings, champion
+    version); stops the service and restores the environment afterwards."""
+    import yaml
+
+    from labelloop.settings import load_settings
+    from pipelines import demo
+
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    saved = dict(os.environ)
+    for k in [k for k in os.environ if k.startswith("LABELLOOP")]:
+        del os.environ[k]
+    os.environ["ZENML_CONFIG_PATH"] = str(root / "zenml")
+    try:
+        settings_file, settings = demo.write_demo_settings(str(root / "config.yaml"))
+        version = champion(settings)
+        demo.start_service(settings_file, settings, timeout=300)
+        yield settings_file, settings, version
+    finally:
+        try:
+            written = Path(config["data_dir"]) / demo.SETTINGS_FILE
+            if written.is_file():
+                demo.stop_service(load_settings(str(written)))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def small_corpus_env(root: Path, rows: int, seed: int, **settings_env: str) -> tuple[dict, object]:
+    """A workspace for pipeline tests: `rows` tweets of the default corpus in `root/small.csv`,
+    a private ZenML store and data dir, tiny training, plus any LABELLOOP__ overrides given.
+    Returns (environment for subprocesses, the full corpus frame)."""
+    corpus = sample_corpus(root, rows, seed)
     env = {
         **os.environ,
         "ZENML_CONFIG_PATH": str(root / "zenml"),

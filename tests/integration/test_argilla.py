@@ -26,11 +26,10 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-import yaml
 
 from labelloop import labels_store, registry
-from labelloop.settings import load_settings, resolve_path
-from tests.helpers import free_port
+from labelloop.settings import load_settings
+from tests.helpers import demo_service, free_port, sample_corpus
 from tests.integration.test_loop_e2e import register_constant_champion
 
 pytestmark = pytest.mark.integration
@@ -69,8 +68,7 @@ def loop(argilla_server, tmp_path_factory):
     from pipelines import demo
 
     root = tmp_path_factory.mktemp("argilla-loop")
-    corpus = pd.read_csv(resolve_path(load_settings(environ={}).dataset.path), encoding="latin-1")
-    corpus.sample(300, random_state=5)[["sentiment", "text"]].to_csv(root / "small.csv", index=False)
+    sample_corpus(root, 300, seed=5)
     cfg = {
         "data_dir": str(root / "data"),
         "dataset": {"path": str(root / "small.csv"), "encoding": "utf-8"},
@@ -90,15 +88,8 @@ def loop(argilla_server, tmp_path_factory):
             "replay_per_new_label": 1, "new_label_repeats": 2}},
         "promotion": {"rule": "margin", "margin": 0.0},
     }
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
-    saved = dict(os.environ)
-    for k in [k for k in os.environ if k.startswith("LABELLOOP")]:
-        del os.environ[k]
-    os.environ["ZENML_CONFIG_PATH"] = str(root / "zenml")
-    try:
-        settings_file, settings = demo.write_demo_settings(str(root / "config.yaml"))
-        champion = register_constant_champion(settings, "positive")
-        demo.start_service(settings_file, settings, timeout=300)
+    with demo_service(root, cfg, lambda s: register_constant_champion(s, "positive")) as (
+            settings_file, settings, champion):
         client = A.connect(settings)
         out = demo.setup_argilla(settings)
         capture = Capture()
@@ -108,19 +99,15 @@ def loop(argilla_server, tmp_path_factory):
 
         spy = rg.Webhook(url=f"http://127.0.0.1:{capture.port}/hook", events=EVENTS,
                          _client=client).create()
-        yield {"root": root, "settings_file": settings_file, "settings": settings,
-               "champion": champion, "client": client, "dataset": out["dataset"],
-               "setup": out, "capture": capture, "spy": spy}
-    finally:
         try:
+            yield {"root": root, "settings_file": settings_file, "settings": settings,
+                   "champion": champion, "client": client, "dataset": out["dataset"],
+                   "setup": out, "capture": capture, "spy": spy}
+        finally:
             try:
                 spy.delete()
             except Exception:  # noqa: BLE001
                 pass
-            demo.stop_service(load_settings(str(root / "data" / demo.SETTINGS_FILE)))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
 
 
 def annotator(settings, client):

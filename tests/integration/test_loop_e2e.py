@@ -11,7 +11,6 @@ the pending tasks got its predictions.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,15 +20,12 @@ from pathlib import Path
 
 import httpx
 import mlflow
-import pandas as pd
 import pytest
 import torch
-import yaml
 
 from labelloop import labels_store, modeling, registry
-from labelloop.settings import load_settings, resolve_path
 from labelloop.tasks import task_from_settings
-from tests.helpers import free_port
+from tests.helpers import demo_service, free_port, sample_corpus
 from tests.integration.test_browser import browser_page  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -60,12 +56,8 @@ def register_constant_champion(settings, label: str) -> str:
 
 @pytest.fixture(scope="module")
 def loop(label_studio, tmp_path_factory):
-    from pipelines import demo
-
     root = tmp_path_factory.mktemp("loop")
-    corpus = pd.read_csv(resolve_path(load_settings(environ={}).dataset.path), encoding="latin-1")
-    corpus.sample(300, random_state=11)[["sentiment", "text"]].to_csv(root / "small.csv",
-                                                                      index=False)
+    corpus = sample_corpus(root, 300, seed=11)
     studio_cfg = label_studio.studio_overrides()["studio"]
     studio_cfg.update({"project_title": f"e2e-{uuid.uuid4().hex[:8]}", "pool_size": 10})
     cfg = {
@@ -81,25 +73,11 @@ def loop(label_studio, tmp_path_factory):
         # warm start of a few steps; a trained champion needs none of this.
         "feedback": {"min_new_labels": 3, "warm_start": {"learning_rate": 1e-3, "epochs": 4}},
     }
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
-    saved = dict(os.environ)
-    for k in [k for k in os.environ if k.startswith("LABELLOOP")]:
-        del os.environ[k]
-    os.environ["ZENML_CONFIG_PATH"] = str(root / "zenml")
-    try:
-        settings_file, settings = demo.write_demo_settings(str(root / "config.yaml"))
+    with demo_service(root, cfg, lambda s: register_constant_champion(s, "positive")) as (
+            settings_file, settings, champion):
         assert (settings_file.stat().st_mode & 0o777) == 0o600
-        champion = register_constant_champion(settings, "positive")
-        demo.start_service(settings_file, settings, timeout=300)
-        state = {"root": root, "settings_file": settings_file, "settings": settings,
-                 "champion": champion, "corpus": corpus}
-        yield state
-    finally:
-        try:
-            demo.stop_service(load_settings(str(root / "data" / demo.SETTINGS_FILE)))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        yield {"root": root, "settings_file": settings_file, "settings": settings,
+               "champion": champion, "corpus": corpus}
 
 
 def _tasks(client, pid):
