@@ -102,6 +102,10 @@ def preflight(settings: Settings) -> None:
     from labelloop import registry, training
     from labelloop.tasks import task_from_settings
 
+    if settings.task.type == "generation":
+        from labelloop.generation import feedback as generation
+
+        return generation.preflight(settings)
     data.load_splits(settings.dataset, task_from_settings(settings))
     if settings.feedback.train_rule == "full":
         return

@@ -24,7 +24,25 @@ wins). A per-write sequence number lets the feedback loop count "labels since th
 Task families share the store: a row's `text` is what the model was given and `label` the human
 answer, a class name for classification, the response text for generation (`task.type:
 generation`); `training_rows` names the columns as the family's rows do (`task.row_columns`:
-text/label, or prompt/response).
+text/label, or prompt/response). A row's `kind` says what sort of answer it is:
+
+- `label`       a classification answer (the default: rows from before kinds existed are these);
+- `response`    a generation *edit* answer: `label` is the final response, `shown_label` the one
+                the annotator was shown, `changed` whether they changed it and `edit_distance`
+                how much (normalized character-level Levenshtein distance, 0 = unedited,
+                1 = nothing kept; after stripping surrounding whitespace);
+- `preference`  a generation *compare* answer: `choice` is `a`, `b`, `tie` or `both_bad`; for `a`
+                and `b`, `label` is the chosen response and `rejected` the other one; for a tie or
+                both bad, `label` holds response A and `rejected` response B. `chosen_version` /
+                `rejected_version` name the model versions that wrote them (the same version for
+                two samples of one model).
+
+`training_rows` gives only the family's training kind (`task.training_kind`: `label` rows for
+classification, `response` rows for generation); `preference_rows` gives the decided
+preferences (choice a or b; ties and both-bad are stored and counted, never returned there).
+Generation answers become records through labelloop/generation/answers.py, the one conversion
+both annotation tools use: an empty response, a comparison without a choice or with two
+identical responses is stored `invalid` with the reason.
 """
 
 from __future__ import annotations
@@ -42,6 +60,7 @@ from typing import Any, Iterable, Iterator, Optional
 import pandas as pd
 
 from labelloop.settings import Settings
+from labelloop.tasks import PREFERENCE_CHOICES, task_from_settings
 
 ACTIVE = "active"
 INVALID = "invalid"
@@ -79,6 +98,12 @@ CREATE TABLE IF NOT EXISTS labels (
     first_seq      INTEGER NOT NULL,
     stored_at      REAL NOT NULL,
     content_digest TEXT,
+    kind           TEXT NOT NULL DEFAULT 'label',
+    rejected       TEXT,
+    choice         TEXT,
+    edit_distance  REAL,
+    chosen_version TEXT,
+    rejected_version TEXT,
     PRIMARY KEY (source, project, annotation_id)
 );
 CREATE INDEX IF NOT EXISTS labels_status ON labels (status, text);
@@ -94,28 +119,62 @@ CREATE TABLE IF NOT EXISTS feedback_runs (
 _PROVENANCE_FIELDS = (
     "task_id", "text", "annotator", "created_at", "model_version", "shown_label", "shown_score",
 )
+# The kinds of answer a row holds (see the module docstring).
+LABEL, RESPONSE, PREFERENCE = "label", "response", "preference"
+KINDS = (LABEL, RESPONSE, PREFERENCE)
+CHOICES = PREFERENCE_CHOICES  # a preference's choice; a and b decide it
+DECIDED = ("a", "b")
+
+# Generation answers' own columns. They count in the content digest only when a record has
+# them, so a classification record's digest is what it was before they existed.
+_GENERATION_FIELDS = ("kind", "rejected", "choice", "edit_distance", "chosen_version",
+                      "rejected_version")
 _CONTENT_FIELDS = (
     "task_id", "text", "label", "annotator", "created_at", "model_version", "shown_label",
     "shown_score", "changed", "status", "reason",
-)
+) + _GENERATION_FIELDS
+_PROVENANCE_FIELDS += ("chosen_version", "rejected_version")
 
 
 def content_digest(record: "LabelRecord") -> str:
     """Breaks ties between versions of one annotation with the same `updated_at`: a digest of
     the content the record brings (before any merge with what the store holds)."""
-    values = [getattr(record, k) for k in _CONTENT_FIELDS]
+    values = [getattr(record, k) for k in _CONTENT_FIELDS if k not in _GENERATION_FIELDS]
+    if record.kind != LABEL or any(getattr(record, k) is not None
+                                   for k in _GENERATION_FIELDS if k != "kind"):
+        values += [getattr(record, k) for k in _GENERATION_FIELDS]
     return hashlib.sha256(json.dumps(values, default=str).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+# Columns added after the first stores were made: (name, SQL type and default).
+_ADDED_COLUMNS = (
+    ("content_digest", "TEXT"),  # NULL ranks lowest in tie-breaking
+    ("kind", "TEXT NOT NULL DEFAULT 'label'"),  # every older row is a classification label
+    ("rejected", "TEXT"), ("choice", "TEXT"), ("edit_distance", "REAL"),
+    ("chosen_version", "TEXT"), ("rejected_version", "TEXT"),
+)
+
+
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Stores created before tie-breaking lack `content_digest` (NULL ranks lowest)."""
+    """Add to an older store the columns it lacks (the data it holds stays as it is)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(labels)")}
-    if "content_digest" not in have:
+    for name, decl in _ADDED_COLUMNS:
+        if name in have:
+            continue
         try:
-            conn.execute("ALTER TABLE labels ADD COLUMN content_digest TEXT")
+            conn.execute(f"ALTER TABLE labels ADD COLUMN {name} {decl}")
         except sqlite3.OperationalError as exc:  # another process added it meanwhile
             if "duplicate column" not in str(exc):
                 raise
+
+
+def normalized_edit_distance(shown: str, final: str) -> float:
+    """Character-level Levenshtein distance between two responses, divided by the longer
+    one's length (0: identical, 1: nothing in common), after stripping surrounding whitespace
+    (an editor's trailing newline is not an edit)."""
+    from rapidfuzz.distance import Levenshtein
+
+    return float(Levenshtein.normalized_distance(shown.strip(), final.strip()))
 
 
 def parse_time(value: Any) -> float:
@@ -164,6 +223,13 @@ class LabelRecord:
     reason: Optional[str] = None
     via: Optional[str] = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Generation answers (module docstring); a classification record leaves them as they are.
+    kind: str = LABEL
+    rejected: Optional[str] = None  # preference: the response not chosen
+    choice: Optional[str] = None  # preference: a | b | tie | both_bad
+    edit_distance: Optional[float] = None  # response: shown -> final, normalized 0..1
+    chosen_version: Optional[str] = None  # preference: the model version of `label`
+    rejected_version: Optional[str] = None  # preference: the model version of `rejected`
 
     def __post_init__(self) -> None:
         self.project = str(self.project)
@@ -172,8 +238,17 @@ class LabelRecord:
             self.task_id = str(self.task_id)
         if self.status not in (ACTIVE, INVALID):
             raise ValueError(f"a record's status is {ACTIVE!r} or {INVALID!r}, not {self.status!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"a record's kind is one of {KINDS}, not {self.kind!r}")
         if self.status == ACTIVE and (not self.text or self.label is None):
             raise ValueError("an active label record needs a text and a label")
+        if self.status == ACTIVE and self.kind == PREFERENCE and (
+                self.choice not in CHOICES or self.rejected is None):
+            raise ValueError(f"an active preference record needs a choice in {CHOICES} and a "
+                             "rejected response")
+        if self.kind == RESPONSE and self.edit_distance is None and self.label is not None \
+                and self.shown_label is not None:
+            self.edit_distance = normalized_edit_distance(self.shown_label, self.label)
 
     @classmethod
     def invalid(cls, reason: str, **kw: Any) -> "LabelRecord":
@@ -250,9 +325,12 @@ class LabelsStore:
             "shown_label": r.shown_label,
             "shown_score": None if r.shown_score is None else float(r.shown_score),
             "changed": None if r.changed is None else int(bool(r.changed)),
-            "status": r.status, "reason": r.reason,
+            "status": r.status, "reason": r.reason, "kind": r.kind, "rejected": r.rejected,
+            "choice": r.choice,
+            "edit_distance": None if r.edit_distance is None else float(r.edit_distance),
+            "chosen_version": r.chosen_version, "rejected_version": r.rejected_version,
         }
-        values["changed"] = _changed(values)
+        _derive(values)
         if old is not None:
             if old["status"] == DELETED:
                 return GONE
@@ -265,7 +343,7 @@ class LabelsStore:
             for k in _PROVENANCE_FIELDS:
                 if values[k] is None:
                     values[k] = old[k]
-            values["changed"] = _changed(values)
+            _derive(values)
             # Total order on (updated_at, content digest): which of two same-time versions
             # wins never depends on which arrived last.
             newer = (new_ts, digest) > (old["updated_ts"], old["content_digest"] or "")
@@ -286,7 +364,9 @@ class LabelsStore:
                 " created_at=:created_at, updated_at=:updated_at, updated_ts=:updated_ts,"
                 " model_version=:model_version, shown_label=:shown_label,"
                 " shown_score=:shown_score, changed=:changed, status=:status, reason=:reason,"
-                " via=:via, seq=:seq, stored_at=:stored_at, content_digest=:digest"
+                " via=:via, seq=:seq, stored_at=:stored_at, content_digest=:digest,"
+                " kind=:kind, rejected=:rejected, choice=:choice, edit_distance=:edit_distance,"
+                " chosen_version=:chosen_version, rejected_version=:rejected_version"
                 " WHERE source=:source AND project=:project AND annotation_id=:annotation_id",
                 {**values, "updated_at": r.updated_at, "updated_ts": new_ts, "via": r.via,
                  "seq": seq, "stored_at": time.time(), "digest": digest, "source": r.source,
@@ -297,10 +377,12 @@ class LabelsStore:
         conn.execute(
             "INSERT INTO labels (source, project, annotation_id, task_id, text, label, annotator,"
             " created_at, updated_at, updated_ts, model_version, shown_label, shown_score,"
-            " changed, status, reason, via, seq, first_seq, stored_at, content_digest) VALUES"
+            " changed, status, reason, via, seq, first_seq, stored_at, content_digest, kind,"
+            " rejected, choice, edit_distance, chosen_version, rejected_version) VALUES"
             " (:source, :project, :annotation_id, :task_id, :text, :label, :annotator,"
             " :created_at, :updated_at, :updated_ts, :model_version, :shown_label, :shown_score,"
-            " :changed, :status, :reason, :via, :seq, :seq, :stored_at, :digest)",
+            " :changed, :status, :reason, :via, :seq, :seq, :stored_at, :digest, :kind,"
+            " :rejected, :choice, :edit_distance, :chosen_version, :rejected_version)",
             {**values, "source": r.source, "project": r.project,
              "annotation_id": r.annotation_id, "updated_at": r.updated_at,
              "updated_ts": new_ts, "via": r.via, "seq": seq, "stored_at": time.time(),
@@ -321,7 +403,10 @@ class LabelsStore:
         if "shown_score" in fill:
             fill["shown_score"] = float(fill["shown_score"])
         merged = {**dict(old), **fill}
-        fill["changed"] = _changed(merged)
+        _derive(merged)
+        fill["changed"] = merged["changed"]
+        if merged.get("kind") == RESPONSE:
+            fill["edit_distance"] = merged["edit_distance"]
         sets = ", ".join(f"{k}=:{k}" for k in fill)
         conn.execute(f"UPDATE labels SET {sets} WHERE source=:s AND project=:p AND"
                      " annotation_id=:a", {**fill, "s": r.source, "p": r.project,
@@ -406,20 +491,42 @@ class LabelsStore:
         return dict(row) if row else None
 
     def training_rows(self, source: str | None = None, project: Any = None,
-                      max_seq: int | None = None) -> pd.DataFrame:
+                      max_seq: int | None = None, kind: str | None = None) -> pd.DataFrame:
         """Final active labels, one per text (the latest annotation of a text wins).
 
         `max_seq`: only labels last written at or before that write number, so a retrain trains
-        on exactly the labels it later counts as seen (anything newer stays fresh)."""
+        on exactly the labels it later counts as seen (anything newer stays fresh).
+        `kind`: only rows of that kind (`label`, `response`); None: every kind but preferences
+        (which are pairs, not rows: `preference_rows`)."""
         df = self.rows(source=source, project=project, status=ACTIVE)
         if max_seq is not None:
             df = df[df["seq"] <= int(max_seq)]
+        df = df[df["kind"] == kind] if kind is not None else df[df["kind"] != PREFERENCE]
         columns = ["text", "label", "source", "project", "task_id", "annotation_id",
                    "annotator", "created_at", "updated_at", "model_version", "shown_label",
                    "shown_score", "changed"]
+        if kind == RESPONSE:
+            columns.append("edit_distance")
         if df.empty:
             return pd.DataFrame(columns=columns)
         df = df.sort_values(["updated_ts", "seq"]).drop_duplicates("text", keep="last")
+        return df[columns].reset_index(drop=True)
+
+    def preference_rows(self, source: str | None = None, project: Any = None,
+                        max_seq: int | None = None) -> pd.DataFrame:
+        """Active decided preferences (choice a or b), the latest annotation per (prompt,
+        chosen, rejected). Ties and both-bad answers are in the store, never here.
+        `max_seq` as for `training_rows`."""
+        df = self.rows(source=source, project=project, status=ACTIVE)
+        if max_seq is not None:
+            df = df[df["seq"] <= int(max_seq)]
+        df = df[(df["kind"] == PREFERENCE) & df["choice"].isin(DECIDED)]
+        df = df.rename(columns={"text": "prompt", "label": "chosen"})
+        columns = list(PREFERENCE_COLUMNS)
+        if df.empty:
+            return pd.DataFrame(columns=columns)
+        df = df.sort_values(["updated_ts", "seq"]).drop_duplicates(
+            ["prompt", "chosen", "rejected"], keep="last")
         return df[columns].reset_index(drop=True)
 
     def invalid_rows(self, source: str | None = None, project: Any = None) -> pd.DataFrame:
@@ -482,8 +589,19 @@ class LabelsStore:
 
 def _changed(values: dict[str, Any]) -> Optional[int]:
     if values["status"] == ACTIVE and values["label"] is not None and values["shown_label"]:
+        if values.get("kind") == RESPONSE:  # an editor's surrounding whitespace is no change
+            return int(values["label"].strip() != values["shown_label"].strip())
         return int(values["label"] != values["shown_label"])
     return values["changed"]
+
+
+def _derive(values: dict[str, Any]) -> None:
+    """What follows from a row's answer and what it was shown: `changed`, and for a response
+    its edit distance (recomputed once a late channel brings the response shown)."""
+    values["changed"] = _changed(values)
+    if values.get("kind") == RESPONSE and values["status"] == ACTIVE and \
+            values["label"] is not None and values["shown_label"] is not None:
+        values["edit_distance"] = normalized_edit_distance(values["shown_label"], values["label"])
 
 
 def _proj(project: Any) -> str:
@@ -497,12 +615,27 @@ def open_store(settings: Settings) -> LabelsStore:
 def training_rows(settings: Settings, source: str | None = None, project: Any = None,
                   max_seq: int | None = None) -> pd.DataFrame:
     """DataFrame[text, label, provenance...]: the final active human labels, one per text
-    (for a generation task `prompt` and `response` instead of text and label)."""
+    (for a generation task only its `response` rows, with `prompt` and `response` instead of
+    text and label, and their `edit_distance`)."""
+    task = task_from_settings(settings)
     with open_store(settings) as store:
-        rows = store.training_rows(source=source, project=project, max_seq=max_seq)
-    if settings.task.type == "generation":
-        rows = rows.rename(columns={"text": "prompt", "label": "response"})
-    return rows
+        rows = store.training_rows(source=source, project=project, max_seq=max_seq,
+                                   kind=task.training_kind)
+    return rows.rename(columns=dict(zip(("text", "label"), task.row_columns)))
+
+
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "model_version", "annotator", "source",
+                      "project", "task_id", "annotation_id", "choice", "chosen_version",
+                      "rejected_version", "updated_at", "seq")
+
+
+def preference_rows(settings: Settings, source: str | None = None, project: Any = None,
+                    max_seq: int | None = None) -> pd.DataFrame:
+    """DataFrame[prompt, chosen, rejected, model_version, annotator, source, project, task_id,
+    ...]: the decided human preferences (choice a or b), the latest per (prompt, chosen,
+    rejected). Ties and both-bad answers are stored and counted, never returned here."""
+    with open_store(settings) as store:
+        return store.preference_rows(source=source, project=project, max_seq=max_seq)
 
 
 def new_labels_since_last_run(settings: Settings, project: Any = None) -> int:

@@ -468,6 +468,28 @@ class WarmStartSettings(_Section):
     batch_size: int = Field(32, gt=0)
 
 
+class DpoSettings(_Section):
+    """DPO on human preference pairs after the SFT of a generation retrain (TRL's DPOTrainer,
+    fresh LoRA adapters with `training.lora`'s shape; the SFT model is the reference)."""
+    beta: float = Field(0.1, gt=0.0)
+    epochs: float = Field(2, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, gt=0)
+
+
+class FeedbackGenerationSettings(_Section):
+    """The feedback loop's rules that only generation has (labelloop/generation/feedback.py)."""
+    # DPO runs after the SFT once at least this many trainable preference pairs exist.
+    min_preference_pairs: int = Field(8, gt=0)
+    # Retrain when the champion's greedy responses to held-out prompts score below this chrF
+    # against what annotators finally wrote (1.0 = every response kept as it was)...
+    min_fresh_chrf: float = Field(0.5, ge=0.0, le=1.0)
+    # ...or its likelihood ranks the chosen response above the rejected one on fewer than this
+    # share of held-out preference pairs.
+    min_preference_accuracy: float = Field(0.5, ge=0.0, le=1.0)
+    dpo: DpoSettings = Field(default_factory=DpoSettings)
+
+
 class FeedbackSettings(_Section):
     min_new_labels: int = Field(20, gt=0)
     min_fresh_score: float = Field(0.70, ge=0.0, le=1.0)
@@ -491,6 +513,8 @@ class FeedbackSettings(_Section):
     # held-out set that scores the champion and compares it with a challenger.
     holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     warm_start: WarmStartSettings = Field(default_factory=WarmStartSettings)
+    # task.type generation: the DPO stage and the fresh-score rules of that family.
+    generation: FeedbackGenerationSettings = Field(default_factory=FeedbackGenerationSettings)
     # Turns started by the service (webhook, "Start training") fork from a warm process that
     # has imported torch, transformers, ZenML and MLflow once (labelloop/launcher.py): 6-40 s
     # less per turn. Off: each turn is a fresh `python -m labelloop.cli feedback`.

@@ -100,6 +100,11 @@ class ClassificationTask:
     def row_columns(self) -> tuple[str, ...]:
         return ("text", "label")
 
+    @property
+    def training_kind(self) -> str:
+        """The labels-store rows (`kind`) this family trains on."""
+        return "label"
+
     def to_dict(self) -> dict[str, Any]:
         out = {"type": self.type, "name": self.name, "labels": list(self.labels)}
         if self.display_names:
@@ -136,6 +141,12 @@ class GenerationTask:
     def row_columns(self) -> tuple[str, ...]:
         return ("prompt", "response")
 
+    @property
+    def training_kind(self) -> str:
+        """The labels-store rows (`kind`) this family trains on: edited responses (preferences
+        are pairs: `labels_store.preference_rows`)."""
+        return "response"
+
     def messages(self, prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
         """The chat a prompt becomes (the model's chat template renders it)."""
         head = [{"role": "system", "content": system_prompt}] if system_prompt else []
@@ -153,9 +164,30 @@ class GenerationTask:
             raise LabelError("the response is empty")
         return {"prompt": prompt, "response": answer.strip()}
 
+    def preference_from_answer(self, prompt: str, response_a: Any, response_b: Any,
+                               choice: Any) -> dict[str, str]:
+        """An annotator's comparison of two responses as {prompt, chosen, rejected, choice}
+        (choice a | b | tie | both_bad; for a tie or both bad `chosen` is A, `rejected` B)."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise LabelError("the compared prompt is empty")
+        for name, text in (("A", response_a), ("B", response_b)):
+            if not isinstance(text, str) or not text.strip():
+                raise LabelError(f"response {name} is empty")
+        if choice not in PREFERENCE_CHOICES:
+            raise LabelError(f"no choice made (expected one of {list(PREFERENCE_CHOICES)}, "
+                             f"got {choice!r})")
+        if response_a.strip() == response_b.strip():
+            raise LabelError("the two responses are identical: nothing to prefer")
+        a, b = response_a.strip(), response_b.strip()
+        chosen, rejected = (b, a) if choice == "b" else (a, b)
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "choice": choice}
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "name": self.name}
 
+
+# A comparison's answer: response A or B is better, both are as good, or both are bad.
+PREFERENCE_CHOICES = ("a", "b", "tie", "both_bad")
 
 Task = ClassificationTask | GenerationTask
 TASK_TYPES = {"classification": ClassificationTask, "generation": GenerationTask}

@@ -98,9 +98,10 @@ def outcome_of(decision: dict, result: dict) -> tuple[str, str]:
     if not result.get("retrained"):
         return "no-retrain", decision["reason"]
     verb = "promoted" if result["promoted"] else "kept"
-    head = (f"v{result['version']} ({result['rule']} start) promoted to champion"
+    how = result.get("rule_label") or f"{result['rule']} start"  # generation: SFT (+ DPO)
+    head = (f"v{result['version']} ({how}) promoted to champion"
             if result["promoted"] else
-            f"v{result['version']} ({result['rule']} start) not promoted, "
+            f"v{result['version']} ({how}) not promoted, "
             f"v{result.get('champion_before')} stays champion")
     return verb, f"{head}: {result['promotion_reason']}"
 
@@ -162,7 +163,8 @@ def run_feedback_pipeline(config: Optional[str] = None, project: Optional[int] =
     print(f"decision       {'retrain' if decision['retrain'] else 'keep'}: {decision['reason']}")
     print(f"               {decision.get('estimate', '')}")
     if result.get("retrained"):
-        print(f"training       {result['rule']} start ({result['rule_reason']}), "
+        print(f"training       {result.get('rule_label') or result['rule'] + ' start'} "
+              f"({result['rule_reason']}), "
               f"{result['train_rows']} rows, {result['timings'].get('train_s', 0):.1f} s")
         print(f"new version    {result['version']}: "
               f"{'promoted to champion' if result['promoted'] else 'not promoted'}")

@@ -51,7 +51,14 @@ def decide(fresh_eval: dict[str, Any], cfg: FeedbackSettings, trigger: str = "cl
     n_new_trainable = int(fresh_eval.get("new_trainable_labels") or 0)
     fresh = fresh_eval.get("fresh") or {}
     test = (champ or {}).get("test", {}) if champ else {}
-    estimate = describe_estimate(fresh_eval, metric)
+    generation = fresh_eval.get("family") == "generation"
+    if generation:
+        from labelloop.generation import feedback as gen_feedback
+
+        metric = "chrf"
+        estimate = gen_feedback.describe_estimate(fresh_eval)
+    else:
+        estimate = describe_estimate(fresh_eval, metric)
     digest = fresh_eval.get("human_digest")
     identical = (champ is not None and digest is not None
                  and digest in {fresh_eval.get("last_retrain_digest"), champ.get("human_digest")})
@@ -67,7 +74,9 @@ def decide(fresh_eval: dict[str, Any], cfg: FeedbackSettings, trigger: str = "cl
     if trigger.startswith(BUTTON_PREFIX) and n_new_trainable > 0:
         reasons.append(f"an annotator asked for training and {n_new_trainable} new trainable "
                        "labels are there")
-    if fresh and n_fresh >= cfg.min_fresh_labels:
+    if generation:  # chrF against final responses, preference accuracy (their own rules)
+        reasons.extend(gen_feedback.fresh_reasons(fresh, cfg))
+    elif fresh and n_fresh >= cfg.min_fresh_labels:
         if metric == "accuracy":
             gap = fresh["accuracy"] - fresh["expected_accuracy"]
             if gap < -cfg.max_drop:

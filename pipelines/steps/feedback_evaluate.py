@@ -54,6 +54,11 @@ def evaluate_on_fresh(settings: Settings, project: Optional[int] = None) -> dict
     from labelloop import challenger, labels_store
     from labelloop.tasks import task_from_settings
 
+    if settings.task.type == "generation":  # chrF and preference accuracy: the family's module
+        from labelloop.generation import feedback as generation
+
+        return generation.evaluate_on_fresh(settings, project)
+
     champ = champion_info(settings)
     with labels_store.open_store(settings) as store:
         new_since_run = store.new_labels_since_last_run()

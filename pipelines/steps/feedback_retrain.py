@@ -35,6 +35,10 @@ def retrain(settings: Settings, project: Optional[int] = None,
     from labelloop.cleaning import Cleaning
     from labelloop.tasks import task_from_settings
 
+    if settings.task.type == "generation":  # SFT (+ DPO) from the base: the family's module
+        from labelloop.generation import feedback as generation
+
+        return generation.retrain(settings, project, turn)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     task = task_from_settings(settings)

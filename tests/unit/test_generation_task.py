@@ -100,9 +100,9 @@ def test_labels_store_rows_in_the_family_columns(tmp_path):
     with labels_store.open_store(settings) as store:
         store.upsert(LabelRecord(source="label-studio", project="1", annotation_id="1",
                                  text=row["prompt"], label=row["response"],
-                                 updated_at="2026-01-01T00:00:00Z"))
+                                 kind="response", updated_at="2026-01-01T00:00:00Z"))
     rows = labels_store.training_rows(settings)
     assert rows[["prompt", "response"]].values.tolist() == [["How are you?", "Fine, thanks."]]
+    # a classification task trains on `label` rows only, never on a generation answer
     classification = Settings(data_dir=str(tmp_path))
-    assert list(labels_store.training_rows(classification)[["text", "label"]].iloc[0]) == \
-        ["How are you?", "Fine, thanks."]
+    assert labels_store.training_rows(classification).empty
