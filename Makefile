@@ -49,18 +49,20 @@ image-gpu: setup containers
 
 # The demo picks configs/demo.yaml on a machine without a GPU, the full defaults on a GPU.
 # TOOLS=argilla (or TOOLS=label-studio,argilla) picks the annotation tools; default Label Studio.
+# TASK=generation: the generation demo (SmolLM2, edit and compare projects; configs/demo-generation.yaml
+# on a CPU, its own data dir .labelloop/generation and ports 3001/8081).
 demo: setup
-	$(VENV)/bin/labelloop demo $(if $(TOOLS),--tools $(TOOLS))
+	$(VENV)/bin/labelloop demo $(if $(TOOLS),--tools $(TOOLS)) $(if $(TASK),--task $(TASK))
 
 train: setup
 	$(VENV)/bin/labelloop train --config configs/demo.yaml
 
 # One turn of the loop with the demo's settings (written by `make demo`, secrets included).
 feedback: setup
-	$(VENV)/bin/labelloop feedback --config .labelloop/demo-settings.yaml
+	$(VENV)/bin/labelloop feedback --config .labelloop/$(if $(filter generation,$(TASK)),generation/)demo-settings.yaml
 
 stop:
-	$(VENV)/bin/labelloop demo --stop
+	$(VENV)/bin/labelloop demo --stop $(if $(TASK),--task $(TASK))
 
 stack: setup
 	$(PY) -m pipelines.stack

@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tools", default=None, metavar="LIST",
                    help="annotation tools, comma-separated: label-studio (default), argilla, "
                         "or label-studio,argilla (replaces annotation.tools)")
+    p.add_argument("--task", choices=["classification", "generation"], default="classification",
+                   help="which task family: classification (default; configs/demo.yaml on a "
+                        "CPU) or generation (SmolLM2 with edit and compare projects; "
+                        "configs/demo-generation.yaml on a CPU, configs/generation.yaml on a GPU)")
     return parser
 
 

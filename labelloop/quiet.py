@@ -76,3 +76,6 @@ def install() -> None:
     # transformers' TrainingArguments (under TRL's SFTConfig) warns about its own default.
     warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated",
                             category=FutureWarning)
+    # TRL's DPOTrainer toggles checkpointing through the old names on every step.
+    warnings.filterwarnings("ignore", message=r"`gradient_checkpointing_(en|dis)able` is deprecated",
+                            category=FutureWarning)

@@ -41,6 +41,10 @@ from labelloop.settings import CONFIG_ENV, Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+# `--task generation`: the generation demo (SmolLM2; edit and compare projects in Label Studio).
+TASK_CONFIGS = {"classification": (DEMO_CONFIG, None),
+                "generation": (REPO_ROOT / "configs" / "demo-generation.yaml",
+                               REPO_ROOT / "configs" / "generation.yaml")}
 SETTINGS_FILE = "demo-settings.yaml"
 SERVICE = "services.service:Labelloop"
 
@@ -58,14 +62,21 @@ def _has_cuda() -> bool:
         return False
 
 
-def base_config(config: Optional[str]) -> Optional[str]:
+def base_config(config: Optional[str], task: str = "classification") -> Optional[str]:
+    """`--config`, else LABELLOOP_CONFIG, else the task's demo profile on a CPU (its full
+    profile, or the defaults, on a GPU)."""
     if config:
         return config
     if os.environ.get(CONFIG_ENV):
         return os.environ[CONFIG_ENV]
-    if not _has_cuda() and DEMO_CONFIG.is_file():
-        return str(DEMO_CONFIG)
-    return None
+    if task not in TASK_CONFIGS:
+        from labelloop.settings import ConfigError
+
+        raise ConfigError(f"unknown demo task {task!r}; choose one of {sorted(TASK_CONFIGS)}")
+    cpu, gpu = TASK_CONFIGS[task]
+    if not _has_cuda() and cpu.is_file():
+        return str(cpu)
+    return str(gpu) if gpu else None
 
 
 def write_demo_settings(config: Optional[str],
@@ -284,12 +295,13 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def up(config: Optional[str], tools: Optional[list[str]] = None) -> int:
+def up(config: Optional[str], tools: Optional[list[str]] = None,
+       task: str = "classification") -> int:
     from annotation import argilla_server, studio
     from labelloop import registry
 
     started = time.monotonic()
-    chosen = base_config(config)
+    chosen = base_config(config, task)
     say(f"settings: {chosen or 'built-in defaults'}")
     settings_file, settings = write_demo_settings(chosen, tools)
     say(f"demo settings (with generated secrets, mode 0600): {settings_file}")
@@ -331,8 +343,15 @@ def up(config: Optional[str], tools: Optional[list[str]] = None) -> int:
     for name, url, username, password in shown:
         print(f"{name:<15}{url}")
         print(f"  login        {username} / {password}")
-    print(f"service        {service_url(settings)}  (POST /classify, GET /metadata)")
-    if "label-studio" in tools:
+    generation = settings.task.type == "generation"
+    print(f"service        {service_url(settings)}  ("
+          + ("POST /generate, /v1/chat/completions" if generation else "POST /classify")
+          + ", GET /metadata)")
+    if "label-studio" in tools and generation:
+        print("next           rewrite a few responses (edit project) and pick the better answer")
+        print("               of a few pairs (compare project), Submit, then press")
+        print("               'Start training' (Settings > Model) or run:")
+    elif "label-studio" in tools:
         print("next           open a few tasks, correct the model's choice and Submit, then press")
         print("               'Start training' (Settings > Model) or run:")
     else:
@@ -364,10 +383,11 @@ def down(config: Optional[str]) -> int:
 
 def main(args) -> int:
     config = getattr(args, "config", None)
+    task = getattr(args, "task", None) or "classification"
     if getattr(args, "stop", False):
-        return down(config)
+        return down(config or (base_config(None, task) if task != "classification" else None))
     tools = getattr(args, "tools", None)
-    return up(config, [t.strip() for t in tools.split(",") if t.strip()] if tools else None)
+    return up(config, [t.strip() for t in tools.split(",") if t.strip()] if tools else None, task)
 
 
 if __name__ == "__main__":
@@ -378,4 +398,6 @@ if __name__ == "__main__":
     p.add_argument("--config")
     p.add_argument("--stop", action="store_true", help="stop the service and the annotation tools")
     p.add_argument("--tools", help="annotation tools, comma-separated: label-studio, argilla")
+    p.add_argument("--task", choices=sorted(TASK_CONFIGS), default="classification",
+                   help="which task family's demo (generation: configs/demo-generation.yaml)")
     raise SystemExit(main(p.parse_args()))

@@ -123,11 +123,6 @@ def run_feedback(config: Optional[str] = None, project: Optional[int] = None,
                  reason: str = "cli") -> int:
     from pipelines.feedback import run_feedback_pipeline
 
-    if load_settings(config).task.type == "generation":
-        from labelloop.settings import ConfigError
-
-        raise ConfigError("the feedback loop does not take generation models yet (human "
-                          "responses and preferences come with issue 14); use `labelloop train`")
     return run_feedback_pipeline(config, project=project, reason=reason)
 
 

@@ -202,3 +202,21 @@ def test_dpo_moves_the_likelihood_towards_the_chosen_responses(tmp_path):
     after = preference.preference_accuracy(result.model, tok, pairs, settings)
     assert result.steps == 6 and not hasattr(result.model, "peft_config")
     assert after == 1.0 and after > before, (before, after)
+
+
+def test_demo_task_generation_picks_its_profile(monkeypatch):
+    from pipelines import demo
+
+    monkeypatch.delenv("LABELLOOP_CONFIG", raising=False)
+    monkeypatch.setattr(demo, "_has_cuda", lambda: False)
+    assert demo.base_config(None, "generation").endswith("configs/demo-generation.yaml")
+    assert demo.base_config(None).endswith("configs/demo.yaml")
+    monkeypatch.setattr(demo, "_has_cuda", lambda: True)
+    assert demo.base_config(None, "generation").endswith("configs/generation.yaml")
+    assert demo.base_config(None) is None
+    assert demo.base_config("mine.yaml", "generation") == "mine.yaml"
+    with pytest.raises(ConfigError, match="unknown demo task"):
+        demo.base_config(None, "translation")
+    s = load_settings(demo.TASK_CONFIGS["generation"][0], environ={})
+    assert s.task.type == "generation" and s.serving.port != 3000 and s.studio.port != 8080
+    assert s.data_path.name == "generation"
