@@ -30,10 +30,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import labelloop  # noqa: F401  (offline switches)
 from annotation.argilla_records import (
-    LABEL_QUESTION, SOURCE, TEXT_FIELD, record_from_response,
+    LABEL_QUESTION, PREFERENCE_QUESTION, PROMPT_FIELD, RESPONSE_A, RESPONSE_B, RESPONSE_QUESTION,
+    SOURCE, TEXT_FIELD, records_from_response,
 )
-
-PROMPT_FIELD, RESPONSE_QUESTION, PREFERENCE_QUESTION = "prompt", "response", "preference"
 from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
 
@@ -117,7 +116,9 @@ def classification_settings(task) -> Any:
     )
 
 
-PREFERENCE_LABELS = ["a", "b", "tie", "both bad"]  # Argilla has no pairwise question: a label one
+# Argilla has no pairwise question: a label one, with the store's choices (labelloop/tasks.py).
+PREFERENCE_LABELS = {"a": "A is better", "b": "B is better", "tie": "as good",
+                     "both_bad": "both bad"}
 
 
 def generation_settings(task) -> Any:
@@ -133,7 +134,7 @@ def generation_settings(task) -> Any:
                 rg.TextField(name="response_b", title="Response B", required=False)],
         questions=[rg.TextQuestion(name=RESPONSE_QUESTION, title="The right response"),
                    rg.LabelQuestion(name=PREFERENCE_QUESTION, title="Which response is better?",
-                                    labels=PREFERENCE_LABELS, required=False)],
+                                    labels=dict(PREFERENCE_LABELS), required=False)],
         metadata=[rg.FloatMetadataProperty(name="uncertainty", title="uncertainty"),
                   rg.IntegerMetadataProperty(name="rank", title="import rank")],
         allow_extra_metadata=True,
@@ -259,6 +260,26 @@ def build_record(text: str, prediction, version: str, rank: Optional[int] = None
                                    score=float(prediction.score), agent=str(version))])
 
 
+def build_generation_record(prompt: str, response: str, version: str,
+                            other: Optional[str] = None, other_version: Optional[str] = None,
+                            rank: Optional[int] = None):
+    """A generation record: the champion's `response` as the text question's suggestion (agent:
+    its version) and as response A; `other` (another sample, or the previous champion's) as
+    response B, left out when there is none or it says the same."""
+    import argilla as rg
+
+    fields = {PROMPT_FIELD: prompt, RESPONSE_A: response}
+    metadata: dict[str, Any] = {"model_version": str(version), "suggested_label": response}
+    if other and other.strip() and other.strip() != response.strip():
+        fields[RESPONSE_B] = other
+        metadata["version_b"] = str(other_version or version)
+    if rank is not None:
+        metadata["rank"] = int(rank)
+    return rg.Record(id=record_id(prompt), fields=fields, metadata=metadata,
+                     suggestions=[rg.Suggestion(question_name=RESPONSE_QUESTION, value=response,
+                                                agent=str(version))])
+
+
 def _log(ds, records: list) -> None:
     """Records upserted by id, 500 a request, without the SDK's per-call progress bar."""
     import functools
@@ -306,6 +327,8 @@ def log_pool(settings: Settings, texts: Optional[Iterable[str]] = None, client=N
 
     raw, where = (list(texts), "the given texts") if texts is not None else \
         pools.raw_pool(settings, file)  # a missing pool stops before anything is made
+    if task_from_settings(settings).type == "generation":
+        return _log_prompts(settings, raw, where, client, classifier)
     if classifier is None:
         classifier, version = load_champion(settings)
     else:
@@ -341,10 +364,92 @@ def log_pool(settings: Settings, texts: Optional[Iterable[str]] = None, client=N
             **built.report(), "model_version": version}
 
 
-def pending(records: Sequence[dict]) -> list[dict]:
+def _generator(settings: Settings, generator=None) -> Optional[tuple[Any, str]]:
+    """(generator, version): the one given (with a `version` attribute), else the champion's."""
+    if generator is not None:
+        return generator, str(generator.version)
+    from labelloop import registry
+    from labelloop.generation.feedback import generator_for
+
+    champion = registry.get_champion(settings)
+    if champion is None:
+        return None
+    return generator_for(settings, str(champion.version)), str(champion.version)
+
+
+def champion_responses(settings: Settings, generator, prompts: list[str]) -> tuple[list, list]:
+    """(greedy, sampled): the champion's response to each prompt, and a second, sampled one
+    (seeded: the same prompts give the same pairs) for annotators to compare with it."""
+    from labelloop.generation import evaluation
+
+    if not prompts:
+        return [], []
+    greedy = evaluation.generate(generator.model, generator.tokenizer, prompts, settings)
+    sampled = evaluation.generate(generator.model, generator.tokenizer, prompts, settings,
+                                  sample_seed=0)
+    return [g.text for g in greedy], [g.text for g in sampled]
+
+
+def _log_prompts(settings: Settings, raw: list, where: str, client=None,
+                 generator=None) -> dict[str, Any]:
+    """log_pool for generation: up to `argilla.pool_size` new prompts of the pool as records
+    with the champion's response (suggestion and response A) and a second sample (B)."""
+    from annotation import pool as pools
+    from labelloop.cleaning import Cleaning
+
+    found = _generator(settings, generator)
+    if found is None:
+        from labelloop.registry import RegistryError
+
+        raise RegistryError(f"no '{settings.registry.champion_alias}' version of "
+                            f"{settings.registry.model_name}: train one first (`labelloop train`)")
+    generator, version = found
+    built = pools.build_pool(settings, Cleaning(), texts=raw, where=where)
+    client = client or connect(settings)
+    ds, info = ensure_dataset(settings, client, generator.task)
+    seen = {(r.get("external_id") or "") for r in list_records(client, info.id, include="")}
+    prompts = [p for p in pools.candidates(built.texts, len(built.texts))
+               if record_id(p) not in seen][:settings.argilla.pool_size]
+    skipped = len(built.texts) - len(prompts)
+    greedy, sampled = champion_responses(settings, generator, prompts)
+    records = [build_generation_record(p, a, version, b, version, rank)
+               for rank, (p, a, b) in enumerate(zip(prompts, greedy, sampled))]
+    _log(ds, records)
+    return {"dataset": info.id, "name": info.name, "created": info.created,
+            "logged": len(records), "skipped_existing_or_empty": skipped + built.empty,
+            **built.report(), "model_version": version}
+
+
+def pending(records: Sequence[dict], field: str = TEXT_FIELD) -> list[dict]:
     """Records nobody has answered (no response of any status)."""
     return [r for r in records if not r.get("responses")
-            and isinstance((r.get("fields") or {}).get(TEXT_FIELD), str)]
+            and isinstance((r.get("fields") or {}).get(field), str)]
+
+
+def _push_generation(settings: Settings, client, ds, generator=None) -> dict[str, Any]:
+    """push_suggestions for generation: the new champion's response becomes the suggestion and
+    response A of every unanswered record; what it was shown before becomes response B (the
+    comparison is then champion against its predecessor)."""
+    found = _generator(settings, generator)
+    if found is None:
+        return {"pushed": 0, "note": "no champion yet"}
+    generator, version = found
+    check_dataset(ds, generator.task)
+    todo = [r for r in pending(list_records(client, str(ds.id)), PROMPT_FIELD)
+            if (r.get("metadata") or {}).get("model_version") != version]
+    if todo:
+        greedy, _ = champion_responses(settings, generator,
+                                       [r["fields"][PROMPT_FIELD] for r in todo])
+        records = []
+        for r, response in zip(todo, greedy):
+            meta = r.get("metadata") or {}
+            rec = build_generation_record(r["fields"][PROMPT_FIELD], response, version,
+                                          r["fields"].get(RESPONSE_A), meta.get("model_version"),
+                                          meta.get("rank"))
+            rec.id = r.get("external_id") or rec.id  # the record's own id: updated in place
+            records.append(rec)
+        _log(ds, records)
+    return {"dataset": str(ds.id), "model_version": version, "pushed": len(todo)}
 
 
 def push_suggestions(settings: Settings, client=None, classifier=None) -> dict[str, Any]:
@@ -354,6 +459,8 @@ def push_suggestions(settings: Settings, client=None, classifier=None) -> dict[s
     ds = find_dataset(client, settings)
     if ds is None:
         return {"pushed": 0, "note": f"no Argilla dataset {settings.argilla.dataset!r} yet"}
+    if task_from_settings(settings).type == "generation":
+        return _push_generation(settings, client, ds, classifier)
     from annotation.tools import champion_model
 
     champion = champion_model(settings, classifier)
@@ -400,8 +507,8 @@ def sync_dataset(settings: Settings, client=None) -> dict[str, Any]:
     for rec in records:
         for resp in rec.get("responses") or []:
             user = {"id": resp.get("user_id"), "username": names.get(str(resp.get("user_id")))}
-            converted.append(record_from_response(task_def, dataset_id, resp, rec, user,
-                                                  via="sync"))
+            converted.extend(records_from_response(task_def, dataset_id, resp, rec, user,
+                                                   via="sync"))
     with open_store(settings) as store:
         keep = [r for r in converted if r is not None]
         present = {r.annotation_id for r in keep}

@@ -26,9 +26,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
-from annotation.argilla_records import SOURCE, record_from_response
+from annotation.argilla_records import SOURCE, annotation_ids, records_from_response
 from labelloop import trigger
-from labelloop.labels_store import INVALID, open_store
+from labelloop.labels_store import DELETED, INVALID, open_store, parse_time
 from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
 
@@ -140,23 +140,41 @@ def handle_event(settings: Settings, event: dict[str, Any]) -> dict[str, Any]:
     response_id = _id(data.get("id"), "data.id")
     if kind == "response.deleted":
         with open_store(settings) as store:
+            first, *parts = annotation_ids(response_id)  # parts: only those stored
+            ids = [first] + [a for a in parts if store.get(SOURCE, dataset_id, a) is not None]
             summary["outcomes"] = dict(Counter(
-                store.delete_many(SOURCE, dataset_id, [response_id], via="webhook")))
+                store.delete_many(SOURCE, dataset_id, ids, via="webhook")))
         return summary
     user = data.get("user") if isinstance(data.get("user"), dict) else None
     try:
-        rec = record_from_response(task_from_settings(settings), dataset_id, data, record, user,
-                                   via="webhook")
+        recs = records_from_response(task_from_settings(settings), dataset_id, data, record, user,
+                                     via="webhook")
     except (TypeError, AttributeError) as exc:
         raise ValueError(f"malformed Argilla event: response {response_id} has an unexpected "
                          f"shape ({type(exc).__name__})") from None
     with open_store(settings) as store:
-        if rec.extra.get("draft") and store.get(SOURCE, dataset_id, response_id) is None:
+        # A draft is no label, unless it replaces an answer the store holds (then not trainable).
+        recs = [r for r in recs if not r.extra.get("draft")
+                or store.get(SOURCE, dataset_id, r.annotation_id) is not None]
+        if not recs:
             summary["outcomes"] = {"draft-ignored": 1}
             return summary
-        summary["outcomes"] = dict(Counter(store.upsert_many([rec])))
-        if rec.status == INVALID:
-            summary["skipped"] = [{"response": response_id, "reason": rec.reason}]
+        outcomes = store.upsert_many(recs)
+        # An update that drops a part of the answer (a generation response's preference) drops
+        # its row; a response that never had it leaves nothing behind to delete.
+        # Only a version newer than the stored part drops it: a replayed older one never does.
+        given, when = {r.annotation_id for r in recs}, parse_time(recs[0].updated_at)
+        held = {a: store.get(SOURCE, dataset_id, a) for a in annotation_ids(response_id)[1:]
+                if a not in given}
+        dropped = [a for a, row in held.items() if row is not None
+                   and row["status"] != DELETED and when > float(row["updated_ts"])]
+        if dropped and not any(r.extra.get("draft") for r in recs):
+            outcomes += store.delete_many(SOURCE, dataset_id, dropped, via="webhook")
+        summary["outcomes"] = dict(Counter(outcomes))
+        skipped = [{"response": r.annotation_id, "reason": r.reason} for r in recs
+                   if r.status == INVALID]
+        if skipped:
+            summary["skipped"] = skipped
         threshold = settings.argilla.webhook_trigger_labels
         if threshold > 0:
             # Counted since the last feedback run that consumed labels, or the last run this

@@ -50,8 +50,11 @@ def _batches(order: np.ndarray, size: int):
 
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence, settings: Settings,
-             max_new_tokens: int | None = None) -> list[Generation]:
-    """Greedy outputs for prompts (texts or chat messages), batched with left padding, in order."""
+             max_new_tokens: int | None = None,
+             sample_seed: int | None = None) -> list[Generation]:
+    """Greedy outputs for prompts (texts or chat messages), batched with left padding, in order.
+    `sample_seed`: sampled outputs instead (temperature 1, top-p 0.95, seeded): a second
+    response to compare with the greedy one."""
     g = settings.generation
     max_new = max_new_tokens or g.max_new_tokens
     device = next(model.parameters()).device
@@ -68,9 +71,13 @@ def generate(model, tokenizer, prompts: Sequence, settings: Settings,
         for row, i in enumerate(idx):
             batch[row, width - len(ids[i]):] = torch.tensor(ids[i])
             mask[row, width - len(ids[i]):] = 1
+        sampling = {"do_sample": False}
+        if sample_seed is not None:
+            torch.manual_seed(sample_seed)
+            sampling = {"do_sample": True, "temperature": 1.0, "top_p": 0.95}
         gen = model.generate(input_ids=batch.to(device), attention_mask=mask.to(device),
-                             max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
-                             pad_token_id=pad)
+                             max_new_tokens=max_new, eos_token_id=eos, pad_token_id=pad,
+                             **sampling)
         for row, i in enumerate(idx):
             new = gen[row, width:].tolist()
             stopped = eos in new

@@ -1,0 +1,68 @@
+"""Argilla generation answers -> labels store, without a server: one response gives its edited
+response and, when compared, its preference; webhook replays and an update that drops the
+preference end as the pull sync would. The real server is tests/integration/test_argilla.py."""
+
+from __future__ import annotations
+
+from annotation import argilla_webhook as W
+from annotation.argilla_records import PREFERENCE_SUFFIX, records_from_response
+from labelloop.labels_store import open_store
+from labelloop.settings import Settings
+from labelloop.tasks import task_from_dict
+
+DATASET = "0b6f3c1e-0000-4000-8000-000000000002"
+TASK = task_from_dict({"type": "generation", "name": "chat"})
+SHOWN, OTHER = "I am fine, thanks.", "No idea."
+
+
+def response(values, rid="r-1", status="submitted", updated="2026-12-02T05:00:00.000001"):
+    return {"id": rid, "values": values, "status": status, "updated_at": updated,
+            "inserted_at": "2026-12-02T04:59:00", "user": {"id": "u-1", "username": "ann"},
+            "record": {"id": "rec-1", "fields": {"prompt": "how are you?", "response_a": SHOWN,
+                                                 "response_b": OTHER},
+                       "metadata": {"model_version": "4", "suggested_label": SHOWN,
+                                    "version_b": "3"},
+                       "dataset": {"id": DATASET, "name": "gen"}}}
+
+
+def convert(values, **kw):
+    r = response(values, **kw)
+    return records_from_response(TASK, DATASET, r, r["record"], r["user"], via="sync")
+
+
+def test_accepted_rewritten_preferred_and_bad_answers():
+    (kept,) = convert({"response": {"value": SHOWN}})
+    assert (kept.kind, kept.text, kept.label, kept.shown_label, kept.model_version) == (
+        "response", "how are you?", SHOWN, SHOWN, "4")
+    assert kept.edit_distance == 0.0
+    edited, pref = convert({"response": {"value": "Fine, and you?"},
+                            "preference": {"value": "b"}})
+    assert edited.edit_distance > 0 and edited.annotation_id == "r-1"
+    assert pref.annotation_id == "r-1" + PREFERENCE_SUFFIX and pref.kind == "preference"
+    assert (pref.label, pref.rejected, pref.choice) == (OTHER, SHOWN, "b")
+    assert (pref.chosen_version, pref.rejected_version) == ("3", "4")
+    (empty,) = convert({"response": {"value": "   "}})
+    assert empty.status == "invalid" and "empty" in empty.reason
+    (gone,) = convert({"response": {"value": SHOWN}}, status="discarded")
+    assert gone.status == "invalid" and gone.reason == "discarded by the annotator"
+    (draft,) = convert({"response": {"value": SHOWN}}, status="draft")
+    assert draft.extra["draft"]
+
+
+def test_webhook_replays_and_a_dropped_preference(tmp_path):
+    s = Settings(data_dir=str(tmp_path), task={"type": "generation", "name": "chat"})
+    W.write_hook(s, {"id": "h", "url": "u", "secret": "x", "dataset_id": DATASET})
+    first = {"type": "response.created", "data": response(
+        {"response": {"value": "Fine!"}, "preference": {"value": "a"}})}
+    later = {"type": "response.updated", "data": response(
+        {"response": {"value": "Fine!"}}, updated="2026-12-02T05:01:00")}
+    for ev in (first, later, first, later):  # replays, out of order
+        W.handle_event(s, ev)
+    with open_store(s) as store:
+        rows = store.rows(source="argilla").set_index("annotation_id")
+        assert rows.loc["r-1", "status"] == "active" and rows.loc["r-1", "label"] == "Fine!"
+        assert rows.loc["r-1" + PREFERENCE_SUFFIX, "status"] == "deleted"
+        assert store.preference_rows().empty
+    W.handle_event(s, {"type": "response.deleted", "data": response({})})
+    with open_store(s) as store:
+        assert set(store.rows(source="argilla")["status"]) == {"deleted"}
