@@ -3,7 +3,8 @@
 setup   create/update the Label Studio project, register the webhook, connect the ML backend
         (when the service answers)
 import  import `studio.pool_size` texts of the unlabelled pool (`pool.source`, or `--file F`)
-        with the champion's predictions, most informative first (annotation/pool.py)
+        with the champion's predictions, most informative first (annotation/pool.py), into
+        every tool that is on (Argilla: `argilla.pool_size` records)
 sync    pull all annotations into the labels store, log model/annotator agreement to MLflow
 """
 
@@ -20,7 +21,25 @@ def _print(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def import_all(settings, file=None) -> dict:
+    """The same pool into every annotation tool that is on (`annotation.tools`): Label Studio
+    tasks, Argilla records. One tool: its report; several: a report per tool."""
+    from annotation.tools import is_enabled
+
+    reports = {}
+    if is_enabled(settings, "label-studio"):
+        from annotation.labelstudio import import_pool
+
+        reports["label-studio"] = import_pool(settings, file=file)
+    if is_enabled(settings, "argilla"):
+        from annotation.argilla import log_pool
+
+        reports["argilla"] = log_pool(settings, file=file)
+    return next(iter(reports.values())) if len(reports) == 1 else reports
+
+
 def main(args) -> int:
+    from annotation.argilla import ArgillaConnectionError, DatasetMismatch
     from annotation.config import LabelConfigError
     from annotation.labelstudio import StudioConnectionError
     from annotation.sync import ExportError
@@ -35,9 +54,7 @@ def main(args) -> int:
             _print(setup(settings, progress=lambda m: print(m, file=sys.stderr)))
             return 0
         if action == "import":
-            from annotation.labelstudio import import_pool
-
-            _print(import_pool(settings, file=getattr(args, "file", None)))
+            _print(import_all(settings, getattr(args, "file", None)))
             return 0
         if action == "sync":
             from annotation.agreement import log_agreement
@@ -47,7 +64,8 @@ def main(args) -> int:
             report["agreement"] = log_agreement(settings)["versions"]
             _print(report)
             return 0
-    except (StudioConnectionError, LabelConfigError, ExportError, *USER_ERRORS) as exc:
+    except (StudioConnectionError, LabelConfigError, ExportError, ArgillaConnectionError,
+            DatasetMismatch, *USER_ERRORS) as exc:
         print(f"labelloop annotate {action}: error: {exc}", file=sys.stderr)
         return 2
     raise SystemExit(f"unknown action {action!r}")

@@ -66,3 +66,15 @@ def test_webhook_replays_and_a_dropped_preference(tmp_path):
     W.handle_event(s, {"type": "response.deleted", "data": response({})})
     with open_store(s) as store:
         assert set(store.rows(source="argilla")["status"]) == {"deleted"}
+
+
+def test_annotate_import_feeds_every_tool_that_is_on(tmp_path, monkeypatch):
+    from annotation import argilla, cli, labelstudio
+
+    monkeypatch.setattr(labelstudio, "import_pool", lambda s, file=None: {"ls": file})
+    monkeypatch.setattr(argilla, "log_pool", lambda s, file=None: {"ar": file})
+    both = Settings(data_dir=str(tmp_path), annotation={"tools": ["label-studio", "argilla"]})
+    assert cli.import_all(both, "p.txt") == {"label-studio": {"ls": "p.txt"},
+                                             "argilla": {"ar": "p.txt"}}
+    only = Settings(data_dir=str(tmp_path), annotation={"tools": ["argilla"]})
+    assert cli.import_all(only, "p.txt") == {"ar": "p.txt"}
