@@ -78,11 +78,20 @@ def raw_pool(settings: Settings, file: Optional[str] = None) -> tuple[list, str]
     if settings.pool.source is not None:
         return source_texts(settings.pool.source, column)
     if settings.pool.from_training_split:
-        from labelloop.data import load_splits
         from labelloop.tasks import task_from_settings
 
-        train = load_splits(settings.dataset, task_from_settings(settings)).train
-        return list(train["text"]), "the labelled training split (pool.from_training_split)"
+        task = task_from_settings(settings)
+        if task.type == "generation":  # the family's data: prompts of the training split
+            from labelloop.generation import data as gen_data
+
+            train, _ = gen_data.frozen_split(gen_data.load_pairs(settings.dataset),
+                                             settings.dataset)
+            texts = list(dict.fromkeys(train["prompt"]))
+        else:
+            from labelloop.data import load_splits
+
+            texts = list(load_splits(settings.dataset, task).train["text"])
+        return texts, "the labelled training split (pool.from_training_split)"
     raise PoolError(
         "no unlabelled pool: set pool.source (a file, files or an SQL query of texts), pass "
         "`labelloop annotate import --file FILE`, or set pool.from_training_split: true to "
@@ -90,10 +99,16 @@ def raw_pool(settings: Settings, file: Optional[str] = None) -> tuple[list, str]
 
 
 def labelled_texts(settings: Settings) -> set[str]:
-    from labelloop.data import labelled_texts as texts_of
     from labelloop.tasks import task_from_settings
 
-    return texts_of(settings.dataset, task_from_settings(settings))
+    task = task_from_settings(settings)
+    if task.type == "generation":  # the prompts of the prompt/response data
+        from labelloop.generation.data import load_pairs
+
+        return set(load_pairs(settings.dataset)["prompt"])
+    from labelloop.data import labelled_texts as texts_of
+
+    return texts_of(settings.dataset, task)
 
 
 def build_pool(settings: Settings, cleaning: Cleaning, texts: Optional[Iterable] = None,

@@ -354,6 +354,9 @@ def up(config: Optional[str], tools: Optional[list[str]] = None,
     elif "label-studio" in tools:
         print("next           open a few tasks, correct the model's choice and Submit, then press")
         print("               'Start training' (Settings > Model) or run:")
+    elif generation:
+        print("next           answer a few records in Argilla (keep or rewrite the suggested")
+        print("               response, say which of A and B is better, Submit), then run:")
     else:
         print("next           answer a few records in Argilla (keep or change the suggestion,")
         print("               Submit), then run:")

@@ -78,3 +78,25 @@ def test_annotate_import_feeds_every_tool_that_is_on(tmp_path, monkeypatch):
                                              "argilla": {"ar": "p.txt"}}
     only = Settings(data_dir=str(tmp_path), annotation={"tools": ["argilla"]})
     assert cli.import_all(only, "p.txt") == {"ar": "p.txt"}
+
+
+def test_generation_pool_reads_prompts_of_the_family_data(tmp_path):
+    """The pool of a generation task skips the prompts of its prompt/response data, and
+    `pool.from_training_split` gives the training split's prompts (not classification's texts)."""
+    import pandas as pd
+
+    from annotation import pool
+    from labelloop.cleaning import Cleaning
+
+    rows = [(f"question number {i}?", f"answer {i}") for i in range(40)]
+    pd.DataFrame(rows, columns=["prompt", "response"]).to_csv(tmp_path / "pairs.csv", index=False)
+    cfg = {"data_dir": str(tmp_path / "d"), "task": {"type": "generation", "name": "chat"},
+           "dataset": {"path": str(tmp_path / "pairs.csv"), "encoding": "utf-8"}}
+    s = Settings(**cfg)
+    assert pool.labelled_texts(s) == {p for p, _ in rows}
+    built = pool.build_pool(s, Cleaning(), texts=["a new prompt", rows[0][0]])
+    assert built.texts == ["a new prompt"] and built.labelled == 1
+    split = Settings(**cfg, pool={"from_training_split": True})
+    texts, where = pool.raw_pool(split)
+    assert where.startswith("the labelled training split")
+    assert texts and set(texts) < {p for p, _ in rows} and len(texts) == len(set(texts))
