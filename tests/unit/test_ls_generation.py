@@ -228,3 +228,140 @@ def test_predict_refuses_configs_a_generation_model_cannot_fill(backend):
         "tasks": [{"id": 8, "data": {"text": "hi"}}],
         "label_config": label_config_for(TASK, "edit")})
     assert r.status_code == 422 and "no data key 'prompt'" in r.json()["error"]
+
+
+# -- live quality signals ----------------------------------------------------------------------
+def test_generation_signals_per_version(tmp_path):
+    from annotation.agreement import generation_signals
+    from labelloop.labels_store import LabelRecord
+
+    def resp(i, shown, final, version):
+        return LabelRecord(source="label-studio", project="1", annotation_id=f"r{i}",
+                           text=f"p{i}", label=final, kind="response", shown_label=shown,
+                           model_version=version, updated_at=float(i))
+
+    def pref(i, choice, va, vb):
+        return LabelRecord(source="label-studio", project="2", annotation_id=f"c{i}",
+                           text=f"q{i}", label="A", rejected="B", choice=choice,
+                           kind="preference", chosen_version=va, rejected_version=vb,
+                           updated_at=float(i))
+
+    store = LabelsStore(tmp_path / "labels.db")
+    store.upsert_many([resp(1, "ok", "ok", "1"), resp(2, "ok", "okay then", "1"),
+                       resp(3, "hi", "hi", "2"), pref(1, "a", "2", "1"), pref(2, "a", "1", "2"),
+                       pref(3, "a", "2", "1"), pref(4, "a", "2", "2"), pref(5, "tie", "2", "1")])
+    sig = generation_signals(store.rows(status="active"))
+    assert sig["1"]["responses"] == 2 and sig["1"]["accepted_unedited"] == 0.5
+    assert 0 < sig["1"]["edit_distance"] < 1
+    assert sig["2"]["accepted_unedited"] == 1.0 and sig["2"]["edit_distance"] == 0.0
+    # v2 won 2 of its 3 comparisons with v1; the v2-v2 pair and the tie say nothing
+    assert (sig["2"]["wins"], sig["2"]["comparisons"]) == (2, 3)
+    assert sig["2"]["win_rate"] == pytest.approx(2 / 3)
+    assert sig["1"]["win_rate"] == pytest.approx(1 / 3)
+    from services.status_page import _agreement
+
+    assert _agreement(None, sig["2"]) == ("100% of 1 kept unedited, edit distance 0.00; "
+                                          "won 67% of 3 comparisons")
+
+
+# -- projects, import and push against a stand-in client ------------------------------------------
+class FakeClient:
+    """Just the SDK calls annotation/ls_generation.py makes, over dicts."""
+
+    def __init__(self):
+        self.projects_ = {}
+        self.tasks_ = {}
+        client = self
+
+        class Projects:
+            def list(self, title=None):
+                return [SimpleNamespace(**p) for p in client.projects_.values()
+                        if title in (None, p["title"])]
+
+            def create(self, title, label_config, **kw):
+                pid = len(client.projects_) + 1
+                client.projects_[pid] = {"id": pid, "title": title, "label_config": label_config,
+                                         **kw}
+                return SimpleNamespace(id=pid)
+
+            def get(self, id):
+                return SimpleNamespace(**client.projects_[id])
+
+            def update(self, id, **kw):
+                client.projects_[id].update(kw)
+
+            def import_tasks(self, id, request):
+                for t in request:
+                    tid = len(client.tasks_) + 1
+                    preds = [{**p, "id": tid * 100} for p in t.get("predictions", [])]
+                    client.tasks_[tid] = {"id": tid, "project": id, "data": dict(t["data"]),
+                                          "predictions": preds, "total_annotations": 0,
+                                          "cancelled_annotations": 0}
+
+            def import_predictions(self, id, request):
+                for p in request:
+                    client.tasks_[p["task"]]["predictions"].append(p)
+
+        class Tasks:
+            def list(self, project, fields=None):
+                return [SimpleNamespace(**t) for t in client.tasks_.values()
+                        if t["project"] == project]
+
+            def update(self, id, data):
+                client.tasks_[int(id)]["data"] = data
+
+        self.projects, self.tasks = Projects(), Tasks()
+
+    def project_tasks(self, title):
+        pid = next(p["id"] for p in self.projects_.values() if p["title"] == title)
+        return [t for t in self.tasks_.values() if t["project"] == pid]
+
+
+def test_import_and_push_fill_both_projects_idempotently(tmp_path, monkeypatch):
+    from annotation import ls_generation as G
+    from labelloop.generation import feedback
+
+    version = {"v": "1"}
+    monkeypatch.setattr(feedback, "champion_responses", lambda s, g, prompts: (
+        [f"v{version['v']} says {p}" for p in prompts],
+        [f"v{version['v']} samples {p}" if "same" not in p else f"v{version['v']} says {p}"
+         for p in prompts]))
+    from labelloop.settings import load_settings
+    from tests.helpers import REPO_ROOT
+
+    s = load_settings(str(REPO_ROOT / "configs" / "generation.yaml"), environ={}, overrides={
+        "data_dir": str(tmp_path), "studio": {"project_title": "chat", "pool_size": 3}})
+    client = FakeClient()
+    gen = SimpleNamespace(version="1")
+    out = G.import_prompts(s, ["hi", "same", "hi", "yo", "hey", "more"], client, gen)
+    assert (out["imported"], out["imported_compare"], out["skipped_same_responses"]) == (3, 2, 1)
+    edit, compare = client.project_tasks("chat: edit"), client.project_tasks("chat: compare")
+    assert client.projects_[out["projects"]["edit"]]["model_version"] == "1"
+    for t in edit:
+        (pred,) = t["predictions"]
+        assert pred["model_version"] == "1" and pred["result"][0]["value"]["text"] == [
+            f"v1 says {t['data']['prompt']}"]
+    for t in compare:
+        d = t["data"]
+        assert (d["response_a"], d["response_b"], d["version_a"], d["version_b"]) == (
+            f"v1 says {d['prompt']}", f"v1 samples {d['prompt']}", "1", "1")
+    # again: the same prompts are in both projects already (the one with identical responses
+    # has no compare task, so it is tried again and skipped again)
+    again = G.import_prompts(s, ["hi", "same", "yo", "hey", "more"][:3], client, gen)
+    assert again["imported"] == 0 and again["imported_compare"] == 0
+    assert G.ensure_projects(s, client)["edit"].created is False
+
+    # a new champion: one edit task is answered, the others get its prediction; pending
+    # compare tasks show it against what they showed before
+    edit[0]["total_annotations"] = 1
+    version["v"] = "2"
+    pushed = G.push_responses(s, client, SimpleNamespace(version="2"))
+    assert (pushed["pushed_edit"], pushed["pushed_compare"]) == (2, 2)
+    assert [p["model_version"] for p in edit[0]["predictions"]] == ["1"]
+    for t in edit[1:]:
+        assert [p["model_version"] for p in t["predictions"]] == ["1", "2"]
+    for t in compare:
+        d = t["data"]
+        assert (d["response_a"], d["response_b"], d["version_a"], d["version_b"]) == (
+            f"v2 says {d['prompt']}", f"v1 says {d['prompt']}", "2", "1")
+    assert G.push_responses(s, client, SimpleNamespace(version="2"))["pushed"] == 0
