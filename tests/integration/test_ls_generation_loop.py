@@ -247,7 +247,8 @@ def test_generation_loop_with_label_studio(loop):
     runs = registry.client(s).search_runs(
         [registry.ensure_experiment(s)], filter_string="tags.`labelloop.kind` = 'agreement'")
     assert any(f"accepted_unedited/v{v1}" in run.data.metrics for run in runs)
-    if "promoted" in line:
+    print("\n" + line + "\n" + reason)
+    if line.strip().endswith("promoted to champion"):
         assert champion == v2 and "better" in reason
     else:
         assert champion == v1 and reason.strip(), text[-3000:]  # kept, with the reason
@@ -303,9 +304,12 @@ def test_annotator_rewrites_and_compares_in_the_browser(loop, browser_page, labe
     if pair is not None:
         page.goto(f"{label_studio.url}/projects/{loop['compare_pid']}/data?task="
                   f"{compare[pair].id}")
-        side_b = compare[pair].data["response_b"]
-        page.get_by_text(side_b).first.wait_for()
-        page.get_by_text(side_b).first.click()
+        # The labeling panel: Label Studio makes both responses clickable (Pairwise); the
+        # second one is B (the data table beside it shows the same texts, not clickable).
+        sides = page.locator("[class*='hover:bg-primary-emphasis-subtle']")
+        sides.nth(1).wait_for()
+        assert sides.count() == 2
+        sides.nth(1).click()
         page.get_by_role("button", name=re.compile("^Submit", re.I)).first.click()
         page.get_by_text("Annotation saved successfully").first.wait_for()
 
