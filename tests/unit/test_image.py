@@ -66,3 +66,41 @@ def test_a_set_base_image_is_used_as_is():
     engine = image.Engine("podman", "/bin/false", {})
     assert image.base_image(engine, ImageSettings(base_image="python:3.11-slim")) == \
         "python:3.11-slim"
+
+
+def _fake_project(root):
+    (root / "configs" / "image").mkdir(parents=True)
+    (root / "configs" / "image" / "Dockerfile.j2").write_text("FROM x\n")
+    (root / "bentofile.yaml").write_text((REPO_ROOT / "bentofile.yaml").read_text())
+    (root / "labelloop" / "__pycache__").mkdir(parents=True)
+    (root / "labelloop" / "a.py").write_text("A = 1\n")
+    (root / "labelloop" / "__pycache__" / "a.py").write_text("junk\n")
+    (root / "tests").mkdir()
+    (root / "tests" / "t.py").write_text("T = 1\n")
+    (root / "pyproject.toml").write_text("[project]\n")
+
+
+def test_inputs_digest_follows_what_goes_into_the_image(tmp_path):
+    _fake_project(tmp_path)
+    files = [p.relative_to(tmp_path).as_posix() for p in image.bento_files(tmp_path)]
+    assert files == ["labelloop/a.py", "pyproject.toml"]
+    first = image.inputs_digest("bentofile", "sha256:base", tmp_path)
+    assert image.inputs_digest("bentofile", "sha256:base", tmp_path) == first
+    (tmp_path / "tests" / "t.py").write_text("T = 2\n")  # not in the bento: same image
+    (tmp_path / "labelloop" / "__pycache__" / "a.py").write_text("other\n")
+    assert image.inputs_digest("bentofile", "sha256:base", tmp_path) == first
+    assert image.inputs_digest("bentofile", "sha256:other-base", tmp_path) != first
+    assert image.inputs_digest("bentofile, gpu torch", "sha256:base", tmp_path) != first
+    (tmp_path / "configs" / "image" / "Dockerfile.j2").write_text("FROM y\n")
+    second = image.inputs_digest("bentofile", "sha256:base", tmp_path)
+    assert second != first
+    (tmp_path / "labelloop" / "a.py").write_text("A = 2\n")
+    assert image.inputs_digest("bentofile", "sha256:base", tmp_path) != second
+
+
+def test_the_repository_bento_files_hold_the_service_and_the_pipelines():
+    files = {p.relative_to(REPO_ROOT).as_posix() for p in image.bento_files()}
+    assert {"services/service.py", "pipelines/feedback.py", "labelloop/image.py",
+            "configs/pip-constraints.txt", "pyproject.toml"} <= files
+    assert not any(f.startswith(("tests/", ".venv/", "build/")) or "__pycache__" in f
+                   for f in files)
