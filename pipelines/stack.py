@@ -217,7 +217,10 @@ def run_options(settings: Settings, options: dict) -> dict:
         parent_image_build_config=DockerBuildConfig(
             build_options={"buildargs": {"LABELLOOP_IMAGE": parent}},
             dockerignore=str(_repo_root() / DOCKERIGNORE)),
-        install_stack_requirements=False)
+        # The containers stack's components need nothing the labelloop image lacks; a cluster
+        # stack's do (kubernetes for the orchestrator pod, s3fs/boto3 for an S3 store...):
+        # ZenML installs its integrations' requirements into the step image there.
+        install_stack_requirements=settings.stack.name != CONTAINER_STACK)
     if settings.stack.name == CONTAINER_STACK:
         from zenml.orchestrators.local_docker.local_docker_orchestrator import (
             LocalDockerOrchestratorSettings,
