@@ -355,9 +355,11 @@ def build(settings: Settings, log=print, rebuild: bool = False) -> BuildResult:
             raise ImageError("the image build failed (nothing was tagged): "
                              + _last_lines(out.stdout + out.stderr, 8))
         engine.run("tag", temporary, final)
+        new_id = _image_id(engine, final)
         state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({"inputs": digest, "id": _image_id(engine, final),
-                                     "bento": tag}))
+        state.write_text(json.dumps({"inputs": digest, "id": new_id, "bento": tag}))
+        if current and current != new_id:  # the image the name pointed at, now untagged
+            engine.run("rmi", current, check=False)  # refused while a container uses it
     finally:
         engine.remove_image(temporary)  # untags only, once `final` points at the same image
         _remove_bento(tag, bentoml_home)

@@ -77,9 +77,10 @@ def test_training_then_feedback_with_each_step_in_its_own_container(ci_image, co
     engine = container_engine
     root = tmp_path_factory.mktemp("containers")
     sock = root / "podman.sock"
+    service_log = root / "podman-service.log"
     service = subprocess.Popen([engine.path, "system", "service", "--time=0", f"unix://{sock}"],
                                env={**os.environ, **engine.env}, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=service_log.open("wb"))
     started = time.time()
     try:
         with mlflow_server(root / "mlflow") as uri:
@@ -113,7 +114,8 @@ def test_training_then_feedback_with_each_step_in_its_own_container(ci_image, co
             # A registry the steps cannot reach: one line, before any container starts.
             r = cli("train", LABELLOOP__REGISTRY__TRACKING_URI="http://127.0.0.1:9")
             assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
-            assert "cannot reach the MLflow server at http://127.0.0.1:9" in r.stderr
+            assert "cannot reach the MLflow server at http://127.0.0.1:9" in r.stderr, (
+                r.stderr, service.poll(), service_log.read_text()[-2000:])
 
             r = cli("train")
             out = r.stdout + r.stderr
