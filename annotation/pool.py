@@ -81,6 +81,11 @@ def raw_pool(settings: Settings, file: Optional[str] = None) -> tuple[list, str]
         from labelloop.data import load_splits
         from labelloop.tasks import task_from_settings
 
+        if settings.task.type == "generation":  # the prompts of the training split
+            from labelloop.generation import steps
+
+            return (list(dict.fromkeys(steps.load(settings)[0]["prompt"])),
+                    "the labelled training split (pool.from_training_split)")
         train = load_splits(settings.dataset, task_from_settings(settings)).train
         return list(train["text"]), "the labelled training split (pool.from_training_split)"
     raise PoolError(
@@ -90,8 +95,14 @@ def raw_pool(settings: Settings, file: Optional[str] = None) -> tuple[list, str]
 
 
 def labelled_texts(settings: Settings) -> set[str]:
+    """The texts (generation: the prompts) of the labelled data."""
     from labelloop.data import labelled_texts as texts_of
     from labelloop.tasks import task_from_settings
+
+    if settings.task.type == "generation":
+        from labelloop.generation.data import load_pairs
+
+        return set(load_pairs(settings.dataset)["prompt"])
 
     return texts_of(settings.dataset, task_from_settings(settings))
 
