@@ -6,6 +6,14 @@ prediction is known), logged to MLflow as one run in the `registry.experiment` e
 metrics `agreement/v<N>` and `annotations/v<N>` per version, and tagged on the registered model
 versions (`labelloop.agreement`, `labelloop.agreement_n`) so `labelloop status` can show it.
 
+For generation the live quality signals per model version (`generation_signals`): the share of
+its responses annotators accepted unedited (`accepted_unedited/v<N>`), the mean normalized edit
+distance from its response to the final one (`edit_distance/v<N>`, 0 = kept, 1 = nothing
+kept), and its preference win rate (`win_rate/v<N>`: of the decided comparisons between its
+response and another version's, the share it won; two samples of one version say nothing about
+the version and are left out). Logged in the same run and tagged on the versions
+(`labelloop.accepted_unedited`, `labelloop.edit_distance`, `labelloop.win_rate`).
+
 Inter-annotator agreement (`task_agreement`, `annotator_agreement_summary`): where a task has
 several active annotations, how far the annotators agree with each other: per task the majority
 label and the share of annotations that give it; over all such tasks the pairwise agreement and
@@ -41,6 +49,43 @@ def agreement_by_version(settings: Settings, source: Optional[str] = None,
         .reset_index(drop=True)
 
 
+def generation_signals(rows: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """version -> {responses, accepted_unedited, edit_distance, comparisons, wins, win_rate}
+    from the store's active rows (see the module docstring); a figure without data is None."""
+    out: dict[str, dict[str, Any]] = {}
+    if rows.empty or "kind" not in rows:
+        return out
+
+    def entry(version: Any) -> dict[str, Any]:
+        return out.setdefault(str(version), {"responses": 0, "accepted_unedited": None,
+                                             "edit_distance": None, "comparisons": 0, "wins": 0,
+                                             "win_rate": None})
+
+    responses = rows[(rows["kind"] == "response") & rows["shown_label"].notna()
+                     & rows["model_version"].notna()]
+    for version, group in responses.groupby("model_version"):
+        e = entry(version)
+        distance = group["edit_distance"].astype(float)
+        e["responses"] = int(len(group))
+        e["accepted_unedited"] = float((distance == 0).mean())
+        e["edit_distance"] = float(distance.mean())
+    pairs = rows[(rows["kind"] == "preference") & rows["choice"].isin(("a", "b"))
+                 & rows["chosen_version"].notna() & rows["rejected_version"].notna()]
+    pairs = pairs[pairs["chosen_version"].astype(str) != pairs["rejected_version"].astype(str)]
+    for r in pairs.itertuples():
+        entry(r.chosen_version)["wins"] += 1
+        for v in (r.chosen_version, r.rejected_version):
+            entry(v)["comparisons"] += 1
+    for e in out.values():
+        if e["comparisons"]:
+            e["win_rate"] = e["wins"] / e["comparisons"]
+    return out
+
+
+SIGNAL_METRICS = (("accepted_unedited", "responses"), ("edit_distance", "responses"),
+                  ("win_rate", "comparisons"))
+
+
 def log_agreement(settings: Settings, source: Optional[str] = None, project: Any = None,
                   run_name: str = "annotator-agreement") -> dict[str, Any]:
     """Compute and log to MLflow; returns {"run_id", "versions": {version: {...}}}."""
@@ -49,6 +94,13 @@ def log_agreement(settings: Settings, source: Optional[str] = None, project: Any
     from labelloop import registry
 
     table = agreement_by_version(settings, source, project)
+    signals: dict[str, dict[str, Any]] = {}
+    if settings.task.type == "generation":
+        with open_store(settings) as store:
+            signals = generation_signals(store.rows(source=source, project=project,
+                                                    status=ACTIVE))
+        # A response kept or not is the generation's agreement; preferences have none.
+        table = table.iloc[0:0]
     versions = {
         str(r.model_version): {"annotations": int(r.annotations), "kept": int(r.kept),
                                "agreement": float(r.agreement)}
@@ -69,6 +121,12 @@ def log_agreement(settings: Settings, source: Optional[str] = None, project: Any
             total = sum(v["annotations"] for v in versions.values())
             metrics["agreement/all"] = sum(v["kept"] for v in versions.values()) / total
             metrics["annotations/all"] = total
+        for version, sig in signals.items():
+            for name, count in SIGNAL_METRICS:
+                if sig[name] is not None:
+                    metrics[f"{name}/v{version}"] = sig[name]
+                    metrics[f"{count}/v{version}"] = sig[count]
+        if metrics:
             mlflow.log_metrics(metrics)
     c = registry.client(settings)
     for version, v in versions.items():
@@ -79,7 +137,16 @@ def log_agreement(settings: Settings, source: Optional[str] = None, project: Any
                                     "labelloop.agreement_n", str(v["annotations"]))
         except Exception:  # noqa: BLE001 - a version from another registry: metrics suffice
             pass
-    return {"run_id": run.info.run_id, "versions": versions}
+    for version, sig in signals.items():
+        for name, _ in SIGNAL_METRICS:
+            if sig[name] is None:
+                continue
+            try:
+                c.set_model_version_tag(settings.registry.model_name, version,
+                                        f"labelloop.{name}", f"{sig[name]:.4f}")
+            except Exception:  # noqa: BLE001
+                pass
+    return {"run_id": run.info.run_id, "versions": versions or signals}
 
 
 # -- inter-annotator agreement --------------------------------------------------------------------

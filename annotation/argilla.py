@@ -378,16 +378,10 @@ def _generator(settings: Settings, generator=None) -> Optional[tuple[Any, str]]:
 
 
 def champion_responses(settings: Settings, generator, prompts: list[str]) -> tuple[list, list]:
-    """(greedy, sampled): the champion's response to each prompt, and a second, sampled one
-    (seeded: the same prompts give the same pairs) for annotators to compare with it."""
-    from labelloop.generation import evaluation
+    """(greedy, sampled) responses to the prompts (labelloop.generation.feedback's)."""
+    from labelloop.generation.feedback import champion_responses as responses
 
-    if not prompts:
-        return [], []
-    greedy = evaluation.generate(generator.model, generator.tokenizer, prompts, settings)
-    sampled = evaluation.generate(generator.model, generator.tokenizer, prompts, settings,
-                                  sample_seed=0)
-    return [g.text for g in greedy], [g.text for g in sampled]
+    return responses(settings, generator, prompts)
 
 
 def _log_prompts(settings: Settings, raw: list, where: str, client=None,

@@ -58,9 +58,9 @@ def main(args) -> int:
             return 0
         if action == "sync":
             from annotation.agreement import log_agreement
-            from annotation.sync import sync_project
+            from annotation.sync import sync_projects
 
-            report = sync_project(settings)
+            report = sync_projects(settings)
             report["agreement"] = log_agreement(settings)["versions"]
             _print(report)
             return 0

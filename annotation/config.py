@@ -1,9 +1,11 @@
 """Label Studio label configs generated from the task, and parsed back to check them.
 
-Kept free of the SDK so the webhook (inside the service) imports it cheaply. One builder per task
-type in `CONFIG_BUILDERS`: classification is a `<Choices>` over the task's labels; text
-generation will add a `<TextArea>` (answer) or `<Pairwise>` (preference) builder with the same
-signature, and `parse_label_config` already reports those control tags.
+Kept free of the SDK so the webhook (inside the service) imports it cheaply. One builder per project
+kind in `CONFIG_BUILDERS`, and the kinds each task family has in `PROJECT_KINDS`:
+classification has one project (`label`: a `<Choices>` over the task's labels); generation has
+two (`edit`: the prompt and a `<TextArea>` the champion's response pre-fills as a prediction,
+with an optional `<Rating>`; `compare`: the prompt, two responses from the task data, a
+`<Pairwise>` choice and a `<Choices>` for a tie or both bad).
 
 The classification config shows, above the choices, the model's guess and how sure it was
 (`$model_hint`, a sentence `annotation.labelstudio.build_tasks` puts in the task data): Label
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 from xml.sax.saxutils import escape, quoteattr
 
 from labelloop.tasks import ClassificationTask
@@ -27,6 +29,20 @@ TEXT_KEY = "text"  # task data key holding the text: tasks are {"data": {"text":
 TEXT_NAME = "text"  # the <Text name=...> object tag
 CHOICES_NAME = "label"  # the <Choices name=...> control tag (from_name in results)
 HINT_KEY = "model_hint"  # task data key: "Model v3's guess: positive, 87% sure ..."
+
+# Generation projects. Edit tasks are {"data": {"prompt"}} with the response as a prediction;
+# compare tasks {"data": {"prompt", "response_a", "response_b", "version_a", "version_b"}}.
+PROMPT_KEY = "prompt"  # task data key and <Text name=...> of the prompt
+RESPONSE_NAME = "response"  # edit: the <TextArea name=...> (from_name of its results)
+RATING_NAME = "rating"  # edit: the optional <Rating name=...> (shown, not trained on)
+RESPONSE_A, RESPONSE_B = "response_a", "response_b"  # compare: data keys and <Text> names
+VERSION_A, VERSION_B = "version_a", "version_b"  # compare: the model version of each response
+PAIRWISE_NAME = "comparison"  # compare: the <Pairwise name=...>; left = A, right = B
+VERDICT_NAME = "verdict"  # compare: the <Choices name=...> for a tie or both bad
+VERDICTS = (("tie", "Both equally good"), ("both_bad", "Both bad"))
+
+# The Label Studio projects of each task family, by kind.
+PROJECT_KINDS = {"classification": ("label",), "generation": ("edit", "compare")}
 
 
 class LabelConfigError(ValueError):
@@ -55,15 +71,74 @@ def classification_config(task: ClassificationTask) -> str:
     )
 
 
-CONFIG_BUILDERS: dict[str, Callable[[Any], str]] = {"classification": classification_config}
+def edit_config(task: Any, rating: bool = True) -> str:
+    """Generation *edit*: the prompt and one editable response, which the champion's response
+    (a prediction) pre-fills: the annotator submits it as it is or rewritten."""
+    extra = (f"  <Header value=\"How good was the model's response?\" size=\"5\"/>\n"
+             f"  <Rating name={quoteattr(RATING_NAME)} toName={quoteattr(PROMPT_KEY)} "
+             "maxRating=\"5\"/>\n") if rating else ""
+    return (
+        "<View>\n"
+        "  <Header value=\"Prompt\"/>\n"
+        f"  <Text name={quoteattr(PROMPT_KEY)} value=\"${PROMPT_KEY}\"/>\n"
+        f"  <Header value={quoteattr(f'{task.name}: the response. Keep it if it is good, or edit it into a better one, then submit')}/>\n"
+        f"  <TextArea name={quoteattr(RESPONSE_NAME)} toName={quoteattr(PROMPT_KEY)} "
+        "editable=\"true\" maxSubmissions=\"1\" rows=\"4\" required=\"true\" "
+        "placeholder=\"The response\"/>\n"
+        f"{extra}"
+        "</View>\n"
+    )
 
 
-def label_config_for(task: Any) -> str:
+def compare_config(task: Any) -> str:
+    """Generation *compare*: the prompt and two responses (from the task data); the annotator
+    picks one side (`<Pairwise>`: left is A, right is B) or says they are as good or both bad."""
+    verdicts = "\n".join(f"    <Choice value={quoteattr(v)} html={quoteattr(shown)}/>"
+                         for v, shown in VERDICTS)
+    return (
+        "<View>\n"
+        "  <Header value=\"Prompt\"/>\n"
+        f"  <Text name={quoteattr(PROMPT_KEY)} value=\"${PROMPT_KEY}\"/>\n"
+        f"  <Header value={quoteattr(f'{task.name}: which response is better? Click it')}/>\n"
+        f"  <Text name={quoteattr(RESPONSE_A)} value=\"${RESPONSE_A}\"/>\n"
+        f"  <Text name={quoteattr(RESPONSE_B)} value=\"${RESPONSE_B}\"/>\n"
+        f"  <Pairwise name={quoteattr(PAIRWISE_NAME)} toName={quoteattr(f'{RESPONSE_A},{RESPONSE_B}')}/>\n"
+        "  <Header value=\"... or neither:\" size=\"5\"/>\n"
+        f"  <Choices name={quoteattr(VERDICT_NAME)} toName={quoteattr(PROMPT_KEY)} "
+        "choice=\"single\" showInline=\"true\">\n"
+        f"{verdicts}\n"
+        "  </Choices>\n"
+        "</View>\n"
+    )
+
+
+CONFIG_BUILDERS: dict[str, Callable[..., str]] = {
+    "label": classification_config, "edit": edit_config, "compare": compare_config}
+
+
+def project_kinds(task: Any) -> tuple[str, ...]:
     try:
-        builder = CONFIG_BUILDERS[task.type]
+        return PROJECT_KINDS[task.type]
     except KeyError:
-        raise LabelConfigError(f"no Label Studio config for task type {task.type!r}") from None
-    return builder(task)
+        raise LabelConfigError(f"no Label Studio project for task type {task.type!r}") from None
+
+
+def _kind_for(task: Any, kind: Optional[str]) -> str:
+    kinds = project_kinds(task)
+    if kind is None:
+        if len(kinds) > 1:
+            raise LabelConfigError(f"a {task.type} task has {len(kinds)} kinds of project "
+                                   f"{list(kinds)}: name one")
+        return kinds[0]
+    if kind not in kinds:
+        raise LabelConfigError(f"a {task.type} task has no {kind!r} project (its kinds: "
+                               f"{list(kinds)})")
+    return kind
+
+
+def label_config_for(task: Any, kind: Optional[str] = None, **options: Any) -> str:
+    """The label config of the task's project of `kind` (None: its only kind)."""
+    return CONFIG_BUILDERS[_kind_for(task, kind)](task, **options)
 
 
 @dataclass(frozen=True)
@@ -92,24 +167,50 @@ def parse_label_config(xml: str) -> ParsedConfig:
     return ParsedConfig(controls=controls, objects=objects)
 
 
-def check_label_config(xml: str, task: Any) -> None:
-    """Raise `LabelConfigError` unless the project's config asks exactly for the task's labels."""
+def check_label_config(xml: str, task: Any, kind: Optional[str] = None) -> None:
+    """Raise `LabelConfigError` unless the project's config asks for what the task's project of
+    `kind` asks: exactly the task's labels (classification), an editable response to the
+    prompt (edit), a pairwise choice between the two responses and a tie / both-bad choice
+    (compare). Other tags (headers, a rating) are free."""
     parsed = parse_label_config(xml)
-    if task.type == "classification":
-        control = parsed.controls.get(CHOICES_NAME)
-        if control is None or control["type"] != "choices":
-            raise LabelConfigError(
-                f"the project's label config has no <Choices name=\"{CHOICES_NAME}\"> "
-                f"(found controls {sorted(parsed.controls)})"
-            )
-        if parsed.objects.get(control["to_name"]) != TEXT_KEY:
-            raise LabelConfigError(
-                f"the project's <Choices> must point at a <Text> showing ${TEXT_KEY}"
-            )
+    kind = _kind_for(task, kind)
+    if kind == "label":
+        control = _control(parsed, CHOICES_NAME, "choices", TEXT_KEY)
         if set(control["labels"]) != set(task.labels) or len(control["labels"]) != len(task.labels):
             raise LabelConfigError(
                 f"the project's labels {control['labels']} do not match the model's labels "
                 f"{list(task.labels)}"
             )
-        return
-    raise LabelConfigError(f"no Label Studio config check for task type {task.type!r}")
+    elif kind == "edit":
+        _control(parsed, RESPONSE_NAME, "textarea", PROMPT_KEY)
+    else:
+        control = _control(parsed, PAIRWISE_NAME, "pairwise")
+        targets = [t.strip() for t in (control["to_name"] or "").split(",")]
+        if [parsed.objects.get(t) for t in targets] != [RESPONSE_A, RESPONSE_B]:
+            raise LabelConfigError(
+                f"the project's <Pairwise name=\"{PAIRWISE_NAME}\"> must compare the <Text> tags "
+                f"showing ${RESPONSE_A} and ${RESPONSE_B}, in that order")
+        if PROMPT_KEY not in parsed.objects.values():
+            raise LabelConfigError(f"the project's label config shows no ${PROMPT_KEY}")
+        verdict = _control(parsed, VERDICT_NAME, "choices")
+        if set(verdict["labels"]) != {v for v, _ in VERDICTS}:
+            raise LabelConfigError(
+                f"the project's <Choices name=\"{VERDICT_NAME}\"> offers {verdict['labels']}; "
+                f"it must offer {[v for v, _ in VERDICTS]}")
+
+
+def _control(parsed: ParsedConfig, name: str, type_: str,
+             data_key: Optional[str] = None) -> dict[str, Any]:
+    control = parsed.controls.get(name)
+    tag = {"choices": "Choices", "textarea": "TextArea", "pairwise": "Pairwise"}[type_]
+    if control is None or control["type"] != type_:
+        raise LabelConfigError(
+            f"the project's label config has no <{tag} name=\"{name}\"> "
+            f"(found controls {sorted(parsed.controls)})"
+        )
+    if data_key is not None and parsed.objects.get(control["to_name"]) != data_key:
+        raise LabelConfigError(
+            f"the project's <{tag} name=\"{name}\"> must point at a <Text> showing "
+            f"${data_key}"
+        )
+    return control

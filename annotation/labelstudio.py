@@ -20,8 +20,8 @@ import numpy as np
 
 import labelloop  # noqa: F401  (offline switches)
 from annotation.config import (
-    CHOICES_NAME, HINT_KEY, TEXT_KEY, TEXT_NAME, LabelConfigError, check_label_config,
-    label_config_for,
+    CHOICES_NAME, HINT_KEY, PROMPT_KEY, TEXT_KEY, TEXT_NAME, LabelConfigError,
+    check_label_config, label_config_for,
 )
 from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
@@ -343,11 +343,13 @@ def ensure_numeric_columns(client, project_id: int) -> int:
 
 
 def existing_texts(client, project_id: int) -> set[str]:
+    """The texts (or, in a generation project, the prompts) the project's tasks show."""
     texts = set()
     for t in client.tasks.list(project=project_id, fields="all"):
         data = _get(t, "data") or {}
-        if isinstance(data, dict) and isinstance(data.get(TEXT_KEY), str):
-            texts.add(data[TEXT_KEY])
+        for key in (TEXT_KEY, PROMPT_KEY):
+            if isinstance(data, dict) and isinstance(data.get(key), str):
+                texts.add(data[key])
     return texts
 
 
@@ -408,6 +410,10 @@ def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, proje
     from annotation import pool as pools
     from labelloop.cleaning import Cleaning
 
+    if settings.task.type == "generation":  # prompts into the edit and compare projects
+        from annotation.ls_generation import import_prompts
+
+        return import_prompts(settings, texts, client, classifier, file)
     # The pool is read first: a missing file or a failing query stops before anything else.
     raw, where = (list(texts), "the given texts") if texts is not None else \
         pools.raw_pool(settings, file)
@@ -479,6 +485,8 @@ def setup(settings: Settings, client=None, ml_backend: Optional[bool] = None,
         raise LabelConfigError(
             "serving.ls_basic_auth_password is empty: set LABELLOOP__SERVING__LS_BASIC_AUTH_PASSWORD")
     client = client or connect(settings)
+    if settings.task.type == "generation":
+        return _setup_generation(settings, client, ml_backend, progress)
     info = ensure_project(settings, client)
     progress(f"project {info.title!r} (id {info.id}): "
              + ("created" if info.created else ("updated " + ", ".join(info.updated)
@@ -488,22 +496,61 @@ def setup(settings: Settings, client=None, ml_backend: Optional[bool] = None,
     progress(f"webhook -> {out['webhook']['url']}: "
              + ("created" if out["webhook"]["created"] else "updated" if out["webhook"]["updated"]
                 else "unchanged"))
-    if ml_backend is None:
-        try:
-            ml_backend = httpx.get(service_url(settings) + "/health", timeout=2.0).status_code < 500
-        except httpx.HTTPError:
-            ml_backend = False
-            progress(f"ML backend not connected: the service does not answer at "
-                     f"{service_url(settings)} (start `labelloop serve`, then rerun setup)")
-        if ml_backend and not settings.serving.ls_basic_auth_password:
-            ml_backend = False
-            progress("ML backend not connected: serving.ls_basic_auth_password is empty (set "
-                     "LABELLOOP__SERVING__LS_BASIC_AUTH_PASSWORD for the service and setup)")
+    ml_backend = _backend_wanted(settings, ml_backend, progress)
     if ml_backend:
         out["ml_backend"] = connect_ml_backend(settings, info.id, client)
         state = out["ml_backend"]["state"]
         progress(f"ML backend {out['ml_backend']['url']}: {ML_STATES.get(state, state)}")
     out["url"] = f"{studio_url(settings)}/projects/{info.id}/data"
+    return out
+
+
+def _backend_wanted(settings: Settings, ml_backend: Optional[bool], progress) -> bool:
+    """`ml_backend` None: connect the service as the ML backend if it answers (and says why not)."""
+    import httpx
+
+    if ml_backend is not None:
+        return ml_backend
+    try:
+        ml_backend = httpx.get(service_url(settings) + "/health", timeout=2.0).status_code < 500
+    except httpx.HTTPError:
+        ml_backend = False
+        progress(f"ML backend not connected: the service does not answer at "
+                 f"{service_url(settings)} (start `labelloop serve`, then rerun setup)")
+    if ml_backend and not settings.serving.ls_basic_auth_password:
+        ml_backend = False
+        progress("ML backend not connected: serving.ls_basic_auth_password is empty (set "
+                 "LABELLOOP__SERVING__LS_BASIC_AUTH_PASSWORD for the service and setup)")
+    return ml_backend
+
+
+def _setup_generation(settings: Settings, client, ml_backend: Optional[bool],
+                      progress) -> dict[str, Any]:
+    """setup for generation: the edit and compare projects (annotation/ls_generation.py), the
+    webhook on both, the ML backend on the edit project (it pre-fills responses there; its
+    model card holds "Start training"). `project` is the edit project."""
+    from annotation.ls_generation import ensure_projects
+
+    infos = ensure_projects(settings, client)
+    out: dict[str, Any] = {"projects": {k: i.id for k, i in infos.items()}, "webhooks": {}}
+    for kind, info in infos.items():
+        progress(f"{kind} project {info.title!r} (id {info.id}): "
+                 + ("created" if info.created else ("updated " + ", ".join(info.updated)
+                                                    if info.updated else "unchanged")))
+        hook = out["webhooks"][kind] = ensure_webhook(settings, info.id, client)
+        progress(f"webhook of the {kind} project -> {hook['url']}: "
+                 + ("created" if hook["created"] else "updated" if hook["updated"]
+                    else "unchanged"))
+    edit = infos["edit"]
+    out.update(project=edit.id, created=edit.created, updated=edit.updated,
+               webhook=out["webhooks"]["edit"])
+    if _backend_wanted(settings, ml_backend, progress):
+        out["ml_backend"] = connect_ml_backend(settings, edit.id, client)
+        state = out["ml_backend"]["state"]
+        progress(f"ML backend {out['ml_backend']['url']} (edit project): "
+                 f"{ML_STATES.get(state, state)}")
+    out["urls"] = {k: f"{studio_url(settings)}/projects/{i.id}/data" for k, i in infos.items()}
+    out["url"] = out["urls"]["edit"]
     return out
 
 

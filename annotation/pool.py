@@ -78,20 +78,16 @@ def raw_pool(settings: Settings, file: Optional[str] = None) -> tuple[list, str]
     if settings.pool.source is not None:
         return source_texts(settings.pool.source, column)
     if settings.pool.from_training_split:
+        from labelloop.data import load_splits
         from labelloop.tasks import task_from_settings
 
-        task = task_from_settings(settings)
-        if task.type == "generation":  # the family's data: prompts of the training split
-            from labelloop.generation import data as gen_data
+        if settings.task.type == "generation":  # the prompts of the training split
+            from labelloop.generation import steps
 
-            train, _ = gen_data.frozen_split(gen_data.load_pairs(settings.dataset),
-                                             settings.dataset)
-            texts = list(dict.fromkeys(train["prompt"]))
-        else:
-            from labelloop.data import load_splits
-
-            texts = list(load_splits(settings.dataset, task).train["text"])
-        return texts, "the labelled training split (pool.from_training_split)"
+            return (list(dict.fromkeys(steps.load(settings)[0]["prompt"])),
+                    "the labelled training split (pool.from_training_split)")
+        train = load_splits(settings.dataset, task_from_settings(settings)).train
+        return list(train["text"]), "the labelled training split (pool.from_training_split)"
     raise PoolError(
         "no unlabelled pool: set pool.source (a file, files or an SQL query of texts), pass "
         "`labelloop annotate import --file FILE`, or set pool.from_training_split: true to "
@@ -99,16 +95,16 @@ def raw_pool(settings: Settings, file: Optional[str] = None) -> tuple[list, str]
 
 
 def labelled_texts(settings: Settings) -> set[str]:
+    """The texts (generation: the prompts) of the labelled data."""
+    from labelloop.data import labelled_texts as texts_of
     from labelloop.tasks import task_from_settings
 
-    task = task_from_settings(settings)
-    if task.type == "generation":  # the prompts of the prompt/response data
+    if settings.task.type == "generation":
         from labelloop.generation.data import load_pairs
 
         return set(load_pairs(settings.dataset)["prompt"])
-    from labelloop.data import labelled_texts as texts_of
 
-    return texts_of(settings.dataset, task)
+    return texts_of(settings.dataset, task_from_settings(settings))
 
 
 def build_pool(settings: Settings, cleaning: Cleaning, texts: Optional[Iterable] = None,

@@ -3,13 +3,24 @@
 The one place that knows Label Studio's annotation shape; the webhook and the export pull both
 go through `record_from_annotation`, so they produce identical records for one annotation
 version and the store can tell replays from changes.
+
+Generation projects (`task.type: generation`, annotation/config.py): an annotation of an *edit*
+task (data {"prompt"}) is the final response, its `<TextArea>` text; the response shown is the
+prediction the annotator started from (`parent_prediction`). An annotation of a *compare* task
+(data {"prompt", "response_a", "response_b", "version_a", "version_b"}) is a preference: the
+`<Pairwise>` side (left = A, right = B) or the `tie` / `both_bad` verdict. Both become records
+through the family's conversion (labelloop/generation/answers.py), which marks what cannot be
+trained on (empty response, no choice, identical responses) invalid with the reason.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from annotation.config import CHOICES_NAME, TEXT_KEY
+from annotation.config import (
+    CHOICES_NAME, PAIRWISE_NAME, PROMPT_KEY, RESPONSE_A, RESPONSE_B, RESPONSE_NAME, TEXT_KEY,
+    VERDICT_NAME, VERSION_A, VERSION_B,
+)
 from labelloop.labels_store import LabelRecord
 from labelloop.tasks import LabelError
 
@@ -49,14 +60,14 @@ def _annotator(value: Any) -> Optional[str]:
     return None if value is None else str(value)
 
 
-def chosen(result: Any) -> Optional[list[str]]:
+def chosen(result: Any, from_name: str = CHOICES_NAME) -> Optional[list[str]]:
     """The choices of our <Choices> control in an annotation/prediction result, or None."""
     if not isinstance(result, list):
         return None
     for item in result:
         if not isinstance(item, dict) or item.get("type") != "choices":
             continue
-        if item.get("from_name") not in (None, CHOICES_NAME):
+        if item.get("from_name") not in (None, from_name):
             continue
         value = item.get("value") or {}
         choices = value.get("choices") if isinstance(value, dict) else None
@@ -65,8 +76,40 @@ def chosen(result: Any) -> Optional[list[str]]:
     return None
 
 
-def shown_prediction(annotation: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
-    """The prediction the annotator saw: model version, label, score (whatever is known)."""
+def written(result: Any) -> Optional[str]:
+    """The text of our <TextArea> in a result (its lines joined), or None when it has none."""
+    if not isinstance(result, list):
+        return None
+    for item in result:
+        if not isinstance(item, dict) or item.get("type") != "textarea":
+            continue
+        if item.get("from_name") not in (None, RESPONSE_NAME):
+            continue
+        value = item.get("value") or {}
+        text = value.get("text") if isinstance(value, dict) else None
+        if isinstance(text, str):
+            return text
+        if isinstance(text, list) and all(isinstance(t, str) for t in text):
+            return "\n".join(text)
+    return None
+
+
+def picked(result: Any) -> Optional[str]:
+    """The side of our <Pairwise> in a result: "a" (left), "b" (right), or None."""
+    if not isinstance(result, list):
+        return None
+    for item in result:
+        if not isinstance(item, dict) or item.get("type") != "pairwise":
+            continue
+        if item.get("from_name") not in (None, PAIRWISE_NAME):
+            continue
+        value = item.get("value") if isinstance(item.get("value"), dict) else {}
+        side = value.get("selected", item.get("selected"))
+        return {"left": "a", "right": "b"}.get(side)
+    return None
+
+
+def _prediction_shown(annotation: dict[str, Any], task: dict[str, Any]) -> Optional[dict]:
     # Label Studio stores the prediction the annotator saw on the annotation itself; older
     # exports only name it (`parent_prediction`), so look it up among the task's predictions.
     pred = annotation.get("prediction") if isinstance(annotation.get("prediction"), dict) else None
@@ -76,14 +119,23 @@ def shown_prediction(annotation: dict[str, Any], task: dict[str, Any]) -> dict[s
             if isinstance(p, dict) and _id_of(p) == parent:
                 pred = p
                 break
+    return pred or None
+
+
+def shown_prediction(annotation: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
+    """The prediction the annotator saw: model version, label (the choice, or the response of
+    a generation edit task), score (whatever is known)."""
+    pred = _prediction_shown(annotation, task)
     if not pred:
         return {}
     labels = chosen(pred.get("result"))
+    response = written(pred.get("result"))
     score = pred.get("score")
     return {
         "model_version": None if pred.get("model_version") in (None, "") else str(pred["model_version"]),
-        "shown_label": labels[0] if labels else None,
-        "shown_score": float(score) if isinstance(score, (int, float)) else None,
+        "shown_label": labels[0] if labels else response,
+        "shown_score": float(score) if isinstance(score, (int, float))
+        and not isinstance(score, bool) else None,
     }
 
 
@@ -104,7 +156,6 @@ def record_from_annotation(
         "updated_at": annotation.get("updated_at") or annotation.get("created_at"),
         "via": via,
     }
-    base.update(shown_prediction(annotation, task or {}))
     results = annotation.get("result") or []
     origins = {item.get("origin") for item in results if isinstance(item, dict)}
     if "prediction-changed" in origins:
@@ -112,7 +163,11 @@ def record_from_annotation(
     elif "prediction" in origins:
         base["changed"] = False
     data = (task or {}).get("data")
-    text = data.get(TEXT_KEY) if isinstance(data, dict) else None
+    data = data if isinstance(data, dict) else {}
+    if getattr(task_def, "type", None) == "generation":
+        return _generation_record(annotation, task or {}, data, results, base)
+    base.update(shown_prediction(annotation, task or {}))
+    text = data.get(TEXT_KEY)
     if annotation.get("was_cancelled"):
         return LabelRecord.invalid("skipped by the annotator (cancelled)", text=text, **base)
     if not isinstance(text, str) or not text.strip():
@@ -127,3 +182,43 @@ def record_from_annotation(
     except LabelError as exc:
         return LabelRecord.invalid(f"bad label: {exc}", text=text, **base)
     return LabelRecord(text=row["text"], label=row["label"], **base)
+
+
+def _str(value: Any) -> Optional[str]:
+    return None if value is None or value == "" else str(value)
+
+
+def _generation_record(annotation: dict[str, Any], task: dict[str, Any], data: dict[str, Any],
+                       results: list, base: dict[str, Any]) -> LabelRecord:
+    """An edit annotation as a `response` record, a compare annotation as a `preference`."""
+    from labelloop.generation.answers import preference_record, response_record
+
+    prompt = data.get(PROMPT_KEY)
+    text = prompt if isinstance(prompt, str) else None
+    compare = RESPONSE_A in data or RESPONSE_B in data
+    kind = "preference" if compare else "response"
+    if not isinstance(prompt, str) or not prompt.strip():
+        return LabelRecord.invalid(
+            f"task {base['task_id']} has no '{PROMPT_KEY}' in its data (not a task of an edit or "
+            "compare project)", kind=kind, **base)
+    if compare:
+        base["model_version"] = _str(data.get(VERSION_A))
+        if annotation.get("was_cancelled"):
+            return LabelRecord.invalid("skipped by the annotator (cancelled)", text=text,
+                                       kind=kind, **base)
+        side, verdict = picked(results), chosen(results, VERDICT_NAME)
+        if side and verdict:
+            return LabelRecord.invalid(
+                f"both a side ({side}) and {verdict[0]!r} were chosen: one answer only",
+                text=text, kind=kind, **base)
+        choice = side or (verdict[0] if verdict and len(verdict) == 1 else None)
+        return preference_record(prompt, data.get(RESPONSE_A), data.get(RESPONSE_B), choice,
+                                 version_a=base["model_version"],
+                                 version_b=_str(data.get(VERSION_B)), **base)
+    shown = shown_prediction(annotation, task)
+    shown_text = shown.pop("shown_label", None)
+    base.update(shown)
+    if annotation.get("was_cancelled"):
+        return LabelRecord.invalid("skipped by the annotator (cancelled)", text=text, kind=kind,
+                                   shown_label=shown_text, **base)
+    return response_record(prompt, written(results), shown_text, **base)

@@ -79,6 +79,40 @@ def records_from_export(settings: Settings, project_id: int, tasks: list[dict[st
     return records
 
 
+def sync_projects(settings: Settings, project_id: Optional[int] = None,
+                  client=None) -> dict[str, Any]:
+    """What a feedback turn syncs: the project (classification), or every project of the
+    family (generation: edit and compare, whichever of them `project_id` names), in one report
+    whose counts add up and whose `projects` holds each project's own."""
+    if settings.task.type != "generation":
+        return sync_project(settings, project_id, client)
+    from annotation.labelstudio import connect
+    from annotation.ls_generation import project_ids
+
+    client = client or connect(settings)
+    ids = sorted(set(project_ids(settings, client).values()) | (
+        {project_id} if project_id is not None else set()))
+    if not ids:
+        raise ExportError("no Label Studio edit or compare project yet; run "
+                          "`labelloop annotate setup`")
+    reports = {pid: sync_project(settings, pid, client) for pid in ids}
+    outcomes: Counter = Counter()
+    for r in reports.values():
+        outcomes.update(r["outcomes"])
+    return {"project": ids if len(ids) > 1 else ids[0], "projects": reports,
+            "tasks": sum(r["tasks"] for r in reports.values()),
+            "annotations": sum(r["annotations"] for r in reports.values()),
+            "outcomes": dict(outcomes), "deleted": sum(r["deleted"] for r in reports.values()),
+            "skipped": [s for r in reports.values() for s in r["skipped"]],
+            "store": reports[ids[-1]]["store"] if len(ids) == 1 else _store_summary(settings),
+            "seconds": round(sum(r["seconds"] for r in reports.values()), 2)}
+
+
+def _store_summary(settings: Settings) -> dict[str, int]:
+    with open_store(settings) as store:
+        return store.summary(SOURCE)
+
+
 def sync_project(settings: Settings, project_id: Optional[int] = None, client=None,
                  tasks: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
     """Sync one project (default: the one titled `studio.project_title`). Returns a report."""

@@ -34,8 +34,9 @@ class Tool:
 
 
 def champion_model(settings: Settings, model=None) -> Optional[tuple[Any, str]]:
-    """(model, version): the one given, else the registry's champion (loaded once per process);
-    None when there is no champion yet."""
+    """(model, version): the one given (with a `version` attribute), else the registry's
+    champion, loaded once per process as its family loads it (a Classifier, or a generation
+    bundle's model and tokenizer); None when there is no champion yet."""
     if model is not None:
         return model, str(model.version)
     from labelloop import challenger, registry
@@ -44,6 +45,10 @@ def champion_model(settings: Settings, model=None) -> Optional[tuple[Any, str]]:
     if champion is None:
         return None
     version = str(champion.version)
+    if settings.task.type == "generation":
+        from labelloop.generation.feedback import generator_for
+
+        return generator_for(settings, version), version
     return challenger.classifier_for(settings, version), version
 
 
@@ -54,17 +59,20 @@ def status_page_url(settings: Settings) -> str:
 
 # -- Label Studio ------------------------------------------------------------------------------
 def _ls_sync(settings: Settings, project: Optional[int]) -> dict[str, Any]:
-    from annotation.sync import sync_project
+    from annotation.sync import sync_projects
 
-    return sync_project(settings, project)
+    return sync_projects(settings, project)
 
 
 def _ls_publish(settings: Settings, project: Optional[int], classifier=None) -> dict[str, Any]:
-    """The champion's predictions onto the project's unannotated tasks (skip already-done ones)."""
+    """The champion's predictions onto the project's unannotated tasks (skip already-done ones);
+    for generation its responses onto the pending tasks of the edit and compare projects."""
     from annotation.labelstudio import (
         LabelConfigError, StudioConnectionError, connect, find_project, push_predictions,
     )
 
+    if settings.task.type == "generation":
+        return _ls_publish_generation(settings, classifier)
     try:
         client = connect(settings)
         if project is None:
@@ -83,10 +91,36 @@ def _ls_publish(settings: Settings, project: Optional[int], classifier=None) -> 
         return {"pushed": 0, "project": project, "note": f"not pushed: {exc}"}
 
 
-def _ls_tell(settings: Settings, project: Optional[int], line: str) -> bool:
-    from annotation.labelstudio import tell_annotators
+def _ls_publish_generation(settings: Settings, generator=None) -> dict[str, Any]:
+    from annotation.labelstudio import LabelConfigError, StudioConnectionError, connect
+    from annotation.ls_generation import push_responses
 
-    return tell_annotators(settings, project, line)
+    try:
+        client = connect(settings)
+    except StudioConnectionError as exc:
+        return {"pushed": 0, "note": f"Label Studio unreachable: {exc}"}
+    if champion_model(settings, generator) is None:
+        return {"pushed": 0, "note": "no champion yet"}
+    try:
+        return push_responses(settings, client, generator)
+    except LabelConfigError as exc:  # a project of that title asks for something else
+        return {"pushed": 0, "note": f"not pushed: {exc}"}
+
+
+def _ls_tell(settings: Settings, project: Optional[int], line: str) -> bool:
+    from annotation.labelstudio import StudioConnectionError, connect, tell_annotators
+
+    if settings.task.type != "generation":
+        return tell_annotators(settings, project, line)
+    from annotation.ls_generation import project_ids
+
+    try:  # both generation projects' annotators hear it
+        ids = set(project_ids(settings, connect(settings, timeout=5.0)).values())
+    except StudioConnectionError:
+        return False
+    told = [tell_annotators(settings, pid, line) for pid in sorted(ids | (
+        {project} if project is not None else set()))]
+    return any(told)
 
 
 def _ls_unavailable() -> tuple[type[BaseException], ...]:

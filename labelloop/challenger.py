@@ -66,6 +66,7 @@ def human_labels(settings: Settings, max_seq: Optional[int] = None) -> pd.DataFr
         return pd.DataFrame(columns=columns)
     if max_seq is not None:
         df = df[df["seq"] <= int(max_seq)]
+    df = df[df["kind"] == labels_store.LABEL]  # a classification label, no generation answer
     df = df.sort_values(["updated_ts", "seq"]).drop_duplicates("text", keep="last")
     return df[columns].reset_index(drop=True)
 

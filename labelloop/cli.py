@@ -90,8 +90,14 @@ def _cmd_image(args: argparse.Namespace) -> int:
 
     overrides = {"image": {"variant": args.variant}} if args.variant else None
     settings = load_settings(args.config, overrides=overrides)
-    result = image.build(settings, log=lambda msg: print(f"labelloop image: {msg}", flush=True))
-    print(f"built {result.image} (bento {result.bento}, {result.engine}, base {result.base_image})")
+    result = image.build(settings, log=lambda msg: print(f"labelloop image: {msg}", flush=True),
+                         rebuild=args.rebuild)
+    if result.reused:
+        print(f"up to date {result.image} (bento {result.bento}, {result.engine}, base "
+              f"{result.base_image}; --rebuild builds anyway)")
+    else:
+        print(f"built {result.image} (bento {result.bento}, {result.engine}, base "
+              f"{result.base_image})")
     print(f"run it:  {result.engine} run -d --network host -e PORT=3000 "
           f"-e LABELLOOP__REGISTRY__TRACKING_URI=http://127.0.0.1:5000 {result.image}")
     return 0
@@ -167,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["build"], help="what to do")
     p.add_argument("--variant", choices=["cpu", "gpu"], default=None,
                    help="cpu (CPU build of torch) or gpu (CUDA build); default image.variant")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build even when the inputs did not change since the last build")
 
     p = add("demo", _cmd_demo,
             "The whole loop locally: train, serve, start Label Studio with predicted tasks.")

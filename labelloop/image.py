@@ -17,10 +17,16 @@ The build, step by step:
      (configs/image/Dockerfile.j2 installs them);
   4. `bentoml containerize` to a temporary tag, renamed to `image.name:<variant>` only when
      the build succeeded, so a failed build leaves no half-tagged image.
+
+Nothing changed, nothing built: the digest of the build's inputs (the files the bento takes,
+the rendered bentofile with its torch line and base image, the base image's id, the Dockerfile
+template) is kept beside the image's id under the cache dir; when both match, the image is
+reused as it is (`--rebuild` forces a build).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -268,13 +274,53 @@ class BuildResult:
     bento: str
     engine: str
     base_image: str
+    reused: bool = False  # inputs unchanged since the last build: nothing was built
+
+
+def bento_files(root: Path = PROJECT_ROOT) -> list[Path]:
+    """The files `bentoml build` takes (bentofile.yaml's include minus exclude), sorted."""
+    spec = yaml.safe_load((root / "bentofile.yaml").read_text())
+    excluded = [e.strip("/") for e in spec.get("exclude", [])]
+
+    def kept(rel: str) -> bool:
+        for pattern in excluded:
+            if pattern.startswith("**/"):
+                if pattern[3:] in rel.split("/"):
+                    return False
+            elif rel == pattern or rel.startswith(pattern + "/"):
+                return False
+        return True
+
+    found = {path for pattern in spec.get("include", []) for path in root.glob(pattern)
+             if path.is_file() and kept(path.relative_to(root).as_posix())}
+    return sorted(found)
+
+
+def inputs_digest(bentofile_text: str, base_id: str, root: Path = PROJECT_ROOT) -> str:
+    """One digest of everything that goes into the image (see the module doc)."""
+    h = hashlib.sha256()
+    for part in (bentofile_text, base_id):
+        h.update(part.encode() + b"\0")
+    for path in [*bento_files(root), root / "configs" / "image" / "Dockerfile.j2"]:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _state_file(ref: str) -> Path:
+    return CACHE_DIR / "images" / (ref.replace("/", "_").replace(":", "_") + ".json")
+
+
+def _image_id(engine: Engine, ref: str) -> Optional[str]:
+    out = engine.run("image", "inspect", "--format", "{{.Id}}", ref, check=False)
+    return out.stdout.decode().strip() if out.returncode == 0 else None
 
 
 def image_ref(cfg: ImageSettings) -> str:
     return f"{cfg.name}:{cfg.variant}"
 
 
-def build(settings: Settings, log=print) -> BuildResult:
+def build(settings: Settings, log=print, rebuild: bool = False) -> BuildResult:
     """Build the bento and containerize it as `image.name:<variant>`; see the module doc."""
     cfg = settings.image
     engine = find_engine(cfg)
@@ -285,6 +331,15 @@ def build(settings: Settings, log=print) -> BuildResult:
     temporary = f"{cfg.name}:building-{uuid.uuid4().hex[:12]}"
     with tempfile.TemporaryDirectory(prefix="labelloop-bentofile-") as tmp:
         bentofile = render_bentofile(cfg, torch_line, base, Path(tmp) / "bentofile.yaml")
+        digest = inputs_digest(bentofile.read_text(), _image_id(engine, base) or base)
+        state = _state_file(final)
+        current = _image_id(engine, final)
+        if not rebuild and current and state.is_file():
+            known = json.loads(state.read_text())
+            if known.get("inputs") == digest and known.get("id") == current:
+                log(f"{final} is up to date (inputs {digest[:12]} unchanged): nothing to build")
+                return BuildResult(image=final, bento=known.get("bento", ""),
+                                   engine=engine.name, base_image=base, reused=True)
         log(f"bentoml build (torch {cfg.torch_version}, {cfg.variant})")
         tag = build_bento(bentofile, bentoml_home)
     log(f"containerize {tag} with {engine.name} on {base} -> {final}")
@@ -300,6 +355,11 @@ def build(settings: Settings, log=print) -> BuildResult:
             raise ImageError("the image build failed (nothing was tagged): "
                              + _last_lines(out.stdout + out.stderr, 8))
         engine.run("tag", temporary, final)
+        new_id = _image_id(engine, final)
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps({"inputs": digest, "id": new_id, "bento": tag}))
+        if current and current != new_id:  # the image the name pointed at, now untagged
+            engine.run("rmi", current, check=False)  # refused while a container uses it
     finally:
         engine.remove_image(temporary)  # untags only, once `final` points at the same image
         _remove_bento(tag, bentoml_home)

@@ -123,6 +123,22 @@ def check_container_prerequisites(settings: Settings) -> None:
             f"registry.tracking_uri is {settings.tracking_uri}: start `mlflow server` and set "
             "registry.tracking_uri to its http:// URL")
     check_docker_api()
+    check_tracking_server(settings.tracking_uri)
+
+
+def check_tracking_server(uri: str) -> None:
+    """ConfigError when the MLflow server does not answer: every step would fail on it, one
+    container start (tens of seconds) at a time."""
+    import httpx
+
+    try:
+        httpx.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ConfigError(
+            f"stack.name {CONTAINER_STACK}: cannot reach the MLflow server at {uri} "
+            f"({type(exc).__name__}: {str(exc)[:120]}): start `mlflow server` or fix "
+            "registry.tracking_uri (the steps reach it from their containers, on the host "
+            "network)") from None
 
 
 def check_docker_api() -> None:
@@ -201,21 +217,46 @@ def run_options(settings: Settings, options: dict) -> dict:
         parent_image_build_config=DockerBuildConfig(
             build_options={"buildargs": {"LABELLOOP_IMAGE": parent}},
             dockerignore=str(_repo_root() / DOCKERIGNORE)),
-        install_stack_requirements=False)
+        # The containers stack's components need nothing the labelloop image lacks; a cluster
+        # stack's do (kubernetes for the orchestrator pod, s3fs/boto3 for an S3 store...):
+        # ZenML installs its integrations' requirements into the step image there.
+        install_stack_requirements=settings.stack.name != CONTAINER_STACK)
     if settings.stack.name == CONTAINER_STACK:
         from zenml.orchestrators.local_docker.local_docker_orchestrator import (
             LocalDockerOrchestratorSettings,
         )
 
         data = str(settings.data_path)
+        volumes = {data: {"bind": data, "mode": "rw"}}
+        for path in local_dataset_files(settings):  # read where the host reads them
+            volumes.setdefault(str(path), {"bind": str(path), "mode": "ro"})
+        # remove: ZenML runs each step container without it, leaving one exited per step.
         step_settings["orchestrator.local_docker"] = LocalDockerOrchestratorSettings(run_args={
-            "network_mode": "host", "volumes": {data: {"bind": data, "mode": "rw"}}})
+            "network_mode": "host", "volumes": volumes, "remove": True})
     merged["settings"] = step_settings
     env = {k: v for k, v in os.environ.items() if k.startswith("LABELLOOP__")}
     env["LABELLOOP__DATA_DIR"] = str(settings.data_path)
     env["LABELLOOP__REGISTRY__TRACKING_URI"] = settings.tracking_uri
     merged["environment"] = {**env, **(merged.get("environment") or {})}
     return merged
+
+
+def local_dataset_files(settings: Settings) -> list:
+    """The dataset's local files outside the data dir (a `package:` path is inside the image;
+    URLs and SQL sources are reached over the network)."""
+    from pathlib import Path
+
+    paths = []
+    sources = [settings.dataset.path, getattr(settings.dataset.train, "path", None),
+               getattr(settings.dataset.test, "path", None)]
+    for value in sources:
+        for item in ([value] if isinstance(value, str) else list(value or [])):
+            if not isinstance(item, str) or ":" in item.split("/", 1)[0]:
+                continue  # package:..., http://..., s3://...
+            path = Path(item).expanduser().resolve()
+            if path.exists() and not path.is_relative_to(settings.data_path.resolve()):
+                paths.append(path)
+    return paths
 
 
 def _repo_root():

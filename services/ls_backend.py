@@ -14,6 +14,13 @@ Mounted by services/service.py under `/ls`, so Label Studio's "Model URL" is
 The label config decides the output: the `<Choices>` tag whose labels equal the model's label set
 gives `from_name`/`to_name`, and the `<Text value="$key">` it points at names the task data key.
 A config whose labels differ from the model's is refused with a 422 naming the difference.
+
+A generation champion fills `<TextArea>` configs (the *edit* project, annotation/config.py):
+each task's prompt (the `<Text value="$key">` the TextArea points at) goes through the service's
+generation path (services/generation_api.py: the engine batches them with whatever else is
+being generated), greedy, and comes back as one `textarea` result per task, in order. A config
+without a `<TextArea>` (a compare project, whose two responses are task data; a classification
+config) is a 422 saying what this model can fill.
 """
 
 from __future__ import annotations
@@ -133,6 +140,70 @@ def select_control(
         f"served model predicts {list(model_labels)} (missing from config: {missing}; not known "
         f"to the model: {extra}). Fix the project's label config or serve a model for these labels"
     )
+
+
+@dataclass(frozen=True)
+class TextAreaControl:
+    from_name: str
+    to_name: str
+    data_key: str
+
+
+def parse_textarea_config(xml: str) -> TextAreaControl:
+    """The first `<TextArea>` of a label config that points at a `<Text value="$key">`: what a
+    generation model can fill. Anything else is a `LabelConfigError` (422) saying so."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise LabelConfigError("the label config is empty")
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise LabelConfigError(f"the label config is not valid XML: {exc}") from None
+    texts = {el.get("name"): el.get("value", "")[1:] for el in root.iter("Text")
+             if el.get("name") and el.get("value", "").startswith("$") and len(el.get("value")) > 1}
+    for el in root.iter("TextArea"):
+        name, to_name = el.get("name"), (el.get("toName") or "").split(",")[0].strip()
+        if name and to_name in texts:
+            return TextAreaControl(name, to_name, texts[to_name])
+    found = sorted({el.tag for el in root.iter()} & {"Choices", "Pairwise", "Labels", "Rating"})
+    raise LabelConfigError(
+        "the served model generates text: it fills a <TextArea name=... toName=...> pointing at "
+        "a <Text name=... value=\"$key\"/> (the edit project), and this label config has none"
+        + (f" (it has {', '.join('<' + t + '>' for t in found)}: a compare project's two "
+           "responses are task data, imported with the tasks, not predictions)"
+           if "Pairwise" in found else (f" (it has {', '.join('<' + t + '>' for t in found)})"
+                                        if found else "")))
+
+
+def textarea_results(control: TextAreaControl, texts: Sequence[str],
+                     model_version: str) -> list[dict]:
+    """One LS prediction per task: a single `textarea` region with the response."""
+    return [{"result": [{"from_name": control.from_name, "to_name": control.to_name,
+                         "type": "textarea", "value": {"text": [text]}}],
+             "score": 1.0, "model_version": model_version} for text in texts]
+
+
+async def generate_for_tasks(state: Any, texts: list[str]) -> tuple[Any, list[str]]:
+    """Greedy responses to the prompts through the service's generation path (one version for
+    all of them). Returns (the model that answered, the responses in order)."""
+    from services.generation_api import Job, Rejected, result_of, submit, wait_all
+    from labelloop.generation_engine import Sampling
+
+    # As long as the responses the loop pushes and scores (generation.max_new_tokens), within
+    # what the served model can give.
+    longest = min(state.settings.generation.max_new_tokens,
+                  state.holder.current.generator.max_new_tokens)
+    job = Job(list(texts), Sampling(max_new_tokens=longest), single=False)
+    try:
+        model, reqs = await submit(lambda: state.holder.current, job)
+        await wait_all(reqs)
+    except Rejected as exc:
+        raise BadRequest(exc.message, status=exc.status) from None
+    outputs = [result_of(model.generator, r)["text"] for r in reqs]
+    details = [{"finish_reason": r.finish_reason, "prompt_tokens": len(r.prompt_ids),
+                "completion_tokens": len(r.tokens), "temperature": 0.0, "top_p": 1.0,
+                "max_new_tokens": job.sampling.max_new_tokens} for r in reqs]
+    state.plog.record_generation(list(texts), outputs, model.version, "ls", details)
+    return model, outputs
 
 
 def task_texts(tasks: Any, data_key: str, max_chars: int) -> list[str]:
@@ -302,8 +373,12 @@ def create_app(get_state: Callable[[], Any]) -> FastAPI:
         body = await _json_body(request)
         model: LoadedModel = state.holder.current
         schema = body.get("schema")
-        if schema:
+        if schema and model.generator is None:
             select_control(parse_label_config(schema), model.labels)
+        elif schema and "<Pairwise" not in schema:
+            # A generation model fills edit configs; a compare project may connect it too (for
+            # "Start training") and never asks it for predictions it could not give.
+            parse_textarea_config(schema)
         return {"model_version": model.version}
 
     @app.post("/predict")
@@ -316,6 +391,8 @@ def create_app(get_state: Callable[[], Any]) -> FastAPI:
         if not config:
             raise BadRequest("missing 'label_config' (the project's labeling XML)")
         model: LoadedModel = state.holder.current  # one version for the whole call
+        if model.generator is not None:
+            return await _predict_generation(state, body, config)
         params = body.get("params") or {}
         from_name = params.get("from_name") if isinstance(params, dict) else None
         if from_name is not None and not isinstance(from_name, str):
@@ -335,6 +412,26 @@ def create_app(get_state: Callable[[], Any]) -> FastAPI:
         preds = await run_in_threadpool(predict_with, model, texts, cfg.inference_batch_size)
         state.plog.record(texts, preds, model.version, source="ls")
         return {"results": build_results(control, preds, model.version),
+                "model_version": model.version}
+
+    async def _predict_generation(state, body: dict, config: str) -> dict:
+        control = parse_textarea_config(config)
+        cfg = state.settings.serving
+        tasks = body["tasks"]
+        limit = min(cfg.ls_max_tasks_per_request, cfg.generation.max_prompts_per_request)
+        if isinstance(tasks, list) and len(tasks) > limit:
+            raise BadRequest(f"{len(tasks)} tasks in one call; the maximum for a generation model "
+                             f"is {limit} (serving.generation.max_prompts_per_request)", status=413)
+        texts = task_texts(tasks, control.data_key, cfg.max_text_chars)
+        for i, text in enumerate(texts):
+            if not text.strip():
+                tid = tasks[i].get("id", i)
+                raise BadRequest(f"task {str(tid)[:50]}: data[{control.data_key!r}] is empty: no "
+                                 "prompt to answer")
+        if not texts:
+            return {"results": [], "model_version": state.holder.current.version}
+        model, outputs = await generate_for_tasks(state, texts)
+        return {"results": textarea_results(control, outputs, model.version),
                 "model_version": model.version}
 
     @app.post("/webhook")

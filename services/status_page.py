@@ -40,6 +40,12 @@ def collect(settings: Settings, serving_version: str | None = None) -> dict[str,
             agreement[str(version)] = {"annotations": int(len(group)), "kept": kept,
                                        "agreement": kept / len(group)}
         labels_at = sorted(int(s) for s in rows["seq"])
+    quality: dict[str, dict[str, Any]] = {}
+    if settings.task.type == "generation":
+        from annotation.agreement import generation_signals
+
+        quality = generation_signals(rows)  # the live signals, instead of label agreement
+        agreement = {}
     versions = []
     for mv in registry.list_versions(settings):
         tags = mv.tags
@@ -59,6 +65,7 @@ def collect(settings: Settings, serving_version: str | None = None) -> dict[str,
             "test_macro_f1": num("test_macro_f1"), "test_accuracy": num("test_accuracy"),
             "human_labels": human, "created": mv.creation_timestamp / 1000.0,
             "agreement": agreement.get(str(mv.version)),
+            "quality": quality.get(str(mv.version)),
         })
     return {"model_name": settings.registry.model_name,
             "champion": str(champion.version) if champion else None,
@@ -70,7 +77,15 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _agreement(a: dict[str, Any] | None) -> str:
+def _agreement(a: dict[str, Any] | None, q: dict[str, Any] | None = None) -> str:
+    if q:  # generation: accepted unedited, edit distance, preference win rate
+        bits = []
+        if q["accepted_unedited"] is not None:
+            bits.append(f"{q['accepted_unedited']:.0%} of {q['responses']} kept unedited, "
+                        f"edit distance {q['edit_distance']:.2f}")
+        if q["win_rate"] is not None:
+            bits.append(f"won {q['win_rate']:.0%} of {q['comparisons']} comparisons")
+        return "; ".join(bits) or "-"
     return "-" if not a else f"{a['agreement']:.0%} of {a['annotations']}"
 
 
@@ -120,7 +135,7 @@ def render(data: dict[str, Any]) -> str:
             f'<td>{e(v["status"])}</td><td>{e(v["rule"])}</td>'
             f'<td>{_fmt(v["test_macro_f1"])}</td><td>{_fmt(v["test_accuracy"])}</td>'
             f'<td>{v["human_labels"]}</td>'
-            f'<td>{_agreement(a)}</td>'
+            f'<td>{_agreement(a, v.get("quality"))}</td>'
             f'<td>{_when(v["created"])}</td></tr>')
     turns = []
     for t in data["turns"]:

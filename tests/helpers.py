@@ -185,3 +185,37 @@ def tiny_generation_bundle(out_dir: Path, seed: int = 0, **meta) -> Path:
         "max_new_tokens": 32, "system_prompt": None, "dataset_digest": f"untrained-seed-{seed}",
         **meta}, indent=2))
     return Path(out_dir)
+
+
+@contextmanager
+def mlflow_server(root: Path, timeout: float = 120.0) -> Iterator[str]:
+    """A real `mlflow server` on a free 127.0.0.1 port (SQLite + artifacts under `root`, proxied
+    artifacts); yields its URL, stops it (workers included) on exit."""
+    import sys
+    import time
+
+    import httpx
+
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("mlflow server did not come up")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        stop_process_group(proc)

@@ -152,6 +152,19 @@ def responses_of(gen, prompts: list[str], settings: Settings) -> list[str]:
     return [x.text for x in evaluation.generate(gen.model, gen.tokenizer, prompts, settings)]
 
 
+def champion_responses(settings: Settings, gen, prompts: list[str]) -> tuple[list, list]:
+    """(greedy, sampled): a model's response to each prompt, and a second, sampled one (seeded:
+    the same prompts give the same pairs) for annotators to compare with it. What the annotation
+    tools show (Label Studio's edit and compare tasks, Argilla's records)."""
+    from labelloop.generation import evaluation
+
+    if not prompts:
+        return [], []
+    greedy = evaluation.generate(gen.model, gen.tokenizer, prompts, settings)
+    sampled = evaluation.generate(gen.model, gen.tokenizer, prompts, settings, sample_seed=0)
+    return [g.text for g in greedy], [g.text for g in sampled]
+
+
 def chrf(outputs: list[str], references: list[str]) -> float:
     from labelloop.generation import evaluation
 

@@ -11,7 +11,6 @@ leaves no image tagged.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -21,13 +20,14 @@ import uuid
 import httpx
 import pytest
 
-from labelloop import image, registry
-from labelloop.settings import ImageSettings, Settings
-from tests.helpers import REPO_ROOT, free_port, register_untrained_version, stop_process_group
+from labelloop import registry
+from labelloop.settings import Settings
+from tests.helpers import REPO_ROOT, free_port, register_untrained_version
+from tests.helpers import mlflow_server as mlflow_server_at
+from tests.integration.conftest import IMAGE_NAME, deploy_cli_env as _cli_env
 
 pytestmark = pytest.mark.integration
 
-IMAGE_NAME = "localhost/labelloop-ci"  # not the name users build (localhost/labelloop)
 PASSWORD, ADMIN = "ls-secret-" + uuid.uuid4().hex[:8], "admin-" + uuid.uuid4().hex[:8]
 LABEL_CONFIG = """<View>
   <Text name="text" value="$text"/>
@@ -37,59 +37,24 @@ LABEL_CONFIG = """<View>
 </View>"""
 
 
-def _cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP")}
-    env.update({"LABELLOOP__IMAGE__NAME": IMAGE_NAME, "PYTHONPATH": str(REPO_ROOT), **extra})
-    return env
+@pytest.fixture(scope="module")
+def engine(container_engine):
+    return container_engine
 
 
 @pytest.fixture(scope="module")
-def engine():
-    return image.find_engine(ImageSettings())  # ImageError naming `make containers` if none
-
-
-@pytest.fixture(scope="module")
-def built(engine):
-    out = subprocess.run([sys.executable, "-m", "labelloop.cli", "image", "build"],
-                         cwd=str(REPO_ROOT), env=_cli_env(), capture_output=True, text=True,
-                         timeout=1800)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    ref = f"{IMAGE_NAME}:cpu"
-    assert f"built {ref}" in out.stdout
-    # the CPU build of torch, at the pinned version, and ZenML for the feedback loop
-    probe = engine.run("run", "--rm", "--network", "host", "--entrypoint", "python", ref, "-c",
-                       "import torch, zenml, labelloop.cli; print(torch.__version__, "
-                       "torch.version.cuda)", timeout=300)
-    assert probe.stdout.decode().split() == [f"{ImageSettings().torch_version}+cpu", "None"]
-    return ref
+def built(ci_image):
+    return ci_image
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        stop_process_group(proc)
-        pytest.fail("mlflow server did not come up")
-    settings = Settings(data_dir=str(root / "client"), registry={"tracking_uri": uri})
-    v1 = register_untrained_version(settings, seed=1, champion=False)
-    v2 = register_untrained_version(settings, seed=2, champion=True)
-    yield {"uri": uri, "settings": settings, "v1": v1, "v2": v2}
-    stop_process_group(proc)
+    with mlflow_server_at(root) as uri:
+        settings = Settings(data_dir=str(root / "client"), registry={"tracking_uri": uri})
+        v1 = register_untrained_version(settings, seed=1, champion=False)
+        v2 = register_untrained_version(settings, seed=2, champion=True)
+        yield {"uri": uri, "settings": settings, "v1": v1, "v2": v2}
 
 
 def _port_open(port: int) -> bool:
