@@ -100,3 +100,29 @@ def test_generation_pool_reads_prompts_of_the_family_data(tmp_path):
     texts, where = pool.raw_pool(split)
     assert where.startswith("the labelled training split")
     assert texts and set(texts) < {p for p, _ in rows} and len(texts) == len(set(texts))
+
+
+def test_generation_records_carry_the_response_score_and_uncertainty(tmp_path):
+    """The champion's response is scored (exp of minus its mean token NLL under the model): the
+    suggestion's score, and `uncertainty` = 1 - score in the metadata, as for classification."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from annotation import argilla as A
+    from tests.helpers import tiny_causal_lm
+
+    base = tiny_causal_lm(tmp_path / "lm")
+    gen = SimpleNamespace(model=AutoModelForCausalLM.from_pretrained(base).eval(),
+                          tokenizer=AutoTokenizer.from_pretrained(base), version="7")
+    s = Settings(data_dir=str(tmp_path / "d"), task={"type": "generation", "name": "chat"},
+                 generation={"max_new_tokens": 6})
+    prompts = ["hello how are you", "what is your name"]
+    greedy, sampled = A.champion_responses(s, gen, prompts)
+    scores = A.response_scores(s, gen, prompts, greedy)
+    assert len(scores) == 2 and all(0.0 <= x <= 1.0 for x in scores)
+    rec = A.build_generation_record(prompts[0], greedy[0] or "x", "7", sampled[0], "7", 0, scores[0])
+    assert rec.metadata["uncertainty"] == round(1 - scores[0], 6)
+    assert rec.metadata["suggested_score"] == round(scores[0], 6)
+    (sug,) = list(rec.suggestions)
+    assert sug.agent == "7" and sug.score == scores[0] and sug.question_name == "response"
