@@ -165,6 +165,14 @@ def check_dataset(dataset, task) -> None:
                 f"the Argilla dataset {dataset.name!r} is not a generation dataset (needs a "
                 f"{PROMPT_FIELD!r} field and a {RESPONSE_QUESTION!r} text question; found fields "
                 f"{sorted(fields)}, questions {kinds}); use another argilla.dataset name")
+        pref = questions.get(PREFERENCE_QUESTION)
+        if pref is not None and (kinds[PREFERENCE_QUESTION] != "LabelQuestion"
+                                 or sorted(pref.labels) != sorted(PREFERENCE_LABELS)):
+            raise DatasetMismatch(
+                f"the Argilla dataset {dataset.name!r} has a {PREFERENCE_QUESTION!r} question "
+                f"that is not a label question over {sorted(PREFERENCE_LABELS)} (found "
+                f"{kinds[PREFERENCE_QUESTION]} {list(getattr(pref, 'labels', []) or [])}); use "
+                "another argilla.dataset name")
         return
     if task.type != "classification":
         raise DatasetMismatch(f"no Argilla dataset check for task type {task.type!r}")

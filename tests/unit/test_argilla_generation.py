@@ -126,3 +126,40 @@ def test_generation_records_carry_the_response_score_and_uncertainty(tmp_path):
     assert rec.metadata["suggested_score"] == round(scores[0], 6)
     (sug,) = list(rec.suggestions)
     assert sug.agent == "7" and sug.score == scores[0] and sug.question_name == "response"
+
+
+def test_dataset_check_refuses_a_dataset_of_the_other_family():
+    """The dataset check of each family: a classification dataset for a generation model (and
+    the reverse, or a preference question with other choices) is one clear DatasetMismatch.
+    (Datasets as the SDK describes them, without a server: the check reads names and kinds.)"""
+    from types import SimpleNamespace as NS
+
+    import pytest
+
+    from annotation import argilla as A
+    from labelloop.tasks import ClassificationTask
+
+    class TextQuestion(NS):
+        pass
+
+    class LabelQuestion(NS):
+        pass
+
+    def ds(fields, *questions):
+        return NS(name="d", settings=NS(fields=[NS(name=f) for f in fields],
+                                        questions=list(questions)))
+
+    clf_task = ClassificationTask(name="s", labels=["negative", "positive"])
+    pref = LabelQuestion(name="preference", labels=dict(A.PREFERENCE_LABELS))
+    gen = ds(["prompt", "response_a", "response_b"], TextQuestion(name="response"), pref)
+    clf = ds(["text"], LabelQuestion(name="label", labels=["negative", "positive"]))
+    A.check_dataset(gen, TASK)
+    A.check_dataset(clf, clf_task)
+    with pytest.raises(A.DatasetMismatch, match="is not a generation dataset"):
+        A.check_dataset(clf, TASK)
+    with pytest.raises(A.DatasetMismatch, match="no label question"):
+        A.check_dataset(gen, clf_task)
+    odd = ds(["prompt"], TextQuestion(name="response"),
+             LabelQuestion(name="preference", labels=["left", "right"]))
+    with pytest.raises(A.DatasetMismatch, match="'preference' question"):
+        A.check_dataset(odd, TASK)
