@@ -387,3 +387,190 @@ def test_bad_input_unreachable_wrong_key_mismatching_dataset(argilla_server, tmp
     with pytest.raises(A.DatasetMismatch, match="no label question"):
         A.ensure_dataset(s, client)
     gen.delete()
+
+
+# -- generation ---------------------------------------------------------------------------------
+GEN_PROMPTS = [f"tell me about topic number {i}" for i in range(8)]
+
+
+@pytest.fixture(scope="module")
+def gen_loop(argilla_server, tmp_path_factory):
+    """A generation champion (a tiny random Llama, tests/integration/test_generation_service.py)
+    served by the real service, an Argilla generation dataset with its webhook, and a capture."""
+    from annotation import argilla as A
+    from annotation.argilla_webhook import EVENTS
+    from tests.integration.test_generation_service import register_generation_version
+
+    import argilla as rg
+
+    root = tmp_path_factory.mktemp("argilla-gen")
+    pd.DataFrame({"prompt": ["hello", "what is your name"], "response": ["hi", "bot"]}).to_csv(
+        root / "pairs.csv", index=False)
+    cfg = {"data_dir": str(root / "data"), "task": {"type": "generation", "name": "chat"},
+           "dataset": {"path": str(root / "pairs.csv"), "encoding": "utf-8"},
+           "registry": {"model_name": "labelloop-chat"},
+           "generation": {"max_new_tokens": 8},
+           "annotation": {"tools": ["argilla"]},
+           "argilla": {**argilla_server.argilla_overrides()["argilla"],
+                       "dataset": f"gen-{uuid.uuid4().hex[:8]}", "pool_size": len(GEN_PROMPTS)},
+           "serving": {"port": free_port(), "poll_interval_s": 2.0, "admin_token": ADMIN}}
+    with demo_service(root, cfg, lambda s: register_generation_version(s, seed=0, champion=True)) \
+            as (settings_file, settings, champion):
+        client = A.connect(settings)
+        out = A.setup(settings, client=client, progress=lambda m: None)
+        capture = Capture()
+        spy = rg.Webhook(url=f"http://127.0.0.1:{capture.port}/hook", events=EVENTS,
+                         _client=client).create()
+        try:
+            yield {"root": root, "settings_file": settings_file, "settings": settings,
+                   "champion": champion, "client": client, "dataset": out["dataset"],
+                   "capture": capture}
+        finally:
+            try:
+                spy.delete()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def gen_answer(ui, record_id, response, choice=None, status="submitted"):
+    values = {"response": {"value": response}}
+    if choice is not None:
+        values["preference"] = {"value": choice}
+    r = ui.post(f"/api/v1/records/{record_id}/responses", json={"values": values, "status": status})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def test_generation_answers_through_argilla_webhooks_sync_and_a_new_champion(gen_loop, tmp_path):
+    """Generation on the real server: dataset layout, records with the champion's responses,
+    an annotator accepting, rewriting, updating, discarding, comparing (a/b/tie/both_bad),
+    drafting and deleting; webhooks + reversed replays + sync leave exactly the final answers;
+    a new champion's responses reach the pending records in place."""
+    from annotation import argilla as A
+    from annotation.argilla_webhook import read_hook
+    from annotation.tools import TOOLS
+    from standardwebhooks import Webhook
+    from tests.integration.test_generation_service import register_generation_version
+
+    s, client, dataset_id, v1 = (gen_loop["settings"], gen_loop["client"], gen_loop["dataset"],
+                                 gen_loop["champion"])
+    ds = A.get_dataset(s, client)
+    kinds = {q.name: type(q).__name__ for q in ds.settings.questions}
+    assert kinds == {"response": "TextQuestion", "preference": "LabelQuestion"}
+    assert {f.name for f in ds.settings.fields} == {"prompt", "response_a", "response_b"}
+    out = A.log_pool(s, texts=GEN_PROMPTS, client=client)
+    assert out["logged"] == len(GEN_PROMPTS) and out["model_version"] == v1
+    assert A.log_pool(s, texts=GEN_PROMPTS, client=client)["logged"] == 0  # never twice
+    records = A.list_records(client, dataset_id)
+    assert len(records) == len(GEN_PROMPTS)
+    for r in records:
+        (sug,) = r["suggestions"]
+        assert sug["agent"] == v1 and sug["value"] == r["fields"]["response_a"]
+        assert r["metadata"]["model_version"] == v1
+        assert r["metadata"]["uncertainty"] == pytest.approx(1 - sug["score"], abs=1e-5)
+    with_b = [r for r in records if r["fields"].get("response_b")]
+    assert len(with_b) >= 4  # wide random weights: the sampled response mostly differs
+
+    name, ui = annotator(s, client)
+    # Records with two responses first: the first four answers compare them.
+    todo = sorted(queue(ui, dataset_id), key=lambda r: not r["fields"].get("response_b"))
+    assert len(todo) == len(GEN_PROMPTS)
+    accept, rewrite, update, both_bad, discard, draft, delete, *rest = todo
+    shown = {r["id"]: r["suggestions"][0]["value"] for r in todo}
+    gen_answer(ui, accept["id"], shown[accept["id"]], "a")
+    gen_answer(ui, rewrite["id"], "A better answer, written by hand.", "b")
+    first = gen_answer(ui, update["id"], "first try", "a")
+    time.sleep(1.1)
+    r = ui.put(f"/api/v1/responses/{first['id']}",
+               json={"values": {"response": {"value": "second try"},
+                                "preference": {"value": "tie"}}, "status": "submitted"})
+    assert r.status_code == 200, r.text
+    gen_answer(ui, both_bad["id"], "Neither: this one.", "both_bad")
+    gen_answer(ui, discard["id"], shown[discard["id"]], status="discarded")
+    gen_answer(ui, draft["id"], "half done", status="draft")
+    gone = gen_answer(ui, delete["id"], "to be deleted", "a")
+    time.sleep(0.5)
+    assert ui.delete(f"/api/v1/responses/{gone['id']}").status_code == 200
+    assert ui.post(f"/api/v1/records/{accept['id']}/responses", json={
+        "values": {"response": {"value": "x"}, "preference": {"value": "left"}},
+        "status": "submitted"}).status_code in (409, 422)  # a choice outside the labels
+
+    want = {(accept["id"], "response"): shown[accept["id"]],
+            (rewrite["id"], "response"): "A better answer, written by hand.",
+            (update["id"], "response"): "second try",
+            (both_bad["id"], "response"): "Neither: this one."}
+    choices = {accept["id"]: "a", rewrite["id"]: "b", update["id"]: "tie",
+               both_bad["id"]: "both_bad"}
+
+    def settled(rows):
+        act = rows[rows["status"] == "active"]
+        got = {(t, k): lab for t, k, lab in zip(act["task_id"], act["kind"], act["label"])
+               if k == "response"}
+        prefs = {t: c for t, k, c in zip(act["task_id"], act["kind"], act["choice"])
+                 if k == "preference"}
+        return (got == want and prefs == choices
+                and set(rows.loc[rows["status"] == "invalid", "task_id"]) == {discard["id"]}
+                and set(rows.loc[rows["status"] == "deleted", "task_id"]) == {delete["id"]})
+
+    rows = wait_store(s, dataset_id, settled)
+    assert settled(rows), rows[["task_id", "kind", "label", "choice", "status", "via"]].to_string()
+    assert set(rows["via"]) == {"webhook"} and draft["id"] not in set(rows["task_id"])
+    act = rows[rows["status"] == "active"]
+    resp = act[act["kind"] == "response"].set_index("task_id")
+    assert set(resp["annotator"]) == {name} and set(resp["model_version"]) == {v1}
+    assert resp.loc[accept["id"], "changed"] == 0 and resp.loc[rewrite["id"], "changed"] == 1
+    pref = act[act["kind"] == "preference"].set_index("task_id")
+    assert pref.loc[rewrite["id"], "label"] == rewrite["fields"]["response_b"]
+    assert pref.loc[rewrite["id"], "rejected"] == rewrite["fields"]["response_a"]
+    before, seq = final_state(s, dataset_id)
+
+    # Replays of every delivery, reversed, twice: not one write.
+    deadline = time.time() + 20
+    while len(gen_loop["capture"].deliveries) < 8 and time.time() < deadline:
+        time.sleep(0.2)
+    hook = Webhook(read_hook(s)["secret"])
+    url = f"http://127.0.0.1:{s.serving.port}/argilla/webhook"
+    for _ in range(2):
+        for headers, body in reversed(gen_loop["capture"].deliveries):
+            msg_id = headers.get("webhook-id") or headers.get("Webhook-Id")
+            now = datetime.now(timezone.utc)
+            r = httpx.post(url, content=body, timeout=30, headers={
+                "webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": hook.sign(msg_id, now, body.decode()),
+                "content-type": "application/json"})
+            assert r.status_code == 200, r.text
+    after, seq_after = final_state(s, dataset_id)
+    pd.testing.assert_frame_equal(before, after)
+    assert seq_after == seq
+    # The pull sync agrees; alone (a fresh store) it gives the same rows.
+    report = A.sync_dataset(s)
+    assert set(report["outcomes"]) <= {"unchanged"} and report["deleted"] == 0, report
+    fresh = load_settings(str(gen_loop["settings_file"]), overrides={"data_dir": str(tmp_path / "d")})
+    A.sync_dataset(fresh)
+    alone, _ = final_state(fresh, dataset_id)
+    live = before[before["status"] != "deleted"].drop(columns=["updated_ts"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(alone.drop(columns=["updated_ts"]), live, check_dtype=False)
+
+    # A new champion: the pending records get its responses in place (A = new, B = the old A).
+    pending_before = {r["id"]: r for r in A.list_records(client, dataset_id) if not r["responses"]}
+    v2 = register_generation_version(s, seed=1, champion=True)
+    got = TOOLS["argilla"].publish(s, None, None)
+    assert got["model_version"] == v2 and got["pushed"] == len(pending_before), got
+    assert TOOLS["argilla"].publish(s, None, None)["pushed"] == 0  # idempotent
+    records = A.list_records(client, dataset_id)
+    assert len(records) == len(GEN_PROMPTS)  # in place, never duplicated
+    for r in records:
+        if r["id"] in pending_before:
+            assert {x["agent"] for x in r["suggestions"]} == {v2}
+            assert r["metadata"]["model_version"] == v2
+            old_a = pending_before[r["id"]]["fields"]["response_a"]
+            if r["fields"].get("response_b"):
+                assert r["fields"]["response_b"] == old_a and r["metadata"]["version_b"] == v1
+        else:
+            assert r["metadata"]["model_version"] == v1  # what its annotator saw
+    # A classification model against this generation dataset: one clear error.
+    wrong = load_settings(str(gen_loop["settings_file"]),
+                          overrides={"task": {"type": "classification", "name": "s",
+                                              "labels": ["negative", "positive"]}})
+    with pytest.raises(A.DatasetMismatch, match="no label question"):
+        A.get_dataset(wrong, client)
