@@ -522,6 +522,11 @@ def test_generation_answers_through_argilla_webhooks_sync_and_a_new_champion(gen
     pref = act[act["kind"] == "preference"].set_index("task_id")
     assert pref.loc[rewrite["id"], "label"] == rewrite["fields"]["response_b"]
     assert pref.loc[rewrite["id"], "rejected"] == rewrite["fields"]["response_a"]
+    # Quality signals per model version from the Argilla answers: 1 of 4 responses kept as shown.
+    from annotation.agreement import generation_signals
+
+    signals = generation_signals(act)
+    assert signals[v1]["responses"] == 4 and signals[v1]["accepted_unedited"] == 0.25
     before, seq = final_state(s, dataset_id)
 
     # Replays of every delivery, reversed, twice: not one write.
