@@ -165,6 +165,14 @@ def check_dataset(dataset, task) -> None:
                 f"the Argilla dataset {dataset.name!r} is not a generation dataset (needs a "
                 f"{PROMPT_FIELD!r} field and a {RESPONSE_QUESTION!r} text question; found fields "
                 f"{sorted(fields)}, questions {kinds}); use another argilla.dataset name")
+        pref = questions.get(PREFERENCE_QUESTION)
+        if pref is not None and (kinds[PREFERENCE_QUESTION] != "LabelQuestion"
+                                 or sorted(pref.labels) != sorted(PREFERENCE_LABELS)):
+            raise DatasetMismatch(
+                f"the Argilla dataset {dataset.name!r} has a {PREFERENCE_QUESTION!r} question "
+                f"that is not a label question over {sorted(PREFERENCE_LABELS)} (found "
+                f"{kinds[PREFERENCE_QUESTION]} {list(getattr(pref, 'labels', []) or [])}); use "
+                "another argilla.dataset name")
         return
     if task.type != "classification":
         raise DatasetMismatch(f"no Argilla dataset check for task type {task.type!r}")
@@ -262,14 +270,18 @@ def build_record(text: str, prediction, version: str, rank: Optional[int] = None
 
 def build_generation_record(prompt: str, response: str, version: str,
                             other: Optional[str] = None, other_version: Optional[str] = None,
-                            rank: Optional[int] = None):
+                            rank: Optional[int] = None, score: Optional[float] = None):
     """A generation record: the champion's `response` as the text question's suggestion (agent:
-    its version) and as response A; `other` (another sample, or the previous champion's) as
-    response B, left out when there is none or it says the same."""
+    its version; score: how sure the model is of it, `response_scores`) and as response A;
+    `other` (another sample, or the previous champion's) as response B, left out when there is
+    none or it says the same. Metadata `uncertainty` = 1 - score, as for classification."""
     import argilla as rg
 
     fields = {PROMPT_FIELD: prompt, RESPONSE_A: response}
     metadata: dict[str, Any] = {"model_version": str(version), "suggested_label": response}
+    if score is not None:
+        metadata.update(uncertainty=round(1.0 - float(score), 6),
+                        suggested_score=round(float(score), 6))
     if other and other.strip() and other.strip() != response.strip():
         fields[RESPONSE_B] = other
         metadata["version_b"] = str(other_version or version)
@@ -277,7 +289,8 @@ def build_generation_record(prompt: str, response: str, version: str,
         metadata["rank"] = int(rank)
     return rg.Record(id=record_id(prompt), fields=fields, metadata=metadata,
                      suggestions=[rg.Suggestion(question_name=RESPONSE_QUESTION, value=response,
-                                                agent=str(version))])
+                                                agent=str(version),
+                                                score=None if score is None else float(score))])
 
 
 def _log(ds, records: list) -> None:
@@ -384,6 +397,21 @@ def champion_responses(settings: Settings, generator, prompts: list[str]) -> tup
     return responses(settings, generator, prompts)
 
 
+def response_scores(settings: Settings, generator, prompts: list[str],
+                    responses: list[str]) -> list[float]:
+    """How sure the model is of each of its responses: the geometric mean of its tokens'
+    probabilities, exp(-mean token NLL), in [0, 1] (0 for an empty response)."""
+    import math
+
+    from labelloop.generation import evaluation
+
+    if not prompts:
+        return []
+    nll, count = evaluation.response_nll(generator.model, generator.tokenizer, prompts, responses,
+                                         settings)
+    return [math.exp(-n / c) if c else 0.0 for n, c in zip(nll, count)]
+
+
 def _log_prompts(settings: Settings, raw: list, where: str, client=None,
                  generator=None) -> dict[str, Any]:
     """log_pool for generation: up to `argilla.pool_size` new prompts of the pool as records
@@ -406,8 +434,12 @@ def _log_prompts(settings: Settings, raw: list, where: str, client=None,
                if record_id(p) not in seen][:settings.argilla.pool_size]
     skipped = len(built.texts) - len(prompts)
     greedy, sampled = champion_responses(settings, generator, prompts)
-    records = [build_generation_record(p, a, version, b, version, rank)
-               for rank, (p, a, b) in enumerate(zip(prompts, greedy, sampled))]
+    scores = response_scores(settings, generator, prompts, greedy)
+    # Ranked least certain first (the `rank` metadata), as classification's margin ordering.
+    order = sorted(range(len(prompts)), key=lambda i: scores[i])
+    records = [build_generation_record(prompts[i], greedy[i], version, sampled[i], version, rank,
+                                       scores[i])
+               for rank, i in enumerate(order)]
     _log(ds, records)
     return {"dataset": info.id, "name": info.name, "created": info.created,
             "logged": len(records), "skipped_existing_or_empty": skipped + built.empty,
@@ -432,14 +464,15 @@ def _push_generation(settings: Settings, client, ds, generator=None) -> dict[str
     todo = [r for r in pending(list_records(client, str(ds.id)), PROMPT_FIELD)
             if (r.get("metadata") or {}).get("model_version") != version]
     if todo:
-        greedy, _ = champion_responses(settings, generator,
-                                       [r["fields"][PROMPT_FIELD] for r in todo])
+        prompts = [r["fields"][PROMPT_FIELD] for r in todo]
+        greedy, _ = champion_responses(settings, generator, prompts)
+        scores = response_scores(settings, generator, prompts, greedy)
         records = []
-        for r, response in zip(todo, greedy):
+        for r, response, score in zip(todo, greedy, scores):
             meta = r.get("metadata") or {}
             rec = build_generation_record(r["fields"][PROMPT_FIELD], response, version,
                                           r["fields"].get(RESPONSE_A), meta.get("model_version"),
-                                          meta.get("rank"))
+                                          meta.get("rank"), score)
             rec.id = r.get("external_id") or rec.id  # the record's own id: updated in place
             records.append(rec)
         _log(ds, records)

@@ -122,7 +122,8 @@ def import_prompts(settings: Settings, texts: Optional[Iterable[str]] = None, cl
                    generator=None, file: Optional[str] = None) -> dict[str, Any]:
     """Up to `studio.pool_size` prompts of the pool new to the projects into both: edit tasks
     with the champion's response as a prediction, compare tasks with it (A) and a second,
-    sampled response (B; a prompt whose two responses are the same gets no compare task)."""
+    sampled response (B; a prompt whose two responses are the same, or one of them empty, gets
+    no compare task)."""
     from annotation import pool as pools
     from annotation.labelstudio import connect
     from labelloop.cleaning import Cleaning
@@ -144,8 +145,8 @@ def import_prompts(settings: Settings, texts: Optional[Iterable[str]] = None, cl
             edit.append(edit_task(prompt, a, version, rank))
         if prompt in have["compare"]:
             continue
-        if a.strip() == b.strip():
-            same += 1
+        if not a.strip() or not b.strip() or a.strip() == b.strip():
+            same += 1  # an empty side, or the same response twice: nothing to prefer
             continue
         compare.append({"data": compare_data(prompt, a, version, b, version, rank)})
     for kind, tasks in (("edit", edit), ("compare", compare)):
@@ -199,13 +200,19 @@ def push_responses(settings: Settings, client, generator=None) -> dict[str, Any]
                                                request=requests[start:start + 500])
     if "edit" in projects:
         client.projects.update(id=projects["edit"], model_version=version)
+    pushed_compare = 0
     for tid, prompt, data in todo_compare:
+        a = answer[prompt]
         b, vb = data.get(RESPONSE_A), data.get(VERSION_A)
-        if not isinstance(b, str) or b.strip() == answer[prompt].strip():
+        if not isinstance(b, str) or not b.strip() or b.strip() == a.strip():
             b, vb = second[prompt], version  # nothing else to compare with: a second sample
+        if not a.strip() or not b.strip() or a.strip() == b.strip():
+            continue  # nothing to prefer: the task keeps the pair it shows
         client.tasks.update(id=str(tid), data={
-            **data, **compare_data(prompt, answer[prompt], version, b, vb, data.get("rank"))})
+            **data, **compare_data(prompt, a, version, b, vb, data.get("rank"))})
+        pushed_compare += 1
     return {"projects": projects, "model_version": version,
-            "pushed": len(todo_edit) + len(todo_compare), "pushed_edit": len(todo_edit),
-            "pushed_compare": len(todo_compare)}
+            "pushed": len(todo_edit) + pushed_compare, "pushed_edit": len(todo_edit),
+            "pushed_compare": pushed_compare,
+            "kept_compare": len(todo_compare) - pushed_compare}
 

@@ -205,8 +205,9 @@ def setup_project(settings: Settings) -> dict[str, Any]:
     project = out["project"]
     have = len(existing_texts(client, project))
     if have == 0:
-        say(f"importing {settings.studio.pool_size} tasks with the champion's predictions "
-            f"({settings.studio.ordering} first)")
+        say(f"importing {settings.studio.pool_size} tasks with the champion's "
+            + ("responses (edit and compare projects)" if settings.task.type == "generation"
+               else f"predictions ({settings.studio.ordering} first)"))
         out["import"] = import_pool(settings, project_id=project, client=client)
     else:
         say(f"project already holds {have} tasks: nothing imported")
@@ -331,7 +332,8 @@ def up(config: Optional[str], tools: Optional[list[str]] = None,
     if "label-studio" in servers:
         server = servers["label-studio"].result()
         out = setup_project(settings)
-        shown.append(("Label Studio", out["url"], server.username, server.password))
+        for kind, url in (out.get("urls") or {"": out["url"]}).items():  # generation: edit, compare
+            shown.append((f"Label Studio {kind}".strip(), url, server.username, server.password))
     if "argilla" in servers:
         server = servers["argilla"].result()
         out = setup_argilla(settings)
@@ -354,6 +356,9 @@ def up(config: Optional[str], tools: Optional[list[str]] = None,
     elif "label-studio" in tools:
         print("next           open a few tasks, correct the model's choice and Submit, then press")
         print("               'Start training' (Settings > Model) or run:")
+    elif generation:
+        print("next           answer a few records in Argilla (keep or rewrite the suggested")
+        print("               response, say which of A and B is better, Submit), then run:")
     else:
         print("next           answer a few records in Argilla (keep or change the suggestion,")
         print("               Submit), then run:")

@@ -78,3 +78,88 @@ def test_annotate_import_feeds_every_tool_that_is_on(tmp_path, monkeypatch):
                                              "argilla": {"ar": "p.txt"}}
     only = Settings(data_dir=str(tmp_path), annotation={"tools": ["argilla"]})
     assert cli.import_all(only, "p.txt") == {"ar": "p.txt"}
+
+
+def test_generation_pool_reads_prompts_of_the_family_data(tmp_path):
+    """The pool of a generation task skips the prompts of its prompt/response data, and
+    `pool.from_training_split` gives the training split's prompts (not classification's texts)."""
+    import pandas as pd
+
+    from annotation import pool
+    from labelloop.cleaning import Cleaning
+
+    rows = [(f"question number {i}?", f"answer {i}") for i in range(40)]
+    pd.DataFrame(rows, columns=["prompt", "response"]).to_csv(tmp_path / "pairs.csv", index=False)
+    cfg = {"data_dir": str(tmp_path / "d"), "task": {"type": "generation", "name": "chat"},
+           "dataset": {"path": str(tmp_path / "pairs.csv"), "encoding": "utf-8"}}
+    s = Settings(**cfg)
+    assert pool.labelled_texts(s) == {p for p, _ in rows}
+    built = pool.build_pool(s, Cleaning(), texts=["a new prompt", rows[0][0]])
+    assert built.texts == ["a new prompt"] and built.labelled == 1
+    split = Settings(**cfg, pool={"from_training_split": True})
+    texts, where = pool.raw_pool(split)
+    assert where.startswith("the labelled training split")
+    assert texts and set(texts) < {p for p, _ in rows} and len(texts) == len(set(texts))
+
+
+def test_generation_records_carry_the_response_score_and_uncertainty(tmp_path):
+    """The champion's response is scored (exp of minus its mean token NLL under the model): the
+    suggestion's score, and `uncertainty` = 1 - score in the metadata, as for classification."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from annotation import argilla as A
+    from tests.helpers import tiny_causal_lm
+
+    base = tiny_causal_lm(tmp_path / "lm")
+    gen = SimpleNamespace(model=AutoModelForCausalLM.from_pretrained(base).eval(),
+                          tokenizer=AutoTokenizer.from_pretrained(base), version="7")
+    s = Settings(data_dir=str(tmp_path / "d"), task={"type": "generation", "name": "chat"},
+                 generation={"max_new_tokens": 6})
+    prompts = ["hello how are you", "what is your name"]
+    greedy, sampled = A.champion_responses(s, gen, prompts)
+    scores = A.response_scores(s, gen, prompts, greedy)
+    assert len(scores) == 2 and all(0.0 <= x <= 1.0 for x in scores)
+    rec = A.build_generation_record(prompts[0], greedy[0] or "x", "7", sampled[0], "7", 0, scores[0])
+    assert rec.metadata["uncertainty"] == round(1 - scores[0], 6)
+    assert rec.metadata["suggested_score"] == round(scores[0], 6)
+    (sug,) = list(rec.suggestions)
+    assert sug.agent == "7" and sug.score == scores[0] and sug.question_name == "response"
+
+
+def test_dataset_check_refuses_a_dataset_of_the_other_family():
+    """The dataset check of each family: a classification dataset for a generation model (and
+    the reverse, or a preference question with other choices) is one clear DatasetMismatch.
+    (Datasets as the SDK describes them, without a server: the check reads names and kinds.)"""
+    from types import SimpleNamespace as NS
+
+    import pytest
+
+    from annotation import argilla as A
+    from labelloop.tasks import ClassificationTask
+
+    class TextQuestion(NS):
+        pass
+
+    class LabelQuestion(NS):
+        pass
+
+    def ds(fields, *questions):
+        return NS(name="d", settings=NS(fields=[NS(name=f) for f in fields],
+                                        questions=list(questions)))
+
+    clf_task = ClassificationTask(name="s", labels=["negative", "positive"])
+    pref = LabelQuestion(name="preference", labels=dict(A.PREFERENCE_LABELS))
+    gen = ds(["prompt", "response_a", "response_b"], TextQuestion(name="response"), pref)
+    clf = ds(["text"], LabelQuestion(name="label", labels=["negative", "positive"]))
+    A.check_dataset(gen, TASK)
+    A.check_dataset(clf, clf_task)
+    with pytest.raises(A.DatasetMismatch, match="is not a generation dataset"):
+        A.check_dataset(clf, TASK)
+    with pytest.raises(A.DatasetMismatch, match="no label question"):
+        A.check_dataset(gen, clf_task)
+    odd = ds(["prompt"], TextQuestion(name="response"),
+             LabelQuestion(name="preference", labels=["left", "right"]))
+    with pytest.raises(A.DatasetMismatch, match="'preference' question"):
+        A.check_dataset(odd, TASK)
