@@ -576,6 +576,7 @@ def test_generation_answers_through_argilla_webhooks_sync_and_a_new_champion(gen
     # A classification model against this generation dataset: one clear error.
     wrong = load_settings(str(gen_loop["settings_file"]),
                           overrides={"task": {"type": "classification", "name": "s",
-                                              "labels": ["negative", "positive"]}})
+                                              "labels": ["negative", "positive"]},
+                                     "promotion": {"metric": "macro_f1"}})
     with pytest.raises(A.DatasetMismatch, match="no label question"):
         A.get_dataset(wrong, client)
