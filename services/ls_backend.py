@@ -71,14 +71,19 @@ class ChoicesControl:
     choice: str = "single"  # LS `choice` attribute: single, single-radio or multiple
 
 
-def parse_label_config(xml: str) -> list[ChoicesControl]:
-    """All `<Choices>` controls of a label config, each resolved to the `<Text>` it labels."""
+def _parse_xml(xml: str) -> ET.Element:
+    """The label config's XML root, or a `LabelConfigError` (422) saying why there is none."""
     if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("the label config is empty")
     try:
-        root = ET.fromstring(xml)
+        return ET.fromstring(xml)
     except ET.ParseError as exc:
         raise LabelConfigError(f"the label config is not valid XML: {exc}") from None
+
+
+def parse_label_config(xml: str) -> list[ChoicesControl]:
+    """All `<Choices>` controls of a label config, each resolved to the `<Text>` it labels."""
+    root = _parse_xml(xml)
     texts: dict[str, str] = {}
     for el in root.iter():
         if el.tag in ("Text", "HyperText", "Paragraphs") and el.get("name"):
@@ -152,12 +157,7 @@ class TextAreaControl:
 def parse_textarea_config(xml: str) -> TextAreaControl:
     """The first `<TextArea>` of a label config that points at a `<Text value="$key">`: what a
     generation model can fill. Anything else is a `LabelConfigError` (422) saying so."""
-    if not isinstance(xml, str) or not xml.strip():
-        raise LabelConfigError("the label config is empty")
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise LabelConfigError(f"the label config is not valid XML: {exc}") from None
+    root = _parse_xml(xml)
     texts = {el.get("name"): el.get("value", "")[1:] for el in root.iter("Text")
              if el.get("name") and el.get("value", "").startswith("$") and len(el.get("value")) > 1}
     for el in root.iter("TextArea"):
