@@ -22,7 +22,9 @@ training / evaluation / baseline), minus ZenML and MLflow, so it also runs on a 
     python benchmarks/training.py --case full small --json docs/training.json
 
 Runs go in the order given; `--run CASE/NAME:...` runs on that case only. Each run overrides
-`training.*` or `model.*` keys (`class_weights=auto`, `max_steps=400`, ...); `--run default:` is the configured default.
+`training.*` or `model.*` keys (`class_weights=auto`, `max_steps=400`, ...), or
+`validation_fraction=0.1` (validation rows carved from the training rows, for `keep_best`);
+`--run default:` is the configured default.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ from labelloop.settings import load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
 
 MODEL_KEYS = {"base", "max_length"}
+# validation_fraction=F: that share of the case's training rows becomes validation rows, as
+# dataset.validation_fraction carves it (for training.keep_best and early stopping)
+DATA_KEYS = {"validation_fraction"}
 
 
 def parse_run(spec: str) -> tuple[str, dict, dict]:
@@ -53,7 +58,7 @@ def parse_run(spec: str) -> tuple[str, dict, dict]:
     train_over, model_over = {}, {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        target = model_over if key in MODEL_KEYS else train_over
+        target = model_over if key in MODEL_KEYS | DATA_KEYS else train_over
         try:
             target[key] = json.loads(value)
         except ValueError:
@@ -119,8 +124,12 @@ def fit_baselines(case, task, weightings) -> dict:
 
 def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
     cfg = settings.training.model_copy(update={**train_over, **({"seed": seed} if seed else {})})
-    model_cfg = settings.model.model_copy(update=model_over)
-    train = case["train"]
+    fraction = model_over.get("validation_fraction", 0)
+    model_cfg = settings.model.model_copy(update={k: v for k, v in model_over.items()
+                                                  if k in MODEL_KEYS})
+    train, validation = case["train"], None
+    if fraction:
+        train, validation = data.split_validation(train, fraction)
     cfg = training.resolve(cfg, len(train))
     sched = training.plan(cfg, len(train))
     print(f"\n--- {case['case']}#{case['draw']} {name} seed {cfg.seed}: {cfg.method} "
@@ -128,7 +137,8 @@ def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
           f"({sched.epochs(len(train)):.1f} epochs of {len(train)} rows) "
           f"class_weights={cfg.class_weights} max_length={model_cfg.max_length}", flush=True)
     # num_processes=N: N data-parallel processes (labelloop/distributed.py); 1: this process
-    result = distributed.fine_tune(train, task, model_cfg, cfg, progress=False)
+    result = distributed.fine_tune(train, task, model_cfg, cfg, progress=False,
+                                   validation=validation)
     out = {"case": case["case"], "draw": case["draw"], "name": name, "seed": cfg.seed,
            "method": cfg.method, "lr": cfg.learning_rate, "batch_size": sched.batch_size,
            "steps": sched.steps, "epochs": sched.epochs(len(train)),
@@ -136,7 +146,9 @@ def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
            "num_processes": cfg.num_processes,
            "overrides": {**train_over, **model_over}, "train_rows": len(train),
            "test_rows": len(case["test"]), "train_seconds": result.train_seconds,
-           "samples_per_second": result.samples_per_second}
+           "samples_per_second": result.samples_per_second,
+           "validation_rows": 0 if validation is None else len(validation),
+           "validation_curve": result.validation_curve, "kept_step": result.kept_step}
     with tempfile.TemporaryDirectory() as tmp:
         modeling.save_bundle(result.model, result.tokenizer, Path(tmp), {
             "task": task.to_dict(), "max_length": model_cfg.max_length,
@@ -148,6 +160,9 @@ def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
         for split_name, test in case["extra"].items():
             out[split_name] = score(clf, test, task, settings.evaluation.batch_size)
     wide = f"  wide {out['wide']['macro_f1']:.4f}" if "wide" in out else ""
+    if result.validation_curve:
+        scores = " ".join(format(e["macro_f1"], ".3f") for e in result.validation_curve)
+        wide += f"  validation {scores} (kept step {result.kept_step})"
     print(f"    macro-F1 {out['macro_f1']:.4f}  acc {out['accuracy']:.4f}{wide}  "
           f"train {out['train_seconds']:.1f}s ({out['samples_per_second']:.0f} samples/s)  "
           f"predicted {out['predicted_share']}", flush=True)

@@ -267,6 +267,10 @@ def load_splits(settings: DatasetSettings, task: ClassificationTask) -> Splits:
             raise DataError(f"the validation source {vinfo.uri} shares texts with the test "
                             "split; they must be disjoint")
         train = train[~train["text"].isin(set(validation["text"]))].reset_index(drop=True)
+    elif settings.validation_fraction > 0:
+        train, validation = split_validation(train, settings.validation_fraction)
+        notes.append(f"validation: {len(validation)} rows of the training split "
+                     f"(dataset.validation_fraction {settings.validation_fraction})")
     train = limit_rows(train, settings.max_train_rows)
     test = limit_rows(test, settings.max_test_rows)
     if train.empty or test.empty:
@@ -324,6 +328,14 @@ def split(df: pd.DataFrame, test_fraction: float,
     test split never changes between runs."""
     is_test = df[column].map(text_bucket) < test_fraction
     return df[~is_test].reset_index(drop=True), df[is_test].reset_index(drop=True)
+
+
+def split_validation(train: pd.DataFrame, fraction: float,
+                     column: str = "text") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`fraction` of the training rows as validation rows, by a salted hash of `column`: the
+    same texts every run, and independent of the test split's hash."""
+    is_val = train[column].map(lambda t: text_bucket("validation:" + t)) < fraction
+    return train[~is_val].reset_index(drop=True), train[is_val].reset_index(drop=True)
 
 
 def limit_rows(df: pd.DataFrame, max_rows: int | None, column: str = "text") -> pd.DataFrame:

@@ -49,6 +49,7 @@ class _Job:
     cfg: TrainingSettings
     init_bundle: Optional[str]
     progress: bool
+    validation: Optional[pd.DataFrame] = None
 
 
 def uses_cpu(cfg: TrainingSettings) -> bool:
@@ -86,18 +87,19 @@ def fine_tune(
     on_log: Optional[training.LogFn] = None,
     progress: bool = True,
     init_bundle: Optional[Path] = None,
+    validation: Optional[pd.DataFrame] = None,
 ) -> training.TrainResult:
     """`training.fine_tune`, spread over `cfg.num_processes` processes when that is above 1."""
     if cfg.num_processes == 1:
         return training.fine_tune(train, task, model_cfg, cfg, on_log=on_log, progress=progress,
-                                  init_bundle=init_bundle)
+                                  init_bundle=init_bundle, validation=validation)
     check_processes(cfg)
     if train.empty:
         raise ValueError("no training rows")
     with tempfile.TemporaryDirectory(prefix="labelloop-ddp-") as tmp:
         work = Path(tmp)
         job = _Job(train.reset_index(drop=True), task, model_cfg, cfg,
-                   str(init_bundle) if init_bundle else None, progress)
+                   str(init_bundle) if init_bundle else None, progress, validation)
         (work / JOB_FILE).write_bytes(pickle.dumps(job))
         _launch(work, cfg)
         result = json.loads((work / RESULT_FILE).read_text())
@@ -114,7 +116,9 @@ def fine_tune(
                                 base_model=result["base_model"], steps=result["steps"],
                                 samples_seen=result["samples_seen"],
                                 train_seconds=result["train_seconds"],
-                                final_loss=result["final_loss"])
+                                final_loss=result["final_loss"],
+                                validation_curve=result["validation_curve"],
+                                kept_step=result["kept_step"])
 
 
 def _free_port() -> int:
@@ -153,7 +157,7 @@ def _worker(work: Path) -> None:
         on_log=(lambda step_no, values: logs.append((step_no, values))) if main else None,
         progress=job.progress and main,
         init_bundle=Path(job.init_bundle) if job.init_bundle else None,
-        accelerator=accelerator)
+        accelerator=accelerator, validation=job.validation)
     accelerator.wait_for_everyone()
     if main:
         modeling.save_bundle(result.model, result.tokenizer, work / MODEL_DIR, {})
@@ -161,6 +165,7 @@ def _worker(work: Path) -> None:
             "logs": logs, "steps": result.steps, "samples_seen": result.samples_seen,
             "train_seconds": result.train_seconds, "final_loss": result.final_loss,
             "base_model": result.base_model, "processes": accelerator.num_processes,
+            "validation_curve": result.validation_curve, "kept_step": result.kept_step,
         }))
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -155,6 +155,9 @@ class DatasetSettings(_Section):
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     max_train_rows: Optional[int] = Field(None, gt=0)
     max_test_rows: Optional[int] = Field(None, gt=0)
+    # Without a validation source: this share of the training split (by a salted md5 of the
+    # text, so the same texts every run) becomes the validation rows. 0 = no validation rows.
+    validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     # Generation: the prompt and response columns, or a chat `messages` column (a list of
     # {role, content}; each assistant turn becomes one row, what came before it the prompt).
     prompt_column: str = "prompt"
@@ -176,6 +179,8 @@ class DatasetSettings(_Section):
             self.__dict__["path"] = None  # the default corpus gives way to `train`
         if self.train is None and self.path is None:
             raise ValueError("no labelled data: set dataset.path or dataset.train")
+        if self.validation is not None and self.validation_fraction > 0:
+            raise ValueError("set dataset.validation or dataset.validation_fraction, not both")
         return self
 
     def train_source(self) -> SourceSettings:
@@ -238,6 +243,15 @@ class TrainingSettings(_Section):
     # Data-parallel processes for the fine-tune (labelloop/distributed.py, through accelerate):
     # one per GPU, or CPU processes over gloo. 1 = the plain loop in this process.
     num_processes: int = Field(1, gt=0)
+    # With validation rows (dataset.validation or dataset.validation_fraction): macro-F1 on them
+    # every this many steps (null: once per epoch, and at the end), logged as a curve.
+    validation_every_steps: Optional[int] = Field(None, gt=0)
+    # ...and the weights of the best of those evaluations are the ones kept (not the last).
+    keep_best: bool = True
+    # ...and training stops after this many evaluations without a better score (0: never).
+    early_stopping_patience: int = Field(0, ge=0)
+    # Cross-entropy label smoothing (0: none).
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
     @field_validator("learning_rate")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -42,6 +42,14 @@ class TrainResult:
     settings: Optional[TrainingSettings] = None  # what ran: `auto` values resolved
     batch_size: int = 0
     class_weights: Optional[dict[str, float]] = None  # the loss weights used; None = unweighted
+    # With validation rows: [{"step", "macro_f1"}, ...] per evaluation, and the step whose
+    # weights were kept (training.keep_best; else the last step).
+    validation_curve: list = field(default_factory=list)
+    kept_step: Optional[int] = None
+
+    @property
+    def best_validation(self) -> Optional[dict]:
+        return max(self.validation_curve, key=lambda e: e["macro_f1"], default=None)
 
     @property
     def samples_per_second(self) -> float:
@@ -109,6 +117,37 @@ def class_weights(spec, labels: list, task: ClassificationTask) -> Optional[dict
     return {lab: float(spec.get(lab, 1.0)) for lab in task.labels}
 
 
+class ValidationScorer:
+    """Macro-F1 of the model on the validation rows, tokenized once, in eval mode (the model
+    goes back to train mode after). The same for every process of a data-parallel run."""
+
+    def __init__(self, rows: pd.DataFrame, task: ClassificationTask, tokenizer, model_cfg,
+                 device, batch_size: int = 256):
+        enc = modeling.tokenize_padded(tokenizer, list(rows["text"]), model_cfg.max_length,
+                                       model_cfg.truncation)
+        self.lengths = enc["attention_mask"].sum(dim=1)
+        self.input_ids = enc["input_ids"].to(device)
+        self.attention = enc["attention_mask"].to(device)
+        self.refs = [task.encode_label(lab) for lab in rows["label"]]
+        self.task, self.device, self.batch_size = task, device, batch_size
+
+    @torch.no_grad()
+    def macro_f1(self, model, use_bf16: bool) -> float:
+        from labelloop.evaluation import compute_metrics
+
+        model.eval()
+        preds = []
+        for idx in torch.arange(len(self.refs)).split(self.batch_size):
+            width = int(self.lengths[idx].max())
+            rows = idx.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(input_ids=self.input_ids[rows, :width],
+                               attention_mask=self.attention[rows, :width]).logits
+            preds.extend(logits.argmax(dim=-1).tolist())
+        model.train()
+        return float(compute_metrics(self.refs, preds, self.task)["macro_f1"])
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -169,6 +208,7 @@ def fine_tune(
     progress: bool = True,
     init_bundle: Optional[Path] = None,
     accelerator=None,
+    validation: Optional[pd.DataFrame] = None,
 ) -> TrainResult:
     """Fine-tune on `train` (columns text, label) and return the trained model.
 
@@ -180,6 +220,10 @@ def fine_tune(
     per device), data parallel: every process draws the same shuffled global batches and trains
     on its own share of each (`rank_share`), so an epoch sees every row once and the optimizer
     takes the same steps with the same global batch as one process would.
+
+    With `validation` rows (text, label): macro-F1 on them every `validation_every_steps`
+    (default: each epoch) and at the end; `keep_best` keeps the best evaluation's weights,
+    `early_stopping_patience` stops after that many evaluations without a better one.
     """
     if train.empty:
         raise ValueError("no training rows")
@@ -227,6 +271,27 @@ def fine_tune(
         model, optimizer = accelerator.prepare(model, optimizer)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     generator = torch.Generator().manual_seed(cfg.seed)
+    scorer = None if validation is None or validation.empty else ValidationScorer(
+        validation, task, tokenizer, model_cfg, device)
+    every = cfg.validation_every_steps or math.ceil(n / schedule.batch_size)
+    curve, best_score, best_state, stale = [], -1.0, None, 0
+    # The weights the optimizer moves: all of them (full) or the adapters and head (LoRA).
+    named_trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+    def validate(at_step: int) -> bool:
+        """Score, remember the best weights; True when early stopping says stop."""
+        nonlocal best_score, best_state, stale
+        value = scorer.macro_f1(model, use_bf16)
+        curve.append({"step": at_step, "macro_f1": value})
+        if on_log is not None:
+            on_log(at_step, {"validation_macro_f1_at_step": value})
+        if value > best_score:
+            best_score, stale = value, 0
+            if cfg.keep_best:
+                best_state = (at_step, [p.detach().clone() for _, p in named_trainable])
+        else:
+            stale += 1
+        return bool(cfg.early_stopping_patience) and stale >= cfg.early_stopping_patience
 
     model.train()
     step, seen, loss_value, running = 0, 0, float("nan"), []
@@ -246,7 +311,8 @@ def fine_tune(
                                attention_mask=attention[rows, :width]).logits
             # In fp32, with the class weights (training.class_weights) when there are any.
             loss = torch.nn.functional.cross_entropy(logits.float(), labels[rows],
-                                                     weight=weight_tensor)
+                                                     weight=weight_tensor,
+                                                     label_smoothing=cfg.label_smoothing)
             if accelerator is not None:
                 accelerator.backward(loss * weight)
                 accelerator.clip_grad_norm_(trainable, 1.0)
@@ -267,6 +333,16 @@ def fine_tune(
                     on_log(step, {"train_loss": loss_value,
                                   "learning_rate": scheduler.get_last_lr()[0]})
             bar.update(1)
+            if scorer is not None and (step % every == 0 or step == total_steps):
+                if validate(step):
+                    total_steps = step  # early stopping: the loops end here
+                bar.set_postfix(loss=f"{loss_value:.4f}", val_f1=f"{curve[-1]['macro_f1']:.4f}")
+    kept_step = step
+    if best_state is not None and best_state[0] != step:
+        kept_step = best_state[0]
+        with torch.no_grad():
+            for (_, p), saved in zip(named_trainable, best_state[1]):
+                p.copy_(saved)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
@@ -276,4 +352,5 @@ def fine_tune(
     model.eval()
     return TrainResult(model=model, tokenizer=tokenizer, base_model=base_name, steps=step,
                        samples_seen=seen, train_seconds=elapsed, final_loss=loss_value,
-                       settings=cfg, batch_size=schedule.batch_size, class_weights=weights)
+                       settings=cfg, batch_size=schedule.batch_size, class_weights=weights,
+                       validation_curve=curve, kept_step=kept_step if curve else None)

@@ -21,6 +21,7 @@ def evaluate_model(
     model_bundle: Path,
     train: pd.DataFrame,
     test: pd.DataFrame,
+    validation: pd.DataFrame,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
 ) -> Tuple[Annotated[dict, "metrics"], Annotated[list, "test_predicted"],
@@ -32,6 +33,12 @@ def evaluate_model(
     result = evaluation.evaluate_classifier(classifier, test, settings.evaluation.batch_size)
     evaluation.log_to_mlflow(result, settings.evaluation.sample_predictions)
     print("evaluation on the frozen test split:\n" + result.summary())
+    if len(validation):
+        val = evaluation.evaluate_classifier(classifier, validation,
+                                             settings.evaluation.batch_size)
+        mlflow.log_metrics({f"validation_{k}": v for k, v in val.metrics.items()})
+        print(f"evaluation on the {len(validation)} validation rows: macro-F1 "
+              f"{val.metrics['macro_f1']:.4f}, accuracy {val.metrics['accuracy']:.4f}")
     # The same rows, split and class weighting as the model: the comparison is on equal terms.
     weights = training.class_weights(settings.training.class_weights, list(train["label"]),
                                      classifier.task)

@@ -19,6 +19,7 @@ from pipelines.steps.common import settings_for
 def fine_tune(
     train: pd.DataFrame,
     test: pd.DataFrame,
+    validation: pd.DataFrame,
     data_provenance: dict,
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
@@ -41,17 +42,22 @@ def fine_tune(
         ",".join(f"{lab}={w:.3f}" for lab, w in weights.items()),
         "truncation": settings.model.truncation,
         "source_digest": data_provenance["source_digest"],
-        "num_processes": cfg.num_processes,
+        "num_processes": cfg.num_processes, "validation_rows": len(validation),
+        "label_smoothing": cfg.label_smoothing,
+        **({"keep_best": cfg.keep_best, "early_stopping_patience": cfg.early_stopping_patience}
+           if len(validation) else {}),
     })
     provenance.log_inputs(data_provenance, train, test)
 
     def log(step_no: int, values: dict[str, float]) -> None:
         mlflow.log_metrics(values, step=step_no)
 
-    result = distributed.fine_tune(train, task, settings.model, cfg, on_log=log)
+    result = distributed.fine_tune(train, task, settings.model, cfg, on_log=log,
+                                   validation=validation if len(validation) else None)
     mlflow.log_metrics({
         "train_seconds": result.train_seconds,
         "train_samples_per_second": result.samples_per_second,
+        **({"kept_step": result.kept_step} if result.kept_step is not None else {}),
     })
     # Under the data dir, named after this process: a killed run's copy is removed by the next.
     out = scratch.make(settings, "bundle") / "bundle"
@@ -62,10 +68,18 @@ def fine_tune(
         "method": cfg.method,
         "init": settings.model.init,
         "dataset": settings.dataset.path,
+        **({"validation": {"rows": len(validation), "kept_step": result.kept_step,
+                           "curve": result.validation_curve}} if result.validation_curve else {}),
         **data_provenance,  # sources, digests, cleaning, truncation (labelloop.provenance)
     })
     print(f"fine-tune: {result.steps} steps, {result.samples_per_second:.1f} samples/s, "
           f"{result.train_seconds:.1f}s, final loss {result.final_loss:.4f}")
+    if result.validation_curve:
+        best = result.best_validation
+        print(f"fine-tune: validation macro-F1 on {len(validation)} rows: "
+              + ", ".join(f"{e['macro_f1']:.4f}@{e['step']}" for e in result.validation_curve)
+              + f"; kept the weights of step {result.kept_step} (best {best['macro_f1']:.4f}"
+              f" at step {best['step']})")
     return out
 
 

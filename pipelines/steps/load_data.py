@@ -23,7 +23,9 @@ def load_data(
     include_human_labels: bool = False,
     human_labels_max_seq: Optional[int] = None,
 ) -> Tuple[Annotated[pd.DataFrame, "train"], Annotated[pd.DataFrame, "test"],
-           Annotated[dict, "provenance"]]:
+           Annotated[pd.DataFrame, "validation"], Annotated[dict, "provenance"]]:
+    """Training and test rows, the validation rows (empty without any: dataset.validation or
+    dataset.validation_fraction) and the provenance record."""
     settings = settings_for(config, overrides)
     task = task_from_settings(settings)
     if task.type == "generation":
@@ -31,6 +33,8 @@ def load_data(
     resolve_base_model(settings.model.base)  # a bad base model fails here, before training
     splits = data.load_splits(settings.dataset, task)
     train, test = splits.train, splits.test
+    validation = splits.validation if splits.validation is not None \
+        else pd.DataFrame({"text": [], "label": []})
     cleaning = Cleaning.from_settings(settings.dataset.cleaning)
     human, labels_seq = None, None
     if include_human_labels:
@@ -51,13 +55,13 @@ def load_data(
     log_metadata({
         "train_rows": len(train), "test_rows": len(test), "human_rows": record["human_rows"],
         "train_digest": record["dataset_digest"], "test_digest": record["test_digest"],
-        "source_digest": record["source_digest"],
+        "source_digest": record["source_digest"], "validation_rows": len(validation),
     })
     for line in splits.summary_lines(settings.dataset.duplicates):
         print(f"data: {line}")
     print(f"data: {len(train)} training rows ({record['human_rows']} human labels), "
           f"{len(test)} test rows; cleaning: {cleaning.describe()}")
-    return train, test, record
+    return train, test, validation, record
 
 
 def _generation_rows(settings, include_human_labels: bool):
@@ -70,4 +74,4 @@ def _generation_rows(settings, include_human_labels: bool):
     log_metadata(meta)
     print(f"data: {len(train)} prompt/response training rows, {len(test)} test rows "
           f"({meta['test_prompts']} distinct test prompts)")
-    return train, test, {"family": "generation", **meta}
+    return train, test, pd.DataFrame(), {"family": "generation", **meta}

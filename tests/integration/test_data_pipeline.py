@@ -37,20 +37,23 @@ def workspace(tmp_path_factory):
     rows["body"] = [review(t, i) for i, t in enumerate(rows["text"])]
     rows["rating"] = rows["sentiment"].map(STARS)
     rows.loc[rows.index % 17 == 0, "rating"] = 2  # a rating the map leaves out
-    train, test = rows.iloc[:320], rows.iloc[320:]
+    train, valid, test = rows.iloc[:280], rows.iloc[280:320], rows.iloc[320:]
     train[["body", "rating"]].to_csv(root / "train.csv", index=False)
+    valid[["body", "rating"]].to_csv(root / "valid.csv", index=False)
     test = test[["body", "rating"]].astype(object)
     test.iloc[0, 0] = None  # a null text in JSONL: dropped and counted, not a crash
     test.to_json(root / "test.jsonl", orient="records", lines=True)
     cfg = {
         "data_dir": str(root / "data"),
         "dataset": {"path": str(root / "train.csv"), "test": str(root / "test.jsonl"),
+                    "validation": str(root / "valid.csv"),
                     "encoding": "utf-8", "text_column": "body", "label_column": "rating",
                     "label_map": {1: "negative", 3: "neutral", 5: "positive"},
                     "cleaning": {"html_entities": True, "strip_quotes": True,
                                  "whitespace": "collapse", "unicode_form": "NFC"}},
         "model": {"max_length": 32, "truncation": "head_tail"},
-        "training": {"method": "full", "learning_rate": 1e-4, "batch_size": 16, "max_steps": 12},
+        "training": {"method": "full", "learning_rate": 1e-4, "batch_size": 16, "max_steps": 12,
+                     "validation_every_steps": 4},
         "evaluation": {"sample_predictions": 3},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -86,15 +89,21 @@ def test_train_on_a_mapped_cleaned_two_file_dataset(workspace):
     out = r.stdout
     assert "with a label the map drops" in out and "1 without text (1 null" in out
     assert "test by the test source" in out and "HTML entities decoded" in out
+    assert "validation macro-F1 on" in out and "kept the weights of step" in out
 
     s = load_settings(root / "config.yaml", environ={})
     champion = registry.get_champion(s)
     assert champion is not None
     meta = json.loads((registry.fetch_bundle(s, champion.version) / "labelloop.json").read_text())
     sha = {name: hashlib.sha256((root / name).read_bytes()).hexdigest()
-           for name in ("train.csv", "test.jsonl")}
+           for name in ("train.csv", "test.jsonl", "valid.csv")}
     assert [(x["role"], x["digest"]) for x in meta["sources"]] == [
-        ("train", sha["train.csv"]), ("test", sha["test.jsonl"])]
+        ("train", sha["train.csv"]), ("test", sha["test.jsonl"]),
+        ("validation", sha["valid.csv"])]
+    # The validation rows were scored every 4 steps; the best evaluation's weights were kept.
+    curve = meta["validation"]["curve"]
+    assert [e["step"] for e in curve] == [4, 8, 12]
+    assert meta["validation"]["kept_step"] == max(curve, key=lambda e: e["macro_f1"])["step"]
     assert meta["cleaning"] == {"html_entities": True, "strip_quotes": True,
                                 "whitespace": "collapse", "unicode_form": "NFC"}
     assert meta["truncation"] == "head_tail" and meta["human_digest"] == "none"
@@ -103,6 +112,8 @@ def test_train_on_a_mapped_cleaned_two_file_dataset(workspace):
 
     # MLflow dataset inputs: the training and test rows, each with its source and digest
     run = mlflow.tracking.MlflowClient(s.tracking_uri).get_run(champion.run_id)
+    assert run.data.metrics["validation_macro_f1"] == pytest.approx(
+        max(e["macro_f1"] for e in curve), abs=1e-6)  # the kept weights, scored again
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "test"}
     assert inputs["train"].dataset.digest == meta["dataset_digest"]

@@ -183,3 +183,90 @@ def test_require_beats_baseline_keeps_out_even_a_first_model():
     kept = promotion.decide("macro_f1", "2", 0.7, "1", 0.8, 0.005)  # lost to the champion
     assert not promotion.with_baseline(kept, 0.65, required=True).promote
     assert promotion.with_baseline(_first(0.6), None, required=True).promote  # no baseline run
+
+
+# -- validation rows: keep the best weights, stop early, label smoothing ----------------------
+def _opposed_rows():
+    """Training rows and validation rows that disagree: the better the model fits its training
+    rows, the worse it scores on validation, so the best validation score comes early."""
+    words = ["good", "bad"]
+    train = pd.DataFrame({"text": [f"{w} thing {i}" for i in range(40) for w in words],
+                          "label": ["positive", "negative"] * 40})
+    validation = pd.DataFrame({"text": [f"{w} other {i}" for i in range(20) for w in words],
+                               "label": ["negative", "positive"] * 20})
+    return train, validation
+
+
+def _fit(tiny_base, train, validation=None, **over):
+    task = ClassificationTask("s", ("negative", "positive"))
+    cfg = TrainingSettings(method="full", learning_rate=5e-3, max_steps=30, batch_size=16,
+                           device="cpu", validation_every_steps=5, **over)
+    model_cfg = Settings().model.model_copy(update={"base": tiny_base, "max_length": 16})
+    result = training.fine_tune(train, task, model_cfg, cfg, progress=False,
+                                validation=validation)
+    scorer = None if validation is None else training.ValidationScorer(
+        validation, task, result.tokenizer, model_cfg, result.model.device)
+    return result, scorer
+
+
+def test_keep_best_returns_the_weights_of_the_best_validation_score(tiny_base, one_thread):
+    train, validation = _opposed_rows()
+    result, scorer = _fit(tiny_base, train, validation)
+    curve = result.validation_curve
+    assert [e["step"] for e in curve] == [5, 10, 15, 20, 25, 30]
+    best = result.best_validation
+    assert best["macro_f1"] > curve[-1]["macro_f1"]  # the rows disagree: fitting hurts
+    assert result.kept_step == best["step"] < result.steps == 30
+    assert scorer.macro_f1(result.model, False) == pytest.approx(best["macro_f1"])
+
+    last, scorer = _fit(tiny_base, train, validation, keep_best=False)
+    assert last.kept_step == 30
+    assert scorer.macro_f1(last.model, False) == pytest.approx(last.validation_curve[-1]["macro_f1"])
+
+
+def test_early_stopping_ends_training_after_evaluations_without_a_better_score(tiny_base,
+                                                                                one_thread):
+    train, validation = _opposed_rows()
+    result, _ = _fit(tiny_base, train, validation, early_stopping_patience=2)
+    curve = result.validation_curve
+    assert result.steps < 30 and result.steps == curve[-1]["step"]
+    best_at = max(range(len(curve)), key=lambda i: curve[i]["macro_f1"])
+    assert len(curve) - 1 - best_at == 2  # stopped at the second evaluation without a gain
+
+
+def test_without_validation_rows_nothing_is_evaluated(tiny_base, one_thread):
+    train, _ = _opposed_rows()
+    result, _ = _fit(tiny_base, train)
+    assert result.validation_curve == [] and result.kept_step is None and result.steps == 30
+
+
+def test_label_smoothing_keeps_the_training_loss_off_zero(tiny_base, one_thread):
+    train, _ = _opposed_rows()
+    plain, _ = _fit(tiny_base, train)
+    smooth, _ = _fit(tiny_base, train, label_smoothing=0.4)
+    # with targets 0.8/0.2 the cross-entropy cannot fall below their entropy (0.500 nats);
+    # the same run without smoothing gets below it
+    assert smooth.final_loss >= 0.4999 > plain.final_loss
+
+
+def test_validation_fraction_takes_a_stable_share_of_the_training_split(tmp_path):
+    from labelloop import data
+    from labelloop.settings import DatasetSettings
+
+    texts = [f"text number {i}" for i in range(2000)]
+    path = tmp_path / "d.csv"
+    pd.DataFrame({"text": texts, "sentiment": ["negative", "positive"] * 1000}).to_csv(
+        path, index=False)
+    task = ClassificationTask("sentiment", ("negative", "positive"))
+    ds = DatasetSettings(path=str(path), validation_fraction=0.1)
+    a, b = data.load_splits(ds, task), data.load_splits(ds, task)
+    assert 120 < len(a.validation) < 280  # 10% of the 1,600 training rows, by hash
+    assert list(a.validation["text"]) == list(b.validation["text"])
+    plain = data.load_splits(DatasetSettings(path=str(path)), task)
+    assert list(plain.test["text"]) == list(a.test["text"])  # the frozen test split is untouched
+    assert set(a.train["text"]) | set(a.validation["text"]) == set(plain.train["text"])
+    assert not set(a.train["text"]) & set(a.validation["text"])
+    assert any("validation" in line for line in a.summary_lines())
+    with pytest.raises(ValueError, match="validation or dataset.validation_fraction"):
+        DatasetSettings(path=str(path), validation_fraction=0.1,
+                        validation={"path": str(path)})
