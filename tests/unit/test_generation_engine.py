@@ -166,7 +166,7 @@ def test_retire_serves_late_requests_then_closes(bundle):
 
 def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(gen, monkeypatch):
     calls = {"n": 0}
-    real = gen.engine.decoder.decode
+    real = gen.engine.decoder._step  # what greedy and sampled decoding steps both call
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -174,7 +174,7 @@ def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(gen, mon
             raise RuntimeError("device fell over")
         return real(*a, **k)
 
-    monkeypatch.setattr(gen.engine.decoder, "decode", flaky)
+    monkeypatch.setattr(gen.engine.decoder, "_step", flaky)
     r = GenRequest(gen.encode("boom"), Sampling(5, ignore_eos=True))
     gen.engine.submit([r])
     assert r.wait(30) and r.finish_reason == "error"
