@@ -418,16 +418,29 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
+def text_decoder(tokenizer):
+    """`tokenizer.decode(ids, skip_special_tokens=True)` as a function of `ids`. For a fast
+    tokenizer that does not clean up spaces it is the Rust tokenizer's own decode: the same
+    text at a quarter of the cost (transformers' wrapper converts every id in Python first),
+    and a stream decodes its text once per event."""
+    rust = getattr(tokenizer, "_tokenizer", None)
+    if rust is not None and hasattr(rust, "decode") and \
+            not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return lambda ids: rust.decode(ids, skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+
 class TextStream:
     """The text of a request as it grows, in deltas: holds back an incomplete UTF-8 character
     (decoded as U+FFFD) and anything that may be the start of a stop string."""
 
     def __init__(self, tokenizer, req: GenRequest):
         self.tokenizer, self.req = tokenizer, req
+        self._decode = text_decoder(tokenizer)
         self.sent = 0  # characters of the text already handed out
 
     def text(self) -> str:
-        full = self.tokenizer.decode(self.req.tokens, skip_special_tokens=True)
+        full = self._decode(self.req.tokens)
         return cut_at_stop(full, self.req.sampling.stop) if self.req.sampling.stop else full
 
     def delta(self) -> str:
