@@ -111,11 +111,11 @@ async def _level(url: str, texts: list[str], c: int, seconds: float, new_tokens:
     `seconds`; requests in flight at the end are waited for and counted."""
     import httpx
 
-    lat, ttft, tokens, errors = [], [], 0, 0
+    lat, ttft, tokens, errors, events = [], [], 0, 0, 0
     limits = httpx.Limits(max_connections=c + 8, max_keepalive_connections=c + 8)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         async def one(k: int) -> None:
-            nonlocal tokens, errors
+            nonlocal tokens, errors, events
             body = {"prompt": texts[k % len(texts)], "max_new_tokens": new_tokens}
             if stream:
                 body.update(stream=True, ignore_eos=True)
@@ -138,15 +138,17 @@ async def _level(url: str, texts: list[str], c: int, seconds: float, new_tokens:
                     if r.status_code != 200:
                         errors += 1
                         return
-                    last = b""
+                    last, n_events = b"", 0
                     async for chunk in r.aiter_raw():
                         if first is None:
                             first = time.perf_counter() - t0
+                        n_events += chunk.count(b"data: ")
                         last = (last + chunk)[-4096:]
                 done = json.loads(last.rsplit(b"data: ", 1)[1])
                 ttft.append(first)
                 lat.append(time.perf_counter() - t0)
                 tokens += done["completion_tokens"]
+                events += n_events - 1  # text events (the last one is the summary)
             except Exception:  # noqa: BLE001 - counted
                 errors += 1
 
@@ -173,7 +175,8 @@ async def _level(url: str, texts: list[str], c: int, seconds: float, new_tokens:
         except asyncio.TimeoutError:
             pass
         wall = min(time.perf_counter() - t_start, seconds + drain_s)
-    return {"lat": lat, "ttft": ttft, "tokens": tokens, "errors": errors, "wall": wall}
+    return {"lat": lat, "ttft": ttft, "tokens": tokens, "errors": errors, "wall": wall,
+            "events": events}
 
 
 def _client_proc(job: tuple) -> dict:
@@ -196,7 +199,9 @@ def measure(url: str, texts: list[str], c: int, seconds: float, new_tokens: int,
     ttft = [x for p in parts for x in p["ttft"]]
     wall = max(p["wall"] for p in parts)
     tokens = sum(p["tokens"] for p in parts)
+    events = sum(p["events"] for p in parts)
     return {"concurrency": c, "rate_rps": rate, "requests": len(lat),
+            "tokens_per_event": round(tokens / events, 2) if events else None,
             "errors": sum(p["errors"] for p in parts), "seconds": round(wall, 2),
             "tokens_per_s": round(tokens / wall, 1),
             "p50_ms": round(1000 * pct(lat, 50), 1), "p99_ms": round(1000 * pct(lat, 99), 1),
@@ -204,11 +209,67 @@ def measure(url: str, texts: list[str], c: int, seconds: float, new_tokens: int,
             "ttft_p99_ms": round(1000 * pct(ttft, 99), 1)}
 
 
+def tree_cpu(root: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds of process `root` and its descendants (the service: BentoML's workers run
+    in sessions of their own): {pid: (main thread, other threads)}. The main thread of the API
+    worker runs the event loop (HTTP, SSE); the generation engine is one of its other threads."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, grew = {root}, True
+    while grew:
+        new = {p for p, pp in parent.items() if pp in tree} - tree
+        tree |= new
+        grew = bool(new)
+    out: dict[int, tuple[float, float]] = {}
+    for pid in tree:
+        proc = Path("/proc") / str(pid)
+        try:
+            main = other = 0.0
+            for task in (proc / "task").iterdir():
+                f = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                cpu = (int(f[11]) + int(f[12])) / tick
+                if task.name == proc.name:
+                    main += cpu
+                else:
+                    other += cpu
+            out[int(proc.name)] = (main, other)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def cpu_share(before: dict, after: dict, wall: float, tokens: float) -> dict:
+    """The busiest service process over a level: its event-loop thread's and its other threads'
+    (the engine's) CPU time, as a share of the wall time and in ms per 1,000 tokens."""
+    best = max(after, key=lambda p: sum(after[p]) - sum(before.get(p, (0.0, 0.0))), default=None)
+    if best is None or not wall:
+        return {}
+    main = after[best][0] - before.get(best, (0.0, 0.0))[0]
+    other = after[best][1] - before.get(best, (0.0, 0.0))[1]
+    per_k = 1000 / tokens if tokens else 0.0
+    return {"loop_thread_busy": round(main / wall, 3), "other_threads_busy": round(other / wall, 3),
+            "loop_ms_per_1k_tokens": round(main * 1000 * per_k, 1),
+            "other_ms_per_1k_tokens": round(other * 1000 * per_k, 1)}
+
+
 def show(name: str, r: dict) -> None:
     print(f"  {name:8s} c={r['concurrency']:<4} {r['tokens_per_s']:>9,.0f} tok/s  "
           f"p50 {r['p50_ms']:>8.1f} ms  p99 {r['p99_ms']:>8.1f} ms  TTFT p50 "
           f"{r['ttft_p50_ms']:>7.1f} p99 {r['ttft_p99_ms']:>7.1f} ms  ({r['requests']} req, "
-          f"{r['errors']} errors)", flush=True)
+          f"{r['errors']} errors"
+          + (f", {r['tokens_per_event']} tok/event" if r.get("tokens_per_event") else "")
+          + ")", flush=True)
+    cpu = r.get("service_cpu")
+    if cpu:
+        print(f"           API worker CPU: event-loop thread {cpu['loop_thread_busy']:.0%} busy "
+              f"({cpu['loop_ms_per_1k_tokens']} ms per 1k tokens), other threads (engine) "
+              f"{cpu['other_threads_busy']:.0%} ({cpu['other_ms_per_1k_tokens']} ms)", flush=True)
 
 
 # ---- (c) the in-process ceiling -------------------------------------------------------------------
@@ -275,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bulk", type=int, default=1000, help="prompts in the bulk call (0: skip)")
     p.add_argument("--clients", type=int, default=4, help="client processes")
     p.add_argument("--skip", nargs="*", default=[], choices=["naive", "ceiling", "half-peak"])
+    p.add_argument("--open-loop", type=float, nargs="+", default=[0.5], metavar="FRACTION",
+                   help="open-loop levels as fractions of the service's peak request rate "
+                        "(default 0.5: the half-peak TTFT target)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a serving.generation setting for the service (repeatable), e.g. "
+                        "stream_interval_ms=0")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     from tests.helpers import free_port
@@ -294,10 +361,12 @@ def main(argv: list[str] | None = None) -> int:
                 "LABELLOOP__SERVING__GENERATION__MAX_PROMPT_TOKENS": "128",
                 "LABELLOOP__SERVING__GENERATION__MAX_NEW_TOKENS": str(max(args.new_tokens, 128)),
                 "LABELLOOP__SERVING__PREDICTION_LOG": "true",
+                **{f"LABELLOOP__SERVING__GENERATION__{k.upper()}": v
+                   for k, v in (kv.split("=", 1) for kv in args.set)},
                 "BENTOML_DO_NOT_TRACK": "true",
                 "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])})
     results: dict = {"machine": machine(), "new_tokens": args.new_tokens, "levels": {},
-                     "command": " ".join(sys.argv)}
+                     "command": " ".join(sys.argv), "settings": args.set}
     def save() -> None:  # after every level: a run cut short keeps what it measured
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=2))
@@ -322,10 +391,17 @@ def main(argv: list[str] | None = None) -> int:
 
         # warm-up: every row bucket once (graph capture happens on first use)
         measure(url + "/generate", texts, slots, 2.0, args.new_tokens, True, args.clients)
+        def measured(*a, **k) -> dict:
+            before = tree_cpu(svc.pid)
+            r = measure(*a, **k)
+            r["service_cpu"] = cpu_share(before, tree_cpu(svc.pid), r["seconds"],
+                                         r["tokens_per_s"] * r["seconds"])
+            return r
+
         results["levels"]["service"] = []
         for c in args.concurrency:
-            r = measure(url + "/generate", texts, c, args.level_s, args.new_tokens, True,
-                        args.clients)
+            r = measured(url + "/generate", texts, c, args.level_s, args.new_tokens, True,
+                         args.clients)
             show("service", r)
             results["levels"]["service"].append(r)
             save()
@@ -345,13 +421,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"({bulk['seconds']} s)", flush=True)
         if "half-peak" not in args.skip:
             peak = max(results["levels"]["service"], key=lambda r: r["tokens_per_s"])
-            rate = peak["requests"] / peak["seconds"] / 2
-            r = measure(url + "/generate", texts, 1, args.level_s, args.new_tokens, True,
-                        args.clients, rate=rate)
-            r["peak_concurrency"] = peak["concurrency"]
-            show("half-pk", r)
-            results["half_peak"] = r
-            save()
+            results["open_loop"] = []
+            for fraction in args.open_loop:
+                rate = peak["requests"] / peak["seconds"] * fraction
+                r = measured(url + "/generate", texts, 1, args.level_s, args.new_tokens, True,
+                             args.clients, rate=rate)
+                r.update(peak_concurrency=peak["concurrency"], fraction_of_peak=fraction)
+                show(f"{fraction:g}xpeak", r)
+                results["open_loop"].append(r)
+                if fraction == 0.5:
+                    results["half_peak"] = r
+                save()
         results["service_metadata"] = httpx.get(url + "/metadata").json().get("generation")
     finally:
         from tests.helpers import stop_process_group

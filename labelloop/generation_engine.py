@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -70,6 +71,8 @@ class GenRequest:
         self.cancelled = False
         self.t_submit = time.perf_counter()
         self.t_first: Optional[float] = None
+        self.t_woken: Optional[float] = None  # last wake-up of a streaming waiter
+        self.wakeups = 0  # how often its waiter was woken (tokens / wakeups: tokens per event)
         # Waited for with `await changed()` on the event loop that created it, or with `wait()`
         # (`blocking`, or created outside any event loop).
         loop = None
@@ -129,10 +132,19 @@ def _wake(events) -> None:
 class Engine:
     def __init__(self, model, tokenizer, eos_ids: Sequence[int], slots: int, max_seq: int,
                  max_waiting: int = 4096, prefill_tokens: int = 8192, cuda_graphs: bool = True,
-                 name: str = "engine"):
+                 name: str = "engine", stream_interval_s: float = 0.0,
+                 switch_interval_s: Optional[float] = None):
         from labelloop.slot_decoder import SlotDecoder, Unsupported
 
         self.model, self.tokenizer, self.name = model, tokenizer, name
+        # A streaming waiter is woken for its first token, when it finishes, and otherwise at
+        # most every `stream_interval_s`: what the engine made meanwhile goes out as one event.
+        self.stream_interval_s = float(stream_interval_s)
+        if switch_interval_s:
+            # The engine thread drops the GIL in every torch call and must win it back from
+            # the event loop's thread: at CPython's default 5 ms interval a busy loop makes
+            # each of those waits up to 5 ms (docs/serving.md, "Generation"). Only lowered.
+            sys.setswitchinterval(min(sys.getswitchinterval(), float(switch_interval_s)))
         self.eos = frozenset(int(i) for i in eos_ids)
         self.slots, self.max_seq = int(slots), int(max_seq)
         self.max_waiting, self.prefill_tokens = int(max_waiting), int(prefill_tokens)
@@ -230,6 +242,9 @@ class Engine:
     def _iterate(self) -> None:
         touched: list[GenRequest] = []
         self._admit(touched)
+        if touched:  # first tokens go out now, not after this step's decode as well
+            self._notify(touched)
+            touched = []
         if self._active:
             self._decode(touched)
         self._notify(touched)
@@ -269,8 +284,10 @@ class Engine:
             ids[slot] = req.tokens[-1]
             pos[slot] = len(req.prompt_ids) + len(req.tokens) - 1
             temps[slot], top_ps[slot] = req.sampling.temperature, req.sampling.top_p
-        logits = self.decoder.decode(n, ids, pos)
-        nxt = sample(logits, temps, top_ps)
+        if any(temps):
+            nxt = sample(self.decoder.decode(n, ids, pos), temps, top_ps)
+        else:  # greedy: the argmax is part of the step (one transfer of n ids, no logits)
+            nxt = self.decoder.decode_greedy(n, ids, pos)
         self.stats["steps"] += 1
         self.stats["largest_step"] = max(self.stats["largest_step"], len(self._active))
         for slot, req in list(self._active.items()):
@@ -304,7 +321,13 @@ class Engine:
 
     def _notify(self, touched: list[GenRequest]) -> None:
         by_loop: dict[Any, list] = {}
+        now, interval = time.perf_counter(), self.stream_interval_s
         for req in touched:
+            if req.t_woken == now or (not req.done and req.t_woken is not None
+                                      and now - req.t_woken < interval):
+                continue  # woken again at a later step, with the tokens of this one
+            req.t_woken = now
+            req.wakeups += 1
             if req._loop is None:
                 req._event.set()
             else:
@@ -395,16 +418,29 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
+def text_decoder(tokenizer):
+    """`tokenizer.decode(ids, skip_special_tokens=True)` as a function of `ids`. For a fast
+    tokenizer that does not clean up spaces it is the Rust tokenizer's own decode: the same
+    text at a quarter of the cost (transformers' wrapper converts every id in Python first),
+    and a stream decodes its text once per event."""
+    rust = getattr(tokenizer, "_tokenizer", None)
+    if rust is not None and hasattr(rust, "decode") and \
+            not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return lambda ids: rust.decode(ids, skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+
 class TextStream:
     """The text of a request as it grows, in deltas: holds back an incomplete UTF-8 character
     (decoded as U+FFFD) and anything that may be the start of a stop string."""
 
     def __init__(self, tokenizer, req: GenRequest):
         self.tokenizer, self.req = tokenizer, req
+        self._decode = text_decoder(tokenizer)
         self.sent = 0  # characters of the text already handed out
 
     def text(self) -> str:
-        full = self.tokenizer.decode(self.req.tokens, skip_special_tokens=True)
+        full = self._decode(self.req.tokens)
         return cut_at_stop(full, self.req.sampling.stop) if self.req.sampling.stop else full
 
     def delta(self) -> str:
@@ -436,7 +472,8 @@ class Generator:
     def __init__(self, bundle_dir: str | Path, device: str = "auto", version: str = "",
                  slots: Optional[int] = None, max_prompt_tokens: int = 512,
                  max_new_tokens: int = 512, max_waiting: int = 4096, prefill_tokens: int = 8192,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, stream_interval_s: float = 0.0,
+                 switch_interval_s: Optional[float] = None):
         from labelloop.generation.bundle import load_generation_bundle
 
         loaded = load_generation_bundle(bundle_dir, device=device)
@@ -457,7 +494,9 @@ class Generator:
         self.slots = int(slots or (256 if self.device.type == "cuda" else 16))
         self.engine = Engine(model, self.tokenizer, sorted(eos), self.slots,
                              self.max_prompt_tokens + self.max_new_tokens, max_waiting,
-                             prefill_tokens, cuda_graphs, name=f"v{version}")
+                             prefill_tokens, cuda_graphs, name=f"v{version}",
+                             stream_interval_s=stream_interval_s,
+                             switch_interval_s=switch_interval_s)
 
     def encode(self, prompt: Optional[str] = None, messages: Optional[list[dict]] = None,
                raw: bool = False) -> list[int]:
@@ -485,5 +524,7 @@ class Generator:
             "max_new_tokens": self.max_new_tokens,
             "cuda_graphs": len(dec._graphs) if dec is not None else 0,
             "kv_cache_mb": round(dec.kv_bytes / 2**20, 1) if dec is not None else 0,
+            "stream_interval_ms": round(self.engine.stream_interval_s * 1000, 3),
+            "gil_switch_interval_ms": round(sys.getswitchinterval() * 1000, 3),
             "stats": dict(self.engine.stats), **self.engine.busy,
         }

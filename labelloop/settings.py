@@ -336,6 +336,14 @@ class GenerationServingSettings(_Section):
     # Prompt tokens run in one prefill call (new requests join between decoding steps; this
     # bounds how long one such pause lasts). A longer single prompt still runs alone.
     prefill_tokens: int = Field(16384, gt=0)
+    # A streaming request gets its first token at once, then at most one server-sent event per
+    # this many milliseconds holding every token made meanwhile (0: one per decoding step).
+    # Fewer events leave the event loop (and the GIL) to the engine: docs/serving.md.
+    stream_interval_ms: float = Field(20.0, ge=0, le=1000)
+    # Python's GIL switch interval while an engine runs (CPython's default is 5 ms): how long
+    # the engine thread may wait to get the GIL back from the event loop after each torch
+    # call. 0 leaves Python's default.
+    gil_switch_interval_ms: float = Field(0.25, ge=0, le=5)
 
 
 class ServingSettings(_Section):

@@ -72,9 +72,11 @@ class SlotDecoder:
         self.k = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.v = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.kv_bytes = 2 * self.k.numel() * self.k.element_size()
-        # Static decode inputs (CUDA graphs read them in place).
-        self.ids = torch.zeros(self.slots, dtype=torch.long, device=self.device)
-        self.pos = torch.zeros(self.slots, dtype=torch.long, device=self.device)
+        # Static decode inputs (CUDA graphs read them in place): ids and positions in one
+        # buffer, so a step copies them in one call (each torch call drops and retakes the
+        # GIL, which the event loop's thread may hold: generation_engine.py).
+        self.io = torch.zeros((2, self.slots), dtype=torch.long, device=self.device)
+        self.ids, self.pos = self.io[0], self.io[1]
         self.arange = torch.arange(max(self.slots, self.max_seq), device=self.device)
         self.row_buckets = _pow2_buckets(self.slots)
         self.kv_buckets = list(range(KV_STEP, self.max_seq, KV_STEP)) + [self.max_seq]
@@ -144,18 +146,24 @@ class SlotDecoder:
     @torch.inference_mode()
     def decode(self, n: int, ids: Sequence[int], positions: Sequence[int]) -> torch.Tensor:
         """One step for slots 0..n-1 (`ids[r]` written at `positions[r]`); [n, vocab] logits."""
+        return self._step(n, ids, positions)[0][:n].float()
+
+    @torch.inference_mode()
+    def decode_greedy(self, n: int, ids: Sequence[int], positions: Sequence[int]) -> list[int]:
+        """`decode` followed by the argmax of each row: the next token of slots 0..n-1."""
+        return self._step(n, ids, positions)[1][:n].tolist()
+
+    def _step(self, n: int, ids: Sequence[int], positions: Sequence[int]):
         rows = _bucket(n, self.row_buckets)
         kv = _bucket(max(positions) + 1, self.kv_buckets)
-        self.ids[:n].copy_(torch.as_tensor(ids), non_blocking=True)
-        self.pos[:n].copy_(torch.as_tensor(positions), non_blocking=True)
-        if rows > n:
-            self.ids[n:rows].zero_()
-            self.pos[n:rows].zero_()
+        io = list(ids) + [0] * (rows - n) + list(positions) + [0] * (rows - n)
+        self.io[:, :rows].copy_(torch.tensor(io).view(2, rows), non_blocking=True)
         if not self.graphs_on:
-            return self._decode_eager(rows, kv)[:n].float()
+            logits = self._decode_eager(rows, kv)
+            return logits, logits.argmax(-1)
         graph = self._graphs.get((rows, kv)) or self._capture(rows, kv)
         graph[0].replay()
-        return graph[1][:n].float()
+        return graph[1], graph[2]
 
     def _capture(self, rows: int, kv: int):
         """Capture one decode shape. The warm-up runs the real step on the live inputs, so it
@@ -170,8 +178,9 @@ class SlotDecoder:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             out = self._decode_eager(rows, kv)
+            best = out.argmax(-1)
         self._pool = graph.pool() if self._pool is None else self._pool
-        self._graphs[(rows, kv)] = (graph, out)
+        self._graphs[(rows, kv)] = (graph, out, best)
         self.capture_seconds += time.perf_counter() - t0
         return self._graphs[(rows, kv)]
 

@@ -144,7 +144,9 @@ def load_generation(settings: Settings, bundle: str | Path, meta: dict, version:
     gen = Generator(bundle, device=cfg.device, version=version, slots=gen_cfg.slots,
                     max_prompt_tokens=gen_cfg.max_prompt_tokens,
                     max_new_tokens=gen_cfg.max_new_tokens, max_waiting=gen_cfg.max_waiting,
-                    prefill_tokens=gen_cfg.prefill_tokens, cuda_graphs=cfg.cuda_graphs)
+                    prefill_tokens=gen_cfg.prefill_tokens, cuda_graphs=cfg.cuda_graphs,
+                    stream_interval_s=gen_cfg.stream_interval_ms / 1000,
+                    switch_interval_s=gen_cfg.gil_switch_interval_ms / 1000 or None)
     warm = GenRequest(gen.encode("warm-up"), Sampling(max_new_tokens=4, ignore_eos=True),
                       blocking=True)
     gen.engine.submit([warm])  # first steps allocate (and capture a graph): not on a client

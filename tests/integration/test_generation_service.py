@@ -71,7 +71,9 @@ def server(tmp_path_factory):
                LABELLOOP__SERVING__GENERATION__MAX_NEW_TOKENS=str(MAX_NEW),
                LABELLOOP__SERVING__GENERATION__DEFAULT_MAX_NEW_TOKENS="8",
                LABELLOOP__SERVING__GENERATION__MAX_CONCURRENT_REQUESTS=str(MAX_CONCURRENT),
-               LABELLOOP__SERVING__GENERATION__MAX_PROMPTS_PER_REQUEST="64")
+               LABELLOOP__SERVING__GENERATION__MAX_PROMPTS_PER_REQUEST="64",
+               # long enough that a 20-token stream is coalesced on any box (first token, rest)
+               LABELLOOP__SERVING__GENERATION__STREAM_INTERVAL_MS="500")
     proc = start_server(env, port, log_path)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -134,6 +136,8 @@ def test_streaming_matches_the_plain_answer(server):
         events = sse_events(r.read().decode())
     *pieces, last = events
     assert len(pieces) >= 2, "tokens came in one piece: not streamed"
+    # one event per stream_interval_ms after the first: events hold several tokens each
+    assert len(pieces) < 10, f"{len(pieces)} events for 20 tokens: not coalesced"
     assert "".join(e["text"] for e in pieces) == plain["text"] == last["text"]
     assert last["done"] and last["model_version"] == server["v1"]
     assert last["completion_tokens"] == 20 and last["finish_reason"] == "length"

@@ -166,7 +166,7 @@ def test_retire_serves_late_requests_then_closes(bundle):
 
 def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(gen, monkeypatch):
     calls = {"n": 0}
-    real = gen.engine.decoder.decode
+    real = gen.engine.decoder._step  # what greedy and sampled decoding steps both call
 
     def flaky(*a, **k):
         calls["n"] += 1
@@ -174,7 +174,7 @@ def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(gen, mon
             raise RuntimeError("device fell over")
         return real(*a, **k)
 
-    monkeypatch.setattr(gen.engine.decoder, "decode", flaky)
+    monkeypatch.setattr(gen.engine.decoder, "_step", flaky)
     r = GenRequest(gen.encode("boom"), Sampling(5, ignore_eos=True))
     gen.engine.submit([r])
     assert r.wait(30) and r.finish_reason == "error"
@@ -223,3 +223,42 @@ def test_blocking_waiters_from_many_threads(gen):
     for t in threads:
         t.join(60)
     assert results == [True] * 12
+
+
+def _stream(gen, prompt: str, n: int) -> tuple[GenRequest, list[str]]:
+    """One streaming request read the way the HTTP handlers read it (services.generation_api)."""
+    import asyncio
+
+    from services.generation_api import deltas
+
+    async def run():
+        r = GenRequest(gen.encode(prompt), Sampling(n, ignore_eos=True), stream=True)
+        gen.engine.submit([r])
+        return r, [piece async for piece in deltas(gen, r)]
+    return asyncio.run(run())
+
+
+def test_stream_events_carry_every_token_made_since_the_last_one(gen, monkeypatch):
+    # stream_interval 0: the waiter is woken at every step, one token each
+    r, pieces = _stream(gen, "one per step", 12)
+    assert r.wakeups == len(r.tokens) == 12
+    assert "".join(pieces) == gen.decode(r.tokens) == TextStream(gen.tokenizer, r).text()
+    # a long interval: woken for the first token (time to first token unchanged) and at the
+    # end, and that last event holds the eleven tokens made in between
+    monkeypatch.setattr(gen.engine, "stream_interval_s", 60.0)
+    r, pieces = _stream(gen, "coalesced", 12)
+    assert r.wakeups == 2 and len(r.tokens) == 12
+    assert 1 <= len(pieces) <= 2
+    assert "".join(pieces) == gen.decode(r.tokens)
+
+
+def test_text_decoder_equals_the_tokenizers_decode(gen):
+    from labelloop.generation_engine import text_decoder
+
+    fast = text_decoder(gen.tokenizer)
+    g = torch.Generator().manual_seed(0)
+    vocab = len(gen.tokenizer)
+    for n in (1, 2, 7, 40):
+        ids = torch.randint(0, vocab, (n,), generator=g).tolist()
+        ids[0] = gen.tokenizer.eos_token_id  # a special token is skipped by both
+        assert fast(ids) == gen.tokenizer.decode(ids, skip_special_tokens=True)
