@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from labelloop import modeling
+from labelloop.evaluation import compute_metrics
 from labelloop.modeling import ModelError
 from labelloop.settings import ModelSettings, TrainingSettings
 from labelloop.tasks import ClassificationTask
@@ -117,24 +118,29 @@ def class_weights(spec, labels: list, task: ClassificationTask) -> Optional[dict
     return {lab: float(spec.get(lab, 1.0)) for lab in task.labels}
 
 
+def encode_rows(tokenizer, rows: pd.DataFrame, model_cfg: ModelSettings, device):
+    """The rows' texts tokenized once into padded tensors on `device` (rows x max_length ints:
+    small), and each text's length on the CPU, so a batch is trimmed to its longest text
+    without a device sync."""
+    enc = modeling.tokenize_padded(tokenizer, list(rows["text"]), model_cfg.max_length,
+                                   model_cfg.truncation)
+    return (enc["input_ids"].to(device), enc["attention_mask"].to(device),
+            enc["attention_mask"].sum(dim=1))
+
+
 class ValidationScorer:
     """Macro-F1 of the model on the validation rows, tokenized once, in eval mode (the model
     goes back to train mode after). The same for every process of a data-parallel run."""
 
     def __init__(self, rows: pd.DataFrame, task: ClassificationTask, tokenizer, model_cfg,
                  device, batch_size: int = 256):
-        enc = modeling.tokenize_padded(tokenizer, list(rows["text"]), model_cfg.max_length,
-                                       model_cfg.truncation)
-        self.lengths = enc["attention_mask"].sum(dim=1)
-        self.input_ids = enc["input_ids"].to(device)
-        self.attention = enc["attention_mask"].to(device)
+        self.input_ids, self.attention, self.lengths = encode_rows(tokenizer, rows, model_cfg,
+                                                                  device)
         self.refs = [task.encode_label(lab) for lab in rows["label"]]
         self.task, self.device, self.batch_size = task, device, batch_size
 
     @torch.no_grad()
     def macro_f1(self, model, use_bf16: bool) -> float:
-        from labelloop.evaluation import compute_metrics
-
         model.eval()
         preds = []
         for idx in torch.arange(len(self.refs)).split(self.batch_size):
@@ -246,12 +252,7 @@ def fine_tune(
     model.to(device)
 
     # Tokenize once into padded tensors; each batch is then trimmed to its own longest text.
-    encoded = modeling.tokenize_padded(tokenizer, list(train["text"]), model_cfg.max_length,
-                                       model_cfg.truncation)
-    lengths = encoded["attention_mask"].sum(dim=1)  # on the CPU: no device sync per step
-    # The whole tokenized set is small (rows x max_length ints): keep it on the device.
-    input_ids = encoded["input_ids"].to(device)
-    attention = encoded["attention_mask"].to(device)
+    input_ids, attention, lengths = encode_rows(tokenizer, train, model_cfg, device)
     labels = torch.tensor([task.encode_label(lab) for lab in train["label"]], device=device)
     n = len(input_ids)
     schedule = plan(cfg, n)

@@ -53,7 +53,7 @@ def fine_tune(
         mlflow.log_metrics(values, step=step_no)
 
     result = distributed.fine_tune(train, task, settings.model, cfg, on_log=log,
-                                   validation=validation if len(validation) else None)
+                                   validation=validation)
     mlflow.log_metrics({
         "train_seconds": result.train_seconds,
         "train_samples_per_second": result.samples_per_second,
