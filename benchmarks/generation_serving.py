@@ -213,34 +213,22 @@ def tree_cpu(root: int) -> dict[int, tuple[float, float]]:
     """CPU seconds of process `root` and its descendants (the service: BentoML's workers run
     in sessions of their own): {pid: (main thread, other threads)}. The main thread of the API
     worker runs the event loop (HTTP, SSE); the generation engine is one of its other threads."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    tree, grew = {root}, True
-    while grew:
-        new = {p for p, pp in parent.items() if pp in tree} - tree
-        tree |= new
-        grew = bool(new)
+    import psutil
+
+    try:
+        top = psutil.Process(root)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.Error:
+        return {}
     out: dict[int, tuple[float, float]] = {}
-    for pid in tree:
-        proc = Path("/proc") / str(pid)
+    for proc in procs:
         try:
-            main = other = 0.0
-            for task in (proc / "task").iterdir():
-                f = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                cpu = (int(f[11]) + int(f[12])) / tick
-                if task.name == proc.name:
-                    main += cpu
-                else:
-                    other += cpu
-            out[int(proc.name)] = (main, other)
-        except (OSError, IndexError, ValueError):
+            threads = proc.threads()
+        except psutil.Error:
             continue
+        main = sum(t.user_time + t.system_time for t in threads if t.id == proc.pid)
+        other = sum(t.user_time + t.system_time for t in threads if t.id != proc.pid)
+        out[proc.pid] = (main, other)
     return out
 
 
