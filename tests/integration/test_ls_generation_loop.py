@@ -272,6 +272,8 @@ def test_generation_loop_with_label_studio(loop):
 
 
 def test_annotator_rewrites_and_compares_in_the_browser(loop, browser_page, label_studio):
+    from playwright.sync_api import expect
+
     from annotation import labelstudio as L
     from annotation.sync import sync_projects
 
@@ -307,8 +309,9 @@ def test_annotator_rewrites_and_compares_in_the_browser(loop, browser_page, labe
         # The labeling panel: Label Studio makes both responses clickable (Pairwise); the
         # second one is B (the data table beside it shows the same texts, not clickable).
         sides = page.locator("[class*='hover:bg-primary-emphasis-subtle']")
-        sides.nth(1).wait_for()
-        assert sides.count() == 2
+        # The panel renders again once the data manager's tab loads (seen under load in CI:
+        # both sides there, then none for a moment): wait for the two, not a single look.
+        expect(sides).to_have_count(2, timeout=60_000)
         sides.nth(1).click()
         page.get_by_role("button", name=re.compile("^Submit", re.I)).first.click()
         page.get_by_text("Annotation saved successfully").first.wait_for()
