@@ -27,6 +27,8 @@ TEXT = "The flight was delayed three hours and nobody told us anything."
 def test_annotator_changes_a_suggestion_in_argillas_ui(argilla_server, tmp_path, browser_page):
     import argilla as rg
 
+    from playwright.sync_api import expect
+
     from annotation import argilla as A
 
     s = Settings(data_dir=str(tmp_path / "data"), argilla={
@@ -52,8 +54,9 @@ def test_annotator_changes_a_suggestion_in_argillas_ui(argilla_server, tmp_path,
     # The suggestion: "positive" preselected, with its score (the UI shows one decimal) and the
     # model version as its agent.
     page.locator("label.label-active[for=label_positive]").wait_for()
-    body = page.locator("body").inner_text()
-    assert re.search(r"0\.9\s+Suggestion\s+3\b", body), body[:2000]
+    # Retrying expect, not one look: the form may render again while the record loads.
+    expect(page.locator("body")).to_contain_text(re.compile(r"0\.9\s+Suggestion\s+3\b"),
+                                                 timeout=60_000)
     page.locator("label[for=label_negative]").click()
     page.locator("label.label-active[for=label_negative]").wait_for()
     page.locator("button.button--submit").click()
