@@ -218,8 +218,12 @@ def campaign_section(args) -> dict:
     print(f"{len(train)} training pairs ({train['prompt'].nunique()} prompts), {len(test)} test "
           f"pairs; base {base_dir} ready in {ready_s:.1f}s", flush=True)
     started = time.perf_counter()
-    runs = [campaign(settings, train, test, args, settings.training.seed + k)
-            for k in range(args.seeds)]
+    runs = []
+    for k in range(args.seeds):
+        runs.append(campaign(settings, train, test, args, settings.training.seed + k))
+        if args.out:  # a run cut short by a time limit keeps the seeds it finished
+            Path(args.out).write_text(json.dumps({"partial": True, "command": " ".join(sys.argv),
+                                                  "runs": runs}, indent=2, default=str))
     return {"command": " ".join(sys.argv), "device": str(settings.training.device),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
