@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -33,6 +34,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
@@ -55,8 +57,6 @@ def phrase_dataset(path: Path) -> Path:
     questions = ["how are you", "how are you doing", "how is it going", "are you well",
                  "how do you feel", "how have you been", "what is up", "is all well",
                  "how was your day", "are you fine"]
-    import pandas as pd
-
     prompts = [f"{g} {q}" for g, q in itertools.product(greetings, questions)]
     pd.DataFrame({"prompt": prompts, "response": PHRASE}).to_csv(path, index=False)
     return path
@@ -145,6 +145,11 @@ def textarea(text, origin=None):
     return [{**item, "origin": origin} if origin else item]
 
 
+def rated(stars):
+    return [{"from_name": "rating", "to_name": "prompt", "type": "rating",
+             "value": {"rating": stars}}]
+
+
 def pairwise(side):
     return [{"from_name": "comparison", "to_name": "response_a", "type": "pairwise",
              "value": {"selected": side}}]
@@ -208,8 +213,8 @@ def test_generation_loop_with_label_studio(loop):
     ann = client.annotations.create
     ann(id=edit[prompts[0]].id, result=shown[prompts[0]]["result"],
         parent_prediction=shown[prompts[0]]["id"])                                # accepted
-    ann(id=edit[prompts[1]].id, result=textarea(PHRASE, "prediction-changed"),
-        parent_prediction=shown[prompts[1]]["id"])                                # rewritten
+    ann(id=edit[prompts[1]].id, result=textarea(PHRASE, "prediction-changed") + rated(2),
+        parent_prediction=shown[prompts[1]]["id"])                       # rewritten, rated 2/5
     a3 = ann(id=edit[prompts[2]].id, result=textarea("Hi.", "prediction-changed"),
              parent_prediction=shown[prompts[2]]["id"])
     a4 = ann(id=edit[prompts[3]].id, result=textarea("Something."),
@@ -245,18 +250,22 @@ def test_generation_loop_with_label_studio(loop):
             rows = store.rows(status="active")
         responses = {r.text: r.label for r in rows.itertuples() if r.kind == "response"}
         prefs = {r.text: (r.choice, r.label) for r in rows.itertuples() if r.kind == "preference"}
-        return responses, prefs, rows
+        ratings = {r.text: r.rating for r in rows.itertuples()
+                   if r.kind == "response" and pd.notna(r.rating)}
+        return responses, prefs, ratings, rows
 
+    final_ratings = {prompts[1]: 2}
     # The webhooks write them as they happen ...
+    expected = (final_responses, final_prefs, final_ratings)
     try:
-        _wait(lambda: store_state()[:2] == (final_responses, final_prefs), 40, "webhook rows")
+        _wait(lambda: store_state()[:3] == expected, 40, "webhook rows")
     except AssertionError:
-        assert store_state()[:2] == (final_responses, final_prefs)  # shows the difference
+        assert store_state()[:3] == expected  # shows the difference
     # ... and the export sync agrees (nothing new, nothing lost).
     report = sync_projects(s)
     assert report["outcomes"].get("inserted", 0) == 0 and report["deleted"] == 0, report
-    responses, prefs, rows = store_state()
-    assert (responses, prefs) == (final_responses, final_prefs)
+    responses, prefs, ratings, rows = store_state()
+    assert (responses, prefs, ratings) == expected
     reasons = " | ".join(r["reason"] for r in report["skipped"])
     assert "the response is empty" in reasons
     if len(cmp) > 3:
@@ -267,6 +276,13 @@ def test_generation_loop_with_label_studio(loop):
     assert by_prompt.loc[prompts[1], "changed"] == 1 and by_prompt.loc[prompts[1],
                                                                       "edit_distance"] > 0
     assert set(by_prompt["model_version"]) == {v1}
+    # `labelloop labels export` gives the rating with its response (empty where none was given).
+    exported = loop["root"] / "labels.jsonl"
+    r = cli("labels", "export", "--config", str(loop["settings_file"]), "-o", str(exported))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = [json.loads(x) for x in exported.read_text().splitlines()]
+    assert {x["text"]: x["rating"] for x in lines if x["kind"] == "response"} == {
+        p: final_ratings.get(p) for p in final_responses}
 
     # A feedback turn: SFT on the human responses, DPO on the pairs, judged, promoted.
     r = cli("feedback", "--config", str(loop["settings_file"]), "--reason", "test",
