@@ -34,7 +34,7 @@ HINT_KEY = "model_hint"  # task data key: "Model v3's guess: positive, 87% sure 
 # compare tasks {"data": {"prompt", "response_a", "response_b", "version_a", "version_b"}}.
 PROMPT_KEY = "prompt"  # task data key and <Text name=...> of the prompt
 RESPONSE_NAME = "response"  # edit: the <TextArea name=...> (from_name of its results)
-RATING_NAME = "rating"  # edit: the optional <Rating name=...> (stored with the response, not trained on)
+RATING_NAME = "rating"  # edit: the optional <Rating name=...> (stored, not trained on)
 RESPONSE_A, RESPONSE_B = "response_a", "response_b"  # compare: data keys and <Text> names
 VERSION_A, VERSION_B = "version_a", "version_b"  # compare: the model version of each response
 PAIRWISE_NAME = "comparison"  # compare: the <Pairwise name=...>; left = A, right = B

@@ -8,10 +8,11 @@ Generation projects (`task.type: generation`, annotation/config.py): an annotati
 task (data {"prompt"}) is the final response, its `<TextArea>` text; the response shown is the
 prediction the annotator started from (`parent_prediction`). An annotation of a *compare* task
 (data {"prompt", "response_a", "response_b", "version_a", "version_b"}) is a preference: the
-`<Pairwise>` side (left = A, right = B) or the `tie` / `both_bad` verdict. An edit annotation's
-optional `<Rating>` (1-5 stars of the response shown) is stored with its response. Both become records
-through the family's conversion (labelloop/generation/answers.py), which marks what cannot be
-trained on (empty response, no choice, identical responses) invalid with the reason.
+`<Pairwise>` side (left = A, right = B) or the `tie` / `both_bad` verdict. An edit
+annotation's optional `<Rating>` (1-5 stars of the response shown) is stored with its response.
+Both become records through the family's conversion (labelloop/generation/answers.py), which
+marks what cannot be trained on (empty response, no choice, identical responses, a rating
+outside 1-5) invalid with the reason.
 """
 
 from __future__ import annotations

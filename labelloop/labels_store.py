@@ -383,7 +383,8 @@ class LabelsStore:
                 " via=:via, seq=:seq, stored_at=:stored_at, content_digest=:digest,"
                 " kind=:kind, rejected=:rejected, choice=:choice, edit_distance=:edit_distance,"
                 " chosen_version=:chosen_version, rejected_version=:rejected_version,"
-                " rating=:rating WHERE source=:source AND project=:project AND annotation_id=:annotation_id",
+                " rating=:rating"
+                " WHERE source=:source AND project=:project AND annotation_id=:annotation_id",
                 {**values, "updated_at": r.updated_at, "updated_ts": new_ts, "via": r.via,
                  "seq": seq, "stored_at": time.time(), "digest": digest, "source": r.source,
                  "project": r.project, "annotation_id": r.annotation_id},
