@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 from xml.sax.saxutils import escape, quoteattr
 
-from labelloop.tasks import ClassificationTask
+from labelloop.tasks import MAX_RATING, ClassificationTask
 
 TEXT_KEY = "text"  # task data key holding the text: tasks are {"data": {"text": ...}}
 TEXT_NAME = "text"  # the <Text name=...> object tag
@@ -34,7 +34,7 @@ HINT_KEY = "model_hint"  # task data key: "Model v3's guess: positive, 87% sure 
 # compare tasks {"data": {"prompt", "response_a", "response_b", "version_a", "version_b"}}.
 PROMPT_KEY = "prompt"  # task data key and <Text name=...> of the prompt
 RESPONSE_NAME = "response"  # edit: the <TextArea name=...> (from_name of its results)
-RATING_NAME = "rating"  # edit: the optional <Rating name=...> (shown, not trained on)
+RATING_NAME = "rating"  # edit: the optional <Rating name=...> (stored, not trained on)
 RESPONSE_A, RESPONSE_B = "response_a", "response_b"  # compare: data keys and <Text> names
 VERSION_A, VERSION_B = "version_a", "version_b"  # compare: the model version of each response
 PAIRWISE_NAME = "comparison"  # compare: the <Pairwise name=...>; left = A, right = B
@@ -76,7 +76,7 @@ def edit_config(task: Any, rating: bool = True) -> str:
     (a prediction) pre-fills: the annotator submits it as it is or rewritten."""
     extra = (f"  <Header value=\"How good was the model's response?\" size=\"5\"/>\n"
              f"  <Rating name={quoteattr(RATING_NAME)} toName={quoteattr(PROMPT_KEY)} "
-             "maxRating=\"5\"/>\n") if rating else ""
+             f"maxRating=\"{MAX_RATING}\"/>\n") if rating else ""
     return (
         "<View>\n"
         "  <Header value=\"Prompt\"/>\n"

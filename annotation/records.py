@@ -8,9 +8,11 @@ Generation projects (`task.type: generation`, annotation/config.py): an annotati
 task (data {"prompt"}) is the final response, its `<TextArea>` text; the response shown is the
 prediction the annotator started from (`parent_prediction`). An annotation of a *compare* task
 (data {"prompt", "response_a", "response_b", "version_a", "version_b"}) is a preference: the
-`<Pairwise>` side (left = A, right = B) or the `tie` / `both_bad` verdict. Both become records
-through the family's conversion (labelloop/generation/answers.py), which marks what cannot be
-trained on (empty response, no choice, identical responses) invalid with the reason.
+`<Pairwise>` side (left = A, right = B) or the `tie` / `both_bad` verdict. An edit
+annotation's optional `<Rating>` (1-5 stars of the response shown) is stored with its response.
+Both become records through the family's conversion (labelloop/generation/answers.py), which
+marks what cannot be trained on (empty response, no choice, identical responses, a rating
+outside 1-5) invalid with the reason.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from annotation.config import (
-    CHOICES_NAME, PAIRWISE_NAME, PROMPT_KEY, RESPONSE_A, RESPONSE_B, RESPONSE_NAME, TEXT_KEY,
-    VERDICT_NAME, VERSION_A, VERSION_B,
+    CHOICES_NAME, PAIRWISE_NAME, PROMPT_KEY, RATING_NAME, RESPONSE_A, RESPONSE_B, RESPONSE_NAME,
+    TEXT_KEY, VERDICT_NAME, VERSION_A, VERSION_B,
 )
 from labelloop.labels_store import LabelRecord
 from labelloop.tasks import LabelError
@@ -106,6 +108,21 @@ def picked(result: Any) -> Optional[str]:
         value = item.get("value") if isinstance(item.get("value"), dict) else {}
         side = value.get("selected", item.get("selected"))
         return {"left": "a", "right": "b"}.get(side)
+    return None
+
+
+def rated(result: Any) -> Any:
+    """The value of our <Rating> in a result (as sent: checked by the conversion), or None
+    when the annotator gave none."""
+    if not isinstance(result, list):
+        return None
+    for item in result:
+        if not isinstance(item, dict) or item.get("type") != "rating":
+            continue
+        if item.get("from_name") not in (None, RATING_NAME):
+            continue
+        value = item.get("value")
+        return value.get("rating") if isinstance(value, dict) else value
     return None
 
 
@@ -221,4 +238,4 @@ def _generation_record(annotation: dict[str, Any], task: dict[str, Any], data: d
     if annotation.get("was_cancelled"):
         return LabelRecord.invalid("skipped by the annotator (cancelled)", text=text, kind=kind,
                                    shown_label=shown_text, **base)
-    return response_record(prompt, written(results), shown_text, **base)
+    return response_record(prompt, written(results), shown_text, rating=rated(results), **base)

@@ -3,7 +3,11 @@
 One row per annotation (not per text: two annotators on one task are two rows), with its
 provenance: source, project, task id, annotation id, annotator, created/updated times, the model
 version, label and score that were shown (when the store knows them), whether the annotator
-changed the prediction, and through which channel it arrived. Where a task carries several
+changed the prediction, and through which channel it arrived. Generation answers add what
+kind of answer a row is (`kind`: label, response, preference) and its own columns: the
+preference's `choice`, `rejected` response and the versions of both sides; the response's
+`edit_distance` from the one shown and the annotator's optional `rating` of it (1-5).
+Where a task carries several
 annotations the per-task inter-annotator agreement is added (`task_annotations`,
 `task_majority_label`, `task_agreement`; see annotation/agreement.py).
 
@@ -34,6 +38,9 @@ COLUMNS = [
     "source", "project", "task_id", "annotation_id", "annotator", "created_at", "updated_at",
     "text", "label", "status", "reason", "model_version", "shown_label", "shown_score",
     "changed", "via", "task_annotations", "task_majority_label", "task_agreement",
+    # generation answers (labelloop/labels_store.py); empty for classification labels
+    "kind", "choice", "rejected", "chosen_version", "rejected_version", "edit_distance",
+    "rating",
 ]
 
 
@@ -91,7 +98,7 @@ def label_rows(settings: Settings, status: str = "active", source: Optional[str]
                "task_agreement"]].rename(columns={"task_id": "_task"}),
         on=["source", "project", "_task"], how="left")
     # Whole numbers stay whole where some rows lack them ("1", not "1.0", in a CSV).
-    for col in ("changed", "task_annotations"):
+    for col in ("changed", "task_annotations", "rating"):
         merged[col] = merged[col].astype("Int64")
     return merged[COLUMNS].reset_index(drop=True)
 

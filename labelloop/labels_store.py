@@ -30,7 +30,8 @@ text/label, or prompt/response). A row's `kind` says what sort of answer it is:
 - `response`    a generation *edit* answer: `label` is the final response, `shown_label` the one
                 the annotator was shown, `changed` whether they changed it and `edit_distance`
                 how much (normalized character-level Levenshtein distance, 0 = unedited,
-                1 = nothing kept; after stripping surrounding whitespace);
+                1 = nothing kept; after stripping surrounding whitespace); `rating` the
+                annotator's optional 1-5 rating of the response shown (NULL: not rated);
 - `preference`  a generation *compare* answer: `choice` is `a`, `b`, `tie` or `both_bad`; for `a`
                 and `b`, `label` is the chosen response and `rejected` the other one; for a tie or
                 both bad, `label` holds response A and `rejected` response B. `chosen_version` /
@@ -104,6 +105,7 @@ CREATE TABLE IF NOT EXISTS labels (
     edit_distance  REAL,
     chosen_version TEXT,
     rejected_version TEXT,
+    rating         INTEGER,
     PRIMARY KEY (source, project, annotation_id)
 );
 CREATE INDEX IF NOT EXISTS labels_status ON labels (status, text);
@@ -129,20 +131,26 @@ DECIDED = ("a", "b")
 # them, so a classification record's digest is what it was before they existed.
 _GENERATION_FIELDS = ("kind", "rejected", "choice", "edit_distance", "chosen_version",
                       "rejected_version")
+# An edit answer's optional rating: part of the answer (a changed rating is a new version),
+# in the content digest only when given, so digests of unrated records stay what they were.
+_RATING = "rating"
 _CONTENT_FIELDS = (
     "task_id", "text", "label", "annotator", "created_at", "model_version", "shown_label",
     "shown_score", "changed", "status", "reason",
-) + _GENERATION_FIELDS
+) + _GENERATION_FIELDS + (_RATING,)
 _PROVENANCE_FIELDS += ("chosen_version", "rejected_version")
 
 
 def content_digest(record: "LabelRecord") -> str:
     """Breaks ties between versions of one annotation with the same `updated_at`: a digest of
     the content the record brings (before any merge with what the store holds)."""
-    values = [getattr(record, k) for k in _CONTENT_FIELDS if k not in _GENERATION_FIELDS]
+    values = [getattr(record, k) for k in _CONTENT_FIELDS
+              if k not in _GENERATION_FIELDS and k != _RATING]
     if record.kind != LABEL or any(getattr(record, k) is not None
                                    for k in _GENERATION_FIELDS if k != "kind"):
         values += [getattr(record, k) for k in _GENERATION_FIELDS]
+    if record.rating is not None:
+        values += [_RATING, record.rating]
     return hashlib.sha256(json.dumps(values, default=str).encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -152,6 +160,7 @@ _ADDED_COLUMNS = (
     ("kind", "TEXT NOT NULL DEFAULT 'label'"),  # every older row is a classification label
     ("rejected", "TEXT"), ("choice", "TEXT"), ("edit_distance", "REAL"),
     ("chosen_version", "TEXT"), ("rejected_version", "TEXT"),
+    ("rating", "INTEGER"),  # older rows: not rated
 )
 
 
@@ -230,6 +239,7 @@ class LabelRecord:
     edit_distance: Optional[float] = None  # response: shown -> final, normalized 0..1
     chosen_version: Optional[str] = None  # preference: the model version of `label`
     rejected_version: Optional[str] = None  # preference: the model version of `rejected`
+    rating: Optional[int] = None  # response: the annotator's rating of the response shown
 
     def __post_init__(self) -> None:
         self.project = str(self.project)
@@ -246,6 +256,11 @@ class LabelRecord:
                 self.choice not in CHOICES or self.rejected is None):
             raise ValueError(f"an active preference record needs a choice in {CHOICES} and a "
                              "rejected response")
+        if self.rating is not None and (self.kind != RESPONSE or isinstance(self.rating, bool)
+                                        or not isinstance(self.rating, int)
+                                        or self.rating < 1):
+            raise ValueError(f"a rating is a whole number >= 1 of a {RESPONSE!r} record, not "
+                             f"{self.rating!r} of a {self.kind!r} record")
         if self.kind == RESPONSE and self.edit_distance is None and self.label is not None \
                 and self.shown_label is not None:
             self.edit_distance = normalized_edit_distance(self.shown_label, self.label)
@@ -329,6 +344,7 @@ class LabelsStore:
             "choice": r.choice,
             "edit_distance": None if r.edit_distance is None else float(r.edit_distance),
             "chosen_version": r.chosen_version, "rejected_version": r.rejected_version,
+            "rating": r.rating,
         }
         _derive(values)
         if old is not None:
@@ -366,7 +382,8 @@ class LabelsStore:
                 " shown_score=:shown_score, changed=:changed, status=:status, reason=:reason,"
                 " via=:via, seq=:seq, stored_at=:stored_at, content_digest=:digest,"
                 " kind=:kind, rejected=:rejected, choice=:choice, edit_distance=:edit_distance,"
-                " chosen_version=:chosen_version, rejected_version=:rejected_version"
+                " chosen_version=:chosen_version, rejected_version=:rejected_version,"
+                " rating=:rating"
                 " WHERE source=:source AND project=:project AND annotation_id=:annotation_id",
                 {**values, "updated_at": r.updated_at, "updated_ts": new_ts, "via": r.via,
                  "seq": seq, "stored_at": time.time(), "digest": digest, "source": r.source,
@@ -378,11 +395,13 @@ class LabelsStore:
             "INSERT INTO labels (source, project, annotation_id, task_id, text, label, annotator,"
             " created_at, updated_at, updated_ts, model_version, shown_label, shown_score,"
             " changed, status, reason, via, seq, first_seq, stored_at, content_digest, kind,"
-            " rejected, choice, edit_distance, chosen_version, rejected_version) VALUES"
+            " rejected, choice, edit_distance, chosen_version, rejected_version, rating)"
+            " VALUES"
             " (:source, :project, :annotation_id, :task_id, :text, :label, :annotator,"
             " :created_at, :updated_at, :updated_ts, :model_version, :shown_label, :shown_score,"
             " :changed, :status, :reason, :via, :seq, :seq, :stored_at, :digest, :kind,"
-            " :rejected, :choice, :edit_distance, :chosen_version, :rejected_version)",
+            " :rejected, :choice, :edit_distance, :chosen_version, :rejected_version,"
+            " :rating)",
             {**values, "source": r.source, "project": r.project,
              "annotation_id": r.annotation_id, "updated_at": r.updated_at,
              "updated_ts": new_ts, "via": r.via, "seq": seq, "stored_at": time.time(),
@@ -506,7 +525,7 @@ class LabelsStore:
                    "annotator", "created_at", "updated_at", "model_version", "shown_label",
                    "shown_score", "changed"]
         if kind == RESPONSE:
-            columns.append("edit_distance")
+            columns += ["edit_distance", "rating"]
         if df.empty:
             return pd.DataFrame(columns=columns)
         df = df.sort_values(["updated_ts", "seq"]).drop_duplicates("text", keep="last")

@@ -188,6 +188,8 @@ class GenerationTask:
 
 # A comparison's answer: response A or B is better, both are as good, or both are bad.
 PREFERENCE_CHOICES = ("a", "b", "tie", "both_bad")
+# An edit answer's optional rating of the response shown: a whole number 1..MAX_RATING.
+MAX_RATING = 5
 
 Task = ClassificationTask | GenerationTask
 TASK_TYPES = {"classification": ClassificationTask, "generation": GenerationTask}

@@ -4,7 +4,8 @@ The one conversion of the generation family: Label Studio (annotation/records.py
 hand over what the annotator saw and answered, in plain terms, and get a `LabelRecord` back:
 
 - `response_record`: an *edit* answer, the final response to a prompt (and the response the
-  annotator was shown, so the store knows whether and how much it was changed);
+  annotator was shown, so the store knows whether and how much it was changed), with the
+  annotator's optional rating of the response shown (a whole number from 1 to MAX_RATING);
 - `preference_record`: a *compare* answer, two responses A and B and the choice (`a`, `b`,
   `tie`, `both_bad`), with the model version that wrote each side.
 
@@ -19,14 +20,28 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from labelloop.labels_store import PREFERENCE, RESPONSE, LabelRecord
-from labelloop.tasks import GenerationTask, LabelError
+from labelloop.tasks import MAX_RATING, GenerationTask, LabelError
 
 _TASK = GenerationTask(name="generation")  # the checks do not depend on the task's name
 
 
+def check_rating(value: Any) -> Optional[int]:
+    """An annotator's rating as a whole number 1..MAX_RATING (None: not rated); a LabelError
+    says what is wrong with anything else (a tool sends 4 or 4.0)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RATING:
+        raise LabelError(f"a rating is a whole number from 1 to {MAX_RATING}, not {value!r}")
+    return value
+
+
 def response_record(prompt: Any, response: Any, shown: Optional[str] = None,
-                    **base: Any) -> LabelRecord:
-    """An edit answer. `shown`: the response the annotator was shown (None: unknown)."""
+                    rating: Any = None, **base: Any) -> LabelRecord:
+    """An edit answer. `shown`: the response the annotator was shown (None: unknown);
+    `rating`: their rating of it (None: not rated). A malformed rating makes the answer
+    invalid, like a malformed response: the tool sent something its form cannot produce."""
     text = prompt if isinstance(prompt, str) else None
     shown = shown if isinstance(shown, str) else None
     try:
@@ -34,8 +49,13 @@ def response_record(prompt: Any, response: Any, shown: Optional[str] = None,
     except LabelError as exc:
         return LabelRecord.invalid(f"bad response: {exc}", text=text, kind=RESPONSE,
                                    shown_label=shown, **base)
+    try:
+        rating = check_rating(rating)
+    except LabelError as exc:
+        return LabelRecord.invalid(f"bad rating: {exc}", text=text, kind=RESPONSE,
+                                   shown_label=shown, **base)
     return LabelRecord(text=row["prompt"], label=row["response"], kind=RESPONSE,
-                       shown_label=shown, **base)
+                       shown_label=shown, rating=rating, **base)
 
 
 def preference_record(prompt: Any, response_a: Any, response_b: Any, choice: Any,

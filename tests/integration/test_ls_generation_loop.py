@@ -2,19 +2,29 @@
 fixture) and the BentoML service as a real process (`bentoml serve`, through pipelines.demo),
 on a tiny random causal LM whose first champion had one training step.
 
+The data is the test's own: prompts (greetings and how-are-you questions) all answered by one
+short phrase, PHRASE, which is also what annotators rewrite responses into. The first champion
+(one step at a tiny learning rate) answers noise; a turn's challenger, trained for real, says
+the phrase, so it is better on the frozen test split and on the held-out human responses, and
+the turn deterministically PROMOTES it. Which prompts the turn holds out is a hash of the
+prompt (labelloop.challenger.is_holdout): the test gives the roles accordingly (the accepted
+noise and the preference pairs on trainable prompts, rewrites on held-out ones).
+
 Setup makes the edit and compare projects and imports prompts with the champion's responses;
 Label Studio asks the service for responses to tasks imported without one; annotations go
 through the Label Studio API as annotators make them (an accepted response, rewrites, an update,
 a delete, an empty response; pairwise left and right, an update, a tie, no choice) and reach the
 store through the webhook; the export sync agrees. A `labelloop feedback` turn (SFT, then DPO
-on the pairs) trains a new version, promoted only when better, else kept with the reason;
-pending tasks show the champion's responses. Then a person in a real browser rewrites a
+on the pairs) trains a new version that is promoted because it is better; the service
+answers with it, and pending tasks show its responses. Then a person in a real browser rewrites a
 pre-filled response and picks a side of a comparison, and both arrive in the store.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import json
 import os
 import re
 import subprocess
@@ -23,15 +33,33 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
+import pandas as pd
 import pytest
 import yaml
 
 from labelloop import labels_store, registry
+from labelloop.challenger import is_holdout
 from tests.helpers import REPO_ROOT, demo_service, free_port, tiny_causal_lm
 from tests.integration.test_browser import browser_page  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
 ADMIN = "gen-ls-admin-token"
+# What every prompt of the test's data is answered with, and what annotators rewrite into.
+PHRASE = "I am fine, thank you."
+HOLDOUT = 0.25  # feedback.holdout_fraction of the loop fixture
+
+
+def phrase_dataset(path: Path) -> Path:
+    """Sixty prompts, each answered with PHRASE, as a user's CSV (prompt/response columns).
+    None of them is one of the prompts the test imports later without a response."""
+    greetings = ["hi", "hey", "good morning", "good evening", "hey there", "hi friend"]
+    questions = ["how are you", "how are you doing", "how is it going", "are you well",
+                 "how do you feel", "how have you been", "what is up", "is all well",
+                 "how was your day", "are you fine"]
+    prompts = [f"{g} {q}" for g, q in itertools.product(greetings, questions)]
+    pd.DataFrame({"prompt": prompts, "response": PHRASE}).to_csv(path, index=False)
+    return path
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -72,15 +100,17 @@ def loop(label_studio, tmp_path_factory):
     cfg = _merge(yaml.safe_load((REPO_ROOT / "configs" / "generation.yaml").read_text()), {
         "data_dir": str(root / "data"),
         "model": {"base": str(base), "max_length": 96},
-        "dataset": {"max_train_rows": 80, "max_test_rows": 16},
-        "training": {"method": "full", "learning_rate": 0.003, "batch_size": 16, "epochs": 1},
+        "dataset": {"path": str(phrase_dataset(root / "phrase.csv")), "max_train_rows": 80,
+                    "max_test_rows": 16},
+        # About 30 steps: enough for the tiny model to say PHRASE (seconds on a CPU).
+        "training": {"method": "full", "learning_rate": 0.005, "batch_size": 8, "epochs": 5},
         "generation": {"max_new_tokens": 12},
         "evaluation": {"sample_predictions": 2},
         "studio": studio_cfg,
         "annotation": {"tools": ["label-studio"]},
         "serving": {"port": free_port(), "poll_interval_s": 2.0, "admin_token": ADMIN,
                     "webhook_secret": "gen-secret", "ls_basic_auth_password": "gen-basic"},
-        "feedback": {"min_new_labels": 3, "holdout_fraction": 0.25,
+        "feedback": {"min_new_labels": 3, "holdout_fraction": HOLDOUT,
                      "generation": {"min_preference_pairs": 1}},
     })
 
@@ -113,6 +143,11 @@ def textarea(text, origin=None):
     item = {"from_name": "response", "to_name": "prompt", "type": "textarea",
             "value": {"text": [text]}}
     return [{**item, "origin": origin} if origin else item]
+
+
+def rated(stars):
+    return [{"from_name": "rating", "to_name": "prompt", "type": "rating",
+             "value": {"rating": stars}}]
 
 
 def pairwise(side):
@@ -165,22 +200,31 @@ def test_generation_loop_with_label_studio(loop):
         assert str(pred["model_version"]) == v1 and isinstance(
             pred["result"][0]["value"]["text"][0], str)
 
-    # Annotators at work, through the API. The accepted one: a task with a non-empty response.
+    # Annotators at work, through the API. The accepted one: a task with a non-empty response
+    # on a prompt the turn trains on (the champion's noise, held out, would favour the
+    # champion); rewrites first on held-out prompts, where the turn compares the two versions.
+    held = {p: is_holdout(p, HOLDOUT) for p in edit}
     shown = {p: _preds(edit[p])[0] for p in edit}
-    prompts = sorted(edit, key=lambda p: not shown[p]["result"][0]["value"]["text"][0].strip())
-    assert shown[prompts[0]]["result"][0]["value"]["text"][0].strip(), shown
+    accepted = next(p for p in edit
+                    if shown[p]["result"][0]["value"]["text"][0].strip() and not held[p])
+    prompts = [accepted] + sorted((p for p in edit if p != accepted), key=lambda p: not held[p])
+    assert held[prompts[1]] and held[prompts[2]], ("the data should put two edit prompts in "
+                                                   "the held-out share", held)
     ann = client.annotations.create
     ann(id=edit[prompts[0]].id, result=shown[prompts[0]]["result"],
         parent_prediction=shown[prompts[0]]["id"])                                # accepted
-    ann(id=edit[prompts[1]].id, result=textarea("I am fine, thank you.", "prediction-changed"),
-        parent_prediction=shown[prompts[1]]["id"])                                # rewritten
+    ann(id=edit[prompts[1]].id, result=textarea(PHRASE, "prediction-changed") + rated(2),
+        parent_prediction=shown[prompts[1]]["id"])                       # rewritten, rated 2/5
     a3 = ann(id=edit[prompts[2]].id, result=textarea("Hi.", "prediction-changed"),
              parent_prediction=shown[prompts[2]]["id"])
     a4 = ann(id=edit[prompts[3]].id, result=textarea("Something."),
              parent_prediction=shown[prompts[3]]["id"])
     ann(id=edit[prompts[4]].id, result=textarea("   "))                           # empty
-    ann(id=edit[prompts[5]].id, result=textarea("My name is bot."))
-    cmp = list(compare)
+    ann(id=edit[prompts[5]].id, result=textarea(PHRASE))
+    # Preference pairs (left/right) on trainable prompts: the DPO trains on them, and two
+    # samples of the first champion's noise held out would decide by chance.
+    cmp = sorted(compare, key=lambda p: is_holdout(p, HOLDOUT))
+    assert not any(is_holdout(p, HOLDOUT) for p in cmp[:2]), cmp
     c1 = ann(id=compare[cmp[0]].id, result=pairwise("left"))
     if len(cmp) > 1:
         ann(id=compare[cmp[1]].id, result=pairwise("right"))
@@ -189,13 +233,11 @@ def test_generation_loop_with_label_studio(loop):
     if len(cmp) > 3:
         ann(id=compare[cmp[3]].id, result=[])                                     # no choice
     time.sleep(0.2)
-    client.annotations.update(id=a3.id, result=textarea("Hello there, how can I help?"))
+    client.annotations.update(id=a3.id, result=textarea(PHRASE))
     client.annotations.update(id=c1.id, result=pairwise("right"))                 # changed mind
     client.annotations.delete(id=a4.id)
     final_responses = {prompts[0]: shown[prompts[0]]["result"][0]["value"]["text"][0].strip(),
-                       prompts[1]: "I am fine, thank you.",
-                       prompts[2]: "Hello there, how can I help?",
-                       prompts[5]: "My name is bot."}
+                       prompts[1]: PHRASE, prompts[2]: PHRASE, prompts[5]: PHRASE}
     b = {p: compare[p].data for p in cmp}
     final_prefs = {cmp[0]: ("b", b[cmp[0]]["response_b"].strip())}
     if len(cmp) > 1:
@@ -208,18 +250,22 @@ def test_generation_loop_with_label_studio(loop):
             rows = store.rows(status="active")
         responses = {r.text: r.label for r in rows.itertuples() if r.kind == "response"}
         prefs = {r.text: (r.choice, r.label) for r in rows.itertuples() if r.kind == "preference"}
-        return responses, prefs, rows
+        ratings = {r.text: r.rating for r in rows.itertuples()
+                   if r.kind == "response" and pd.notna(r.rating)}
+        return responses, prefs, ratings, rows
 
+    final_ratings = {prompts[1]: 2}
     # The webhooks write them as they happen ...
+    expected = (final_responses, final_prefs, final_ratings)
     try:
-        _wait(lambda: store_state()[:2] == (final_responses, final_prefs), 40, "webhook rows")
+        _wait(lambda: store_state()[:3] == expected, 40, "webhook rows")
     except AssertionError:
-        assert store_state()[:2] == (final_responses, final_prefs)  # shows the difference
+        assert store_state()[:3] == expected  # shows the difference
     # ... and the export sync agrees (nothing new, nothing lost).
     report = sync_projects(s)
     assert report["outcomes"].get("inserted", 0) == 0 and report["deleted"] == 0, report
-    responses, prefs, rows = store_state()
-    assert (responses, prefs) == (final_responses, final_prefs)
+    responses, prefs, ratings, rows = store_state()
+    assert (responses, prefs, ratings) == expected
     reasons = " | ".join(r["reason"] for r in report["skipped"])
     assert "the response is empty" in reasons
     if len(cmp) > 3:
@@ -230,8 +276,15 @@ def test_generation_loop_with_label_studio(loop):
     assert by_prompt.loc[prompts[1], "changed"] == 1 and by_prompt.loc[prompts[1],
                                                                       "edit_distance"] > 0
     assert set(by_prompt["model_version"]) == {v1}
+    # `labelloop labels export` gives the rating with its response (empty where none was given).
+    exported = loop["root"] / "labels.jsonl"
+    r = cli("labels", "export", "--config", str(loop["settings_file"]), "-o", str(exported))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = [json.loads(x) for x in exported.read_text().splitlines()]
+    assert {x["text"]: x["rating"] for x in lines if x["kind"] == "response"} == {
+        p: final_ratings.get(p) for p in final_responses}
 
-    # A feedback turn: SFT on the human responses, DPO on the pairs, judged, maybe promoted.
+    # A feedback turn: SFT on the human responses, DPO on the pairs, judged, promoted.
     r = cli("feedback", "--config", str(loop["settings_file"]), "--reason", "test",
             extra={"ZENML_CONFIG_PATH": os.environ["ZENML_CONFIG_PATH"]})
     text = r.stdout + r.stderr
@@ -239,34 +292,61 @@ def test_generation_loop_with_label_studio(loop):
     assert "decision       retrain" in text, text[-3000:]
     line = next(x for x in text.splitlines() if x.startswith("new version"))
     reason = text.split(line, 1)[1].splitlines()[1]
+    print("\n" + line + "\n" + reason)
     v2 = re.search(r"new version\s+(\d+)", line).group(1)
+    assert v2 != v1
     tags = registry.get_version(s, v2).tags
-    assert tags["labelloop.train_rule"] in ("sft", "sft+dpo")
-    champion = str(registry.get_champion(s).version)
+    assert tags["labelloop.train_rule"] == "sft+dpo"  # two trainable pairs >= min_preference_pairs
     # The live quality signals of v1 are in MLflow (the turn's sync logs them).
     runs = registry.client(s).search_runs(
         [registry.ensure_experiment(s)], filter_string="tags.`labelloop.kind` = 'agreement'")
     assert any(f"accepted_unedited/v{v1}" in run.data.metrics for run in runs)
-    print("\n" + line + "\n" + reason)
-    if line.strip().endswith("promoted to champion"):
-        assert champion == v2 and "better" in reason
-    else:
-        assert champion == v1 and reason.strip(), text[-3000:]  # kept, with the reason
-    # Pending tasks show the champion's responses (the new one's, when it was promoted).
+    # Promoted, for the reason it should be: better on the held-out human responses.
+    assert line.strip().endswith("promoted to champion"), text[-3000:]
+    assert str(registry.get_champion(s).version) == v2
+    assert "better on held-out human data" in reason, reason
+    assert "service: reloaded" in text, text[-3000:]
+
+    # The service answers with the new version (the turn told it to reload).
+    url = demo.service_url(s)
+
+    def served(prompt):
+        got = httpx.post(f"{url}/generate", json={"prompt": prompt}, timeout=60)
+        assert got.status_code == 200, got.text
+        return got.json()
+
+    def serving_v2():
+        try:  # a reload may answer 503 for a moment
+            got = httpx.post(f"{url}/generate", json={"prompt": extra[0]}, timeout=60)
+        except httpx.TransportError:
+            return False
+        return got.status_code == 200 and got.json()["model_version"] == v2
+
+    _wait(serving_v2, 60, f"the service to serve v{v2}")
+
+    # Pending edit tasks carry a prediction of the new version, its response (what the service
+    # answers), not the first champion's; answered tasks keep what their annotator saw.
     edit = _tasks(client, edit_pid)
     answered = {prompts[i] for i in (0, 1, 2, 4, 5)}
+    new_response = {}
     for p, task in edit.items():
-        versions = [str(x["model_version"]) for x in _preds(task)]
+        by_version = {str(x["model_version"]): x["result"][0]["value"]["text"][0]
+                      for x in _preds(task)}
         if p in answered:
-            assert versions == [v1]
-        else:
-            assert champion in versions, (p, versions)
-    pending = [t for p, t in _tasks(client, compare_pid).items()
-               if p not in final_prefs and p != (cmp[3] if len(cmp) > 3 else None)]
-    # a pending comparison shows the champion's response, unless it had none to offer
-    assert all(t.data["version_a"] in (v1, champion) for t in pending)
-    if pending and champion != v1:
-        assert any(t.data["version_a"] == champion for t in pending)
+            assert list(by_version) == [v1], (p, by_version)
+            continue
+        assert set(by_version) == {v1, v2}, (p, by_version)
+        new_response[p] = by_version[v2]
+        assert new_response[p].strip() and new_response[p] != by_version[v1], (p, by_version)
+        assert served(p)["text"] == new_response[p], p
+    assert prompts[3] in new_response  # its annotation was deleted: pending again
+    # Pending comparisons show the new champion's response (A) against what they showed (B).
+    pending = {p: t.data for p, t in _tasks(client, compare_pid).items()
+               if p not in final_prefs and p != (cmp[3] if len(cmp) > 3 else None)}
+    assert pending, "no pending comparison left to check"
+    for p, d in pending.items():
+        assert (d["version_a"], d["version_b"]) == (v2, v1), (p, d)
+        assert d["response_a"] == served(p)["text"] and d["response_b"] == b[p]["response_a"], d
     loop.update(edit_pid=edit_pid, compare_pid=compare_pid, answered=answered,
                 compared=set(final_prefs) | ({cmp[3]} if len(cmp) > 3 else set()))
 

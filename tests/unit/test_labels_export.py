@@ -184,3 +184,33 @@ def test_krippendorff_alpha_nominal():
     assert krippendorff_alpha_nominal([["a", "b"], ["b", "a"]]) < 0  # systematic disagreement
     assert krippendorff_alpha_nominal([["a", "a"], ["a"]]) is None  # no disagreement possible
     assert krippendorff_alpha_nominal([["a"]]) is None
+
+
+def test_generation_answers_export_their_kind_and_columns_with_the_rating(tmp_path):
+    from labelloop.generation.answers import preference_record, response_record
+
+    s = Settings(data_dir=str(tmp_path / "gen"))
+    base = {"source": "label-studio", "project": "6", "annotator": "ann@x",
+            "updated_at": "2026-01-01T00:00:00Z", "via": "sync"}
+    with LabelsStore(s.labels_path) as store:
+        store.upsert_many([
+            response_record("Hi?", "Hello there.", shown="Hello.", rating=4, annotation_id="1",
+                            task_id="1", **base),
+            response_record("Bye?", "Bye.", shown="Bye.", annotation_id="2", task_id="2", **base),
+            preference_record("Why?", "Because.", "No.", "b", version_a="3", version_b="2",
+                              annotation_id="3", task_id="3", **base),
+        ])
+    csv_out, jsonl_out = tmp_path / "gen.csv", tmp_path / "gen.jsonl"
+    export_labels(s, csv_out)
+    export_labels(s, jsonl_out)
+    with open(csv_out, newline="", encoding="utf-8") as f:
+        by_id = {r["annotation_id"]: r for r in csv.DictReader(f)}
+    assert (by_id["1"]["kind"], by_id["1"]["rating"], by_id["1"]["changed"]) == \
+        ("response", "4", "1")  # a whole number, not "4.0"
+    assert 0 < float(by_id["1"]["edit_distance"]) < 1
+    assert by_id["2"]["rating"] == "" and float(by_id["2"]["edit_distance"]) == 0.0
+    assert (by_id["3"]["kind"], by_id["3"]["choice"], by_id["3"]["label"], by_id["3"]["rejected"],
+            by_id["3"]["chosen_version"], by_id["3"]["rejected_version"]) == \
+        ("preference", "b", "No.", "Because.", "2", "3")
+    rows = {r["annotation_id"]: r for r in map(json.loads, jsonl_out.read_text().splitlines())}
+    assert rows["1"]["rating"] == 4 and rows["2"]["rating"] is None

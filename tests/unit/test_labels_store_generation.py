@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import pandas as pd
 import pytest
 
 from labelloop import labels_store as ls
@@ -194,4 +195,51 @@ def test_migration_adds_the_columns_to_an_older_store(tmp_path):
         assert s.training_rows(kind="response")["label"].tolist() == ["Hello."]
     cols = {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(labels)")}
     assert {"kind", "rejected", "choice", "edit_distance", "chosen_version",
-            "rejected_version", "content_digest"} <= cols
+            "rejected_version", "content_digest", "rating"} <= cols
+
+
+def test_a_rating_is_stored_returned_and_only_on_responses(tmp_path):
+    settings = gen_settings(tmp_path)
+    with ls.open_store(settings) as s:
+        assert s.upsert(response_record("Hi?", "Hello.", shown="Hey.", rating=5,
+                                        **base(1))) == ls.INSERTED
+        s.upsert(response_record("Bye?", "Bye.", shown="Bye.", **base(2)))
+        # the same answer with another rating, later: an update of the answer
+        assert s.upsert(response_record("Hi?", "Hello.", shown="Hey.", rating=3,
+                                        **base(1, t="2026-01-02T00:00:00Z"))) == ls.UPDATED
+    rows = ls.training_rows(settings).set_index("prompt")
+    assert rows.loc["Hi?", "rating"] == 3 and pd.isna(rows.loc["Bye?", "rating"])  # not rated
+    with pytest.raises(ValueError, match="rating"):
+        LabelRecord(text="Hi?", label="A.", rejected="B.", choice="a", kind="preference",
+                    rating=3, **base(3))
+    with pytest.raises(ValueError, match="rating"):
+        LabelRecord(text="Hi?", label="A.", kind="response", rating=0, **base(3))
+
+
+def test_an_unrated_response_keeps_the_digest_it_had_before_ratings():
+    r = response_record("Hi?", "Hello.", shown="Hey.", **base(1))
+    import hashlib
+    import json
+    old = [getattr(r, k) for k in ("task_id", "text", "label", "annotator", "created_at",
+                                   "model_version", "shown_label", "shown_score", "changed",
+                                   "status", "reason", "kind", "rejected", "choice",
+                                   "edit_distance", "chosen_version", "rejected_version")]
+    assert ls.content_digest(r) == hashlib.sha256(json.dumps(old, default=str).encode()).hexdigest()
+    rated = response_record("Hi?", "Hello.", shown="Hey.", rating=4, **base(1))
+    assert ls.content_digest(rated) != ls.content_digest(r)
+
+
+def test_a_store_from_before_ratings_gains_the_column_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "before-ratings.sqlite"
+    with LabelsStore(path) as s:  # today's schema less the rating column: the previous store
+        s.upsert(response_record("Hi?", "Hello.", shown="Hey.", **base(1)))
+        s._conn.execute("ALTER TABLE labels DROP COLUMN rating")
+    assert "rating" not in {r[1] for r in sqlite3.connect(path).execute(
+        "PRAGMA table_info(labels)")}
+    with LabelsStore(path) as s:
+        assert s.get("label-studio", "7", "1")["rating"] is None
+        # the same unrated answer again changes nothing; a rated one is a new version
+        assert s.upsert(response_record("Hi?", "Hello.", shown="Hey.", **base(1))) == ls.UNCHANGED
+        assert s.upsert(response_record("Hi?", "Hello.", shown="Hey.", rating=4,
+                                        **base(1, t="2026-01-03T00:00:00Z"))) == ls.UPDATED
+        assert s.get("label-studio", "7", "1")["rating"] == 4

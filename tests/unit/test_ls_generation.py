@@ -365,3 +365,64 @@ def test_import_and_push_fill_both_projects_idempotently(tmp_path, monkeypatch):
         assert (d["response_a"], d["response_b"], d["version_a"], d["version_b"]) == (
             f"v2 says {d['prompt']}", f"v1 says {d['prompt']}", "2", "1")
     assert G.push_responses(s, client, SimpleNamespace(version="2"))["pushed"] == 0
+
+
+# -- the edit project's optional rating ----------------------------------------------------------
+def rating(value):
+    return [{"from_name": "rating", "to_name": "prompt", "type": "rating",
+             "value": {"rating": value}}]
+
+
+def test_a_rating_is_stored_from_the_webhook_and_the_export_sync_alike(tmp_path):
+    from annotation import webhook
+    from annotation.sync import sync_project
+    from labelloop.settings import load_settings
+
+    def gen_settings(name):
+        return load_settings(overrides={"data_dir": str(tmp_path / name),
+                                        "task": {"type": "generation", "name": "chat"}},
+                             environ={})
+
+    ann = {"id": 100, "task": 9, "project": 4, "parent_prediction": 55,
+           "result": textarea("Hello!", "prediction-changed") + rating(4),
+           "completed_by": {"id": 1, "email": "ann@x"}, "created_at": "2026-12-02T10:00:00Z",
+           "updated_at": "2026-12-02T10:00:00Z"}
+    later = {**ann, "result": textarea("Hello!", "prediction-changed") + rating(2),
+             "updated_at": "2026-12-02T10:05:00Z"}
+    event = {"action": "ANNOTATION_CREATED", "annotation": ann, "project": {"id": 4},
+             "task": EDIT_TASK}
+    finals = []
+    for name, order in (("webhook-first", ("webhook", "sync")),
+                        ("sync-first", ("sync", "webhook"))):
+        s = gen_settings(name)
+        for channel in order:
+            if channel == "webhook":
+                webhook.handle_event(s, event)
+            else:
+                sync_project(s, 4, tasks=[{**EDIT_TASK, "annotations": [ann]}])
+        with LabelsStore(s.labels_path) as store:
+            row = store.get("label-studio", "4", "100")
+        assert (row["kind"], row["label"], row["rating"]) == ("response", "Hello!", 4)
+        assert row["shown_label"] == "Hi there."  # the sync brought what the webhook lacks
+        # the annotator changes only the rating: a new version of the answer
+        report = sync_project(s, 4, tasks=[{**EDIT_TASK, "annotations": [later]}])
+        assert report["outcomes"] == {"updated": 1}
+        with LabelsStore(s.labels_path) as store:
+            finals.append(store.get("label-studio", "4", "100")["rating"])
+    assert finals == [2, 2]
+    # no rating: stored as not rated
+    assert edit(textarea("Hi there.", "prediction")).rating is None
+
+
+@pytest.mark.parametrize("value", [0, 6, 4.5, "4", True, None, [4]])
+def test_a_malformed_rating_makes_the_answer_invalid_with_the_reason(value):
+    if value is None:  # a rating item without a value: no rating, the answer stands
+        assert edit(textarea("Hey.") + rating(None)).status == "active"
+        return
+    bad = edit(textarea("Hey.") + rating(value))
+    assert bad.status == "invalid" and "bad rating" in bad.reason and "1 to 5" in bad.reason
+    assert bad.rating is None
+
+
+def test_a_whole_float_rating_is_a_whole_number():
+    assert edit(textarea("Hey.") + rating(3.0)).rating == 3
