@@ -27,6 +27,7 @@ import pandas as pd
 
 from labelloop import modeling
 from labelloop.generation import chat, evaluation
+from labelloop.generation.training import quiet_progress
 from labelloop.settings import Settings
 
 LogFn = Callable[[int, dict[str, float]], None]
@@ -131,6 +132,7 @@ def dpo_tune(model, tokenizer, pairs: pd.DataFrame, settings: Settings,
         trainer = DPOTrainer(model=model, args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=peft_config,
                              callbacks=[_Log()])
+        quiet_progress(trainer, f"DPO (lora, {device.type})", progress)
         start = time.perf_counter()
         state = trainer.train()
         elapsed = time.perf_counter() - start

@@ -39,6 +39,43 @@ class SFTResult:
         return self.samples_seen / self.train_seconds if self.train_seconds > 0 else 0.0
 
 
+def quiet_progress(trainer, desc: str, enabled: bool) -> None:
+    """One progress bar with the loss in its postfix, like the classifier's fine-tune, instead of
+    the HF Trainer's console output: its ProgressCallback prints every log dict under the bar
+    (`{'loss': '3.075', 'grad_norm': ..., 'entropy': ...}` per step, then a `train_runtime`
+    summary), which buried the pipeline's own lines in `make demo TASK=generation`."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    if not enabled:
+        return
+
+    class _Bar(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, desc=desc, unit="step", dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    trainer.add_callback(_Bar())
+
+
 def tokenize_rows(rows: pd.DataFrame, tokenizer, settings: Settings) -> dict[str, list]:
     g = settings.generation
     ids, labels = [], []
@@ -105,6 +142,7 @@ def fine_tune(train: pd.DataFrame, settings: Settings, on_log: Optional[LogFn] =
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=peft_config,
                              callbacks=[_Log()])
+        quiet_progress(trainer, f"fine-tune (SFT, {cfg.method}, {device.type})", progress)
         start = time.perf_counter()
         state = trainer.train()
         elapsed = time.perf_counter() - start

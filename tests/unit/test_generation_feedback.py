@@ -220,3 +220,34 @@ def test_demo_task_generation_picks_its_profile(monkeypatch):
     s = load_settings(demo.TASK_CONFIGS["generation"][0], environ={})
     assert s.task.type == "generation" and s.serving.port != 3000 and s.studio.port != 8080
     assert s.data_path.name == "generation"
+
+
+def test_sft_and_dpo_show_one_progress_bar_not_the_trainers_log_dicts(tmp_path, capsys):
+    """Regression: the HF Trainer's console callback printed every log dict under its bar
+    ({'loss': ..., 'grad_norm': ..., 'entropy': ...} per step, then a train_runtime dict),
+    burying the pipeline's lines in `make demo TASK=generation`. Now: one named bar each."""
+    from transformers import AutoModelForCausalLM
+
+    from labelloop.generation import base, preference, training
+    from tests.helpers import tiny_causal_lm
+
+    model_dir = tiny_causal_lm(tmp_path / "tiny")
+    settings = load_settings("configs/generation.yaml", environ={}, overrides={
+        "model": {"base": str(model_dir), "max_length": 64},
+        "training": {"device": "cpu", "method": "full", "batch_size": 2, "epochs": 1,
+                     "log_every_steps": 1},
+        "feedback": {"generation": {"dpo": {"epochs": 1, "batch_size": 2}}}})
+    rows = pd.DataFrame({"prompt": ["hello", "how are you", "bye", "thanks"],
+                         "response": ["hi there", "fine", "goodbye", "you are welcome"]})
+    sft = training.fine_tune(rows, settings, progress=True)
+    pairs = pd.DataFrame({"prompt": ["hello", "bye"], "chosen": ["hi there", "goodbye"],
+                          "rejected": ["bye", "hello"]})
+    tok = base.load_tokenizer(str(model_dir))
+    dpo = preference.dpo_tune(AutoModelForCausalLM.from_pretrained(str(model_dir)), tok, pairs,
+                              settings, progress=True)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert sft.steps == 2 and dpo.steps == 1
+    assert "fine-tune (SFT, full, cpu)" in text and "DPO (lora, cpu)" in text, text[-2000:]
+    assert "'loss'" not in text and "train_runtime" not in text and "grad_norm" not in text, \
+        text[-2000:]
