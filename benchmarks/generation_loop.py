@@ -182,7 +182,8 @@ def campaign(settings, train: pd.DataFrame, test: pd.DataFrame, args, seed: int)
         edits = pd.concat([edits, pd.DataFrame({"prompt": batch, "response": refs})],
                           ignore_index=True)
         pairs = pd.concat([pairs, new_pairs], ignore_index=True)
-        rows = sft_rows(train[train["prompt"].isin(set(seed_prompts))], test, edits)
+        rows = sft_rows(train[train["prompt"].isin(set(seed_prompts))], test, edits,
+                        s.feedback.generation.human_repeats)
         sft_model, tok, sft_s, steps = sft(rows)
         sft_chrf, eval_sft_s = _score(sft_model, tok, test, s)
         t = time.perf_counter()

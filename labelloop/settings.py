@@ -503,6 +503,10 @@ class FeedbackGenerationSettings(_Section):
     """The feedback loop's rules that only generation has (labelloop/generation/feedback.py)."""
     # DPO runs after the SFT once at least this many trainable preference pairs exist.
     min_preference_pairs: int = Field(8, gt=0)
+    # Each human response appears this many times among the SFT rows. A handful of rewrites
+    # among hundreds of base rows is a handful of gradient updates, too few for the new model to
+    # say what annotators wrote (the classifier's warm start repeats its corrections likewise).
+    human_repeats: int = Field(1, ge=1, le=100)
     # Retrain when the champion's greedy responses to held-out prompts score below this chrF
     # against what annotators finally wrote (1.0 = every response kept as it was)...
     min_fresh_chrf: float = Field(0.5, ge=0.0, le=1.0)

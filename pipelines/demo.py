@@ -333,7 +333,9 @@ def up(config: Optional[str], tools: Optional[list[str]] = None,
         server = servers["label-studio"].result()
         out = setup_project(settings)
         for kind, url in (out.get("urls") or {"": out["url"]}).items():  # generation: edit, compare
-            shown.append((f"Label Studio {kind}".strip(), url, server.username, server.password))
+            # the project's kind after the URL: "Label Studio compare" overflowed the name column
+            shown.append(("Label Studio", f"{url}  ({kind} project)" if kind else url,
+                          server.username, server.password))
     if "argilla" in servers:
         server = servers["argilla"].result()
         out = setup_argilla(settings)

@@ -117,13 +117,16 @@ def human_digest(responses: pd.DataFrame, pairs: pd.DataFrame) -> str:
     return _digest(frame)
 
 
-def sft_rows(base_train: pd.DataFrame, test: pd.DataFrame, responses: pd.DataFrame) -> pd.DataFrame:
-    """Base rows plus human responses; a human response replaces the base rows of its prompt,
-    and prompts of the frozen test split are never trained on."""
+def sft_rows(base_train: pd.DataFrame, test: pd.DataFrame, responses: pd.DataFrame,
+             human_repeats: int = 1) -> pd.DataFrame:
+    """Base rows plus human responses, each `human_repeats` times; a human response replaces the
+    base rows of its prompt, and prompts of the frozen test split are never trained on."""
+    if human_repeats < 1:
+        raise ValueError(f"human_repeats must be at least 1, not {human_repeats}")
     test_prompts = set(test["prompt"])
     human = responses[~responses["prompt"].isin(test_prompts)][["prompt", "response"]]
     base = base_train[~base_train["prompt"].isin(set(human["prompt"]))][["prompt", "response"]]
-    return pd.concat([base, human], ignore_index=True)
+    return pd.concat([base, *[human] * human_repeats], ignore_index=True)
 
 
 def dpo_pairs(pairs: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
@@ -396,16 +399,17 @@ def retrain(settings: Settings, project: Optional[int] = None,
     ptrain, pheld = split_by_prompt(preferences_from_rows(rows_now), fraction)
     champ = champion_info(settings)
     base_train, test, _ = steps.load(settings)
-    rows = sft_rows(base_train, test, trainable)
-    pairs = dpo_pairs(ptrain, test)
     g = settings.feedback.generation
+    rows = sft_rows(base_train, test, trainable, g.human_repeats)
+    pairs = dpo_pairs(ptrain, test)
     rule = RULE_DPO if len(pairs) >= g.min_preference_pairs else RULE_SFT
     why = (f"{len(pairs)} trainable preference pairs "
            f"{'>=' if rule == RULE_DPO else '<'} feedback.generation.min_preference_pairs "
            f"{g.min_preference_pairs}")
     timings["prepare_s"] = time.perf_counter() - t0
     n_human = int((~trainable["prompt"].isin(set(test["prompt"]))).sum())
-    print(f"retrain: SFT from the base model on {len(rows)} rows ({n_human} human responses); "
+    print(f"retrain: SFT from the base model on {len(rows)} rows ({n_human} human responses"
+          + (f", each {g.human_repeats} times" if g.human_repeats > 1 and n_human else "") + "); "
           + (f"then DPO on {len(pairs)} preference pairs" if rule == RULE_DPO else
              f"no DPO ({why})")
           + f"; {len(heldout)} responses and {len(pheld)} pairs held out")

@@ -77,6 +77,12 @@ def test_sft_rows_human_wins_and_test_prompts_are_never_trained_on():
         ("a", "A!"), ("b", "b1"), ("c", "c1"), ("new", "N!")]
     pairs = pd.DataFrame({"prompt": ["t", "a"], "chosen": ["x", "y"], "rejected": ["z", "w"]})
     assert list(gf.dpo_pairs(pairs, test)["prompt"]) == ["a"]
+    # feedback.generation.human_repeats: every human response (never a test prompt's) k times
+    rows = gf.sft_rows(base, test, human, human_repeats=3)
+    assert sorted(zip(rows["prompt"], rows["response"])) == sorted(
+        [("a", "A!")] * 3 + [("b", "b1"), ("c", "c1")] + [("new", "N!")] * 3)
+    with pytest.raises(ValueError, match="human_repeats"):
+        gf.sft_rows(base, test, human, human_repeats=0)
 
 
 def test_human_digest_is_order_free_and_sees_every_kind():
