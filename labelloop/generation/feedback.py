@@ -129,6 +129,19 @@ def sft_rows(base_train: pd.DataFrame, test: pd.DataFrame, responses: pd.DataFra
     return pd.concat([base, *[human] * human_repeats], ignore_index=True)
 
 
+def warm_rows(base_train: pd.DataFrame, test: pd.DataFrame, responses: pd.DataFrame,
+              replay_rows: int, repeats: int, seed: int) -> pd.DataFrame:
+    """A warm start's rows (`feedback.train_rule: warm`): every trainable human response
+    `repeats` times, plus a stable replay sample of `replay_rows` base rows of prompts no human
+    answered, so the champion keeps what it knew while it learns what annotators wrote."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
+    human = responses[~responses["prompt"].isin(set(test["prompt"]))][["prompt", "response"]]
+    rest = base_train[~base_train["prompt"].isin(set(human["prompt"]))][["prompt", "response"]]
+    replay = rest.sample(n=min(replay_rows, len(rest)), random_state=seed) if replay_rows else rest[:0]
+    return pd.concat([replay, *[human] * repeats], ignore_index=True)
+
+
 def dpo_pairs(pairs: pd.DataFrame, test: pd.DataFrame) -> pd.DataFrame:
     return pairs[~pairs["prompt"].isin(set(test["prompt"]))][
         ["prompt", "chosen", "rejected"]].reset_index(drop=True)
@@ -196,8 +209,19 @@ def preflight(settings: Settings) -> None:
     from labelloop.generation import steps
 
     if settings.feedback.train_rule == "warm":
-        raise ConfigError("feedback.train_rule warm is not available for generation (a turn "
-                          "retrains by SFT from the base model, then DPO): use auto or full")
+        from labelloop import registry
+
+        champion = registry.get_champion(settings)
+        if champion is None:
+            raise ConfigError("feedback.train_rule is warm but there is no champion to continue "
+                              "from: train one first (labelloop train), or use auto or full")
+        from labelloop import modeling
+
+        meta = modeling.read_bundle_meta(registry.fetch_bundle(settings, champion.version))
+        family = (meta.get("task") or {}).get("type")
+        if family != "generation":
+            raise ConfigError(f"feedback.train_rule is warm but the champion of "
+                              f"{settings.registry.model_name} is a {family} model")
     steps.check_inputs(settings)
 
 
@@ -400,16 +424,30 @@ def retrain(settings: Settings, project: Optional[int] = None,
     champ = champion_info(settings)
     base_train, test, _ = steps.load(settings)
     g = settings.feedback.generation
-    rows = sft_rows(base_train, test, trainable, g.human_repeats)
+    # warm: the champion continued on the human responses (x new_label_repeats) plus a replay
+    # sample, seconds of SFT; auto and full: SFT from the base model on base rows + humans.
+    warm = settings.feedback.train_rule == "warm" and champ is not None
+    if warm:
+        w = settings.feedback.warm_start
+        rows = warm_rows(base_train, test, trainable, w.replay_rows, w.new_label_repeats,
+                         settings.training.seed)
+        init_dir = str(registry.fetch_bundle(settings, champ["version"]))
+    else:
+        rows = sft_rows(base_train, test, trainable, g.human_repeats)
+        init_dir = None
     pairs = dpo_pairs(ptrain, test)
     rule = RULE_DPO if len(pairs) >= g.min_preference_pairs else RULE_SFT
+    rule_tag = f"warm-{rule}" if warm else rule  # the registry's and MLflow's name for it
     why = (f"{len(pairs)} trainable preference pairs "
            f"{'>=' if rule == RULE_DPO else '<'} feedback.generation.min_preference_pairs "
            f"{g.min_preference_pairs}")
     timings["prepare_s"] = time.perf_counter() - t0
     n_human = int((~trainable["prompt"].isin(set(test["prompt"]))).sum())
-    print(f"retrain: SFT from the base model on {len(rows)} rows ({n_human} human responses"
-          + (f", each {g.human_repeats} times" if g.human_repeats > 1 and n_human else "") + "); "
+    start = f"warm start from v{champ['version']}" if warm else "SFT from the base model"
+    print(f"retrain: {start} on {len(rows)} rows ({n_human} human responses"
+          + (f", each {settings.feedback.warm_start.new_label_repeats} times, and a replay "
+             f"sample" if warm else f", each {g.human_repeats} times"
+             if g.human_repeats > 1 and n_human else "") + "); "
           + (f"then DPO on {len(pairs)} preference pairs" if rule == RULE_DPO else
              f"no DPO ({why})")
           + f"; {len(heldout)} responses and {len(pheld)} pairs held out")
@@ -423,9 +461,10 @@ def retrain(settings: Settings, project: Optional[int] = None,
     tmp = scratch.make(settings, "challenger")
     task = task_from_settings(settings)
     try:
-        with mlflow.start_run(run_name=f"training v{version_guess} ({rule})", nested=True) as run:
-            mlflow.set_tags({"labelloop.kind": "training", "labelloop.train_rule": rule})
-            mlflow.log_params({"train_rule": rule, "train_rule_why": why[:250],
+        with mlflow.start_run(run_name=f"training v{version_guess} ({rule_tag})", nested=True) as run:
+            mlflow.set_tags({"labelloop.kind": "training", "labelloop.train_rule": rule_tag})
+            mlflow.log_params({"train_rule": rule_tag, "train_rule_why": why[:250],
+                               "warm_from": champ["version"] if warm else None,
                                "train_rows": len(rows), "human_responses": n_human,
                                "preference_pairs": len(pairs), "heldout_responses": len(heldout),
                                "heldout_pairs": len(pheld), "method": settings.training.method,
@@ -433,7 +472,7 @@ def retrain(settings: Settings, project: Optional[int] = None,
                                "learning_rate": settings.training.learning_rate,
                                "dpo_beta": g.dpo.beta if rule == RULE_DPO else None})
             t1 = time.perf_counter()
-            sft = training.fine_tune(rows, settings, on_log=on_log)
+            sft = training.fine_tune(rows, settings, on_log=on_log, init_dir=init_dir)
             timings["sft_s"] = time.perf_counter() - t1
             model, dpo = sft.model, None
             if rule == RULE_DPO:
@@ -452,7 +491,7 @@ def retrain(settings: Settings, project: Optional[int] = None,
                 "max_prompt_tokens": gs.max_prompt_tokens, "max_new_tokens": gs.max_new_tokens,
                 "system_prompt": gs.system_prompt, "dataset": settings.dataset.path,
                 "dataset_digest": gen_data.digest(rows), "train_rows": len(rows),
-                "train_rule": rule, "human_responses": n_human, "preference_pairs": len(pairs),
+                "train_rule": rule_tag, "human_responses": n_human, "preference_pairs": len(pairs),
             })
             del sft, model
             loop_status.set_stage(settings, turn, "promote")
@@ -473,10 +512,10 @@ def retrain(settings: Settings, project: Optional[int] = None,
                 "test_digest": gen_data.digest(test),
                 **{f"test_{k}": repr(float(scores[k])) for k in task.promotion_metrics},
                 LABELS_SEQ_TAG: str(seq), "labelloop.full_seq": str(seq),
-                "labelloop.train_rule": rule, "labelloop.human_digest": digest,
+                "labelloop.train_rule": rule_tag, "labelloop.human_digest": digest,
             })
             version = str(mv.version)
-            mlflow.set_tag("mlflow.runName", f"training v{version} ({rule})")
+            mlflow.set_tag("mlflow.runName", f"training v{version} ({rule_tag})")
             store_outputs(settings, version, test, outputs)
             timings["register_s"] = time.perf_counter() - t3
             t4 = time.perf_counter()
@@ -497,8 +536,10 @@ def retrain(settings: Settings, project: Optional[int] = None,
         if project is not None:
             store.mark_feedback_run(project, "retrain", seq)
         store.set_meta(f"last_retrain_digest:{'all' if project is None else project}", digest)
-    return {"version": version, "promoted": bool(decision.promote), "rule": rule,
-            "rule_label": "SFT + DPO" if rule == RULE_DPO else "SFT", "rule_reason": why,
+    return {"version": version, "promoted": bool(decision.promote), "rule": rule_tag,
+            "rule_label": ("warm start, " if warm else "") + ("SFT + DPO" if rule == RULE_DPO
+                                                              else "SFT"),
+            "rule_reason": why,
             "promotion_reason": decision.reason, "decision": decision.to_dict(),
             "metrics": {k: float(v) for k, v in scores.items()}, "labels_seq": seq,
             "champion_before": champ["version"] if champ else None, "timings": timings,

@@ -89,8 +89,9 @@ def tokenize_rows(rows: pd.DataFrame, tokenizer, settings: Settings) -> dict[str
 
 
 def fine_tune(train: pd.DataFrame, settings: Settings, on_log: Optional[LogFn] = None,
-              progress: bool = True) -> SFTResult:
-    """Fine-tune `settings.model.base` (init pretrained or scratch) on prompt/response rows."""
+              progress: bool = True, init_dir: Optional[str] = None) -> SFTResult:
+    """Fine-tune `settings.model.base` (init pretrained or scratch) on prompt/response rows, or,
+    with `init_dir` (a generation bundle: the champion), continue from those weights."""
     import datasets
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -101,7 +102,12 @@ def fine_tune(train: pd.DataFrame, settings: Settings, on_log: Optional[LogFn] =
     device = modeling.pick_device(cfg.device)
     base_dir = base.resolve_causal_base(settings.model.base, base.cache_root(settings))
     tokenizer = base.load_tokenizer(base_dir)
-    model = base.load_for_training(base_dir, settings.model, tokenizer, cfg.seed)
+    if init_dir is not None:  # a warm start: the champion's merged weights, fp32 masters
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(init_dir, dtype=__import__("torch").float32)
+    else:
+        model = base.load_for_training(base_dir, settings.model, tokenizer, cfg.seed)
     tokenized = tokenize_rows(train, tokenizer, settings)
     if not tokenized["input_ids"]:
         raise ValueError("no training rows left a response token within model.max_length")
@@ -142,7 +148,8 @@ def fine_tune(train: pd.DataFrame, settings: Settings, on_log: Optional[LogFn] =
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=peft_config,
                              callbacks=[_Log()])
-        quiet_progress(trainer, f"fine-tune (SFT, {cfg.method}, {device.type})", progress)
+        quiet_progress(trainer, f"fine-tune ({'warm ' if init_dir else ''}SFT, {cfg.method}, "
+                                f"{device.type})", progress)
         start = time.perf_counter()
         state = trainer.train()
         elapsed = time.perf_counter() - start

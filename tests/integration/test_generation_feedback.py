@@ -132,3 +132,18 @@ def test_turns_sft_then_dpo_kept_by_rule_no_retrain_on_same_data_then_promoted(w
     assert str(registry.get_champion(settings).version) == "3"
     decision = registry.get_version(settings, "3").tags
     assert decision["labelloop.train_rule"] == "sft+dpo"
+
+    # Turn 3, forced, feedback.train_rule warm: the champion (v3) continued on the human
+    # responses plus a replay sample, not a retrain from the base model.
+    r = cli(env, "feedback", "--reason", "test", extra={
+        "LABELLOOP__FEEDBACK__FORCE_RETRAIN": "true", "LABELLOOP__FEEDBACK__TRAIN_RULE": "warm",
+        "LABELLOOP__FEEDBACK__WARM_START__REPLAY_ROWS": "16"})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-5000:]
+    assert "retrain: warm start from v3 on" in out and "training       warm start, SFT" in out
+    v4 = registry.get_version(settings, "4")
+    assert v4.tags["labelloop.train_rule"] in ("warm-sft", "warm-sft+dpo")
+    params = mlflow.tracking.MlflowClient(settings.tracking_uri).get_run(v4.run_id).data.params
+    assert params["warm_from"] == "3"
+    # rows: 16 replayed + every trainable human response x new_label_repeats (4)
+    assert int(params["train_rows"]) == 16 + 4 * int(params["human_responses"])

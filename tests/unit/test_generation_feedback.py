@@ -170,9 +170,28 @@ def test_promotion_rule_for_generation():
     assert first.promote and first.human["heldout"] == {}
 
 
-def test_warm_rule_is_refused_for_generation_before_any_work():
-    with pytest.raises(ConfigError, match="train_rule warm is not available for generation"):
-        gf.preflight(settings_gen(train_rule="warm"))
+def test_warm_rule_without_a_champion_is_one_error_before_any_work(tmp_path):
+    s = load_settings("configs/generation.yaml", environ={}, overrides={
+        "data_dir": str(tmp_path / "data"), "feedback": {"train_rule": "warm"}})
+    with pytest.raises(ConfigError, match="train_rule is warm but there is no champion"):
+        gf.preflight(s)
+
+
+def test_warm_rows_repeat_the_humans_and_replay_a_stable_sample():
+    base = pd.DataFrame({"prompt": [f"p{i}" for i in range(10)],
+                         "response": [f"r{i}" for i in range(10)]})
+    test = pd.DataFrame({"prompt": ["t"], "response": ["t1"]})
+    human = pd.DataFrame({"prompt": ["p0", "t", "new"], "response": ["P0!", "T!", "N!"]})
+    rows = gf.warm_rows(base, test, human, replay_rows=4, repeats=3, seed=7)
+    pairs = list(zip(rows["prompt"], rows["response"]))
+    assert pairs.count(("p0", "P0!")) == 3 and pairs.count(("new", "N!")) == 3
+    assert ("t", "T!") not in pairs and ("p0", "r0") not in pairs  # test prompts, replaced rows
+    replay = [p for p in pairs if p[1].startswith("r")]
+    assert len(replay) == 4 and len(set(replay)) == 4
+    assert gf.warm_rows(base, test, human, 4, 3, seed=7).equals(rows)  # stable
+    assert len(gf.warm_rows(base, test, human, 100, 1, seed=7)) == 9 + 2  # all the rest
+    with pytest.raises(ValueError, match="repeats"):
+        gf.warm_rows(base, test, human, 4, 0, seed=7)
 
 
 def test_preference_accuracy_counts_ties_half():
