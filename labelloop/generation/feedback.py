@@ -432,7 +432,13 @@ def retrain(settings: Settings, project: Optional[int] = None,
         rows = warm_rows(base_train, test, trainable, w.replay_rows, w.new_label_repeats,
                          settings.training.seed)
         init_dir = str(registry.fetch_bundle(settings, champ["version"]))
+        # the warm start's own schedule (feedback.warm_start: method, learning rate, epochs,
+        # batch), as for the classifier: a few rewrites need more, larger steps to stick
+        from labelloop.challenger import warm_training_settings
+
+        train_settings = settings.model_copy(update={"training": warm_training_settings(settings)})
     else:
+        train_settings = settings
         rows = sft_rows(base_train, test, trainable, g.human_repeats)
         init_dir = None
     pairs = dpo_pairs(ptrain, test)
@@ -467,12 +473,13 @@ def retrain(settings: Settings, project: Optional[int] = None,
                                "warm_from": champ["version"] if warm else None,
                                "train_rows": len(rows), "human_responses": n_human,
                                "preference_pairs": len(pairs), "heldout_responses": len(heldout),
-                               "heldout_pairs": len(pheld), "method": settings.training.method,
-                               "epochs": settings.training.epochs,
-                               "learning_rate": settings.training.learning_rate,
+                               "heldout_pairs": len(pheld),
+                               "method": train_settings.training.method,
+                               "epochs": train_settings.training.epochs,
+                               "learning_rate": train_settings.training.learning_rate,
                                "dpo_beta": g.dpo.beta if rule == RULE_DPO else None})
             t1 = time.perf_counter()
-            sft = training.fine_tune(rows, settings, on_log=on_log, init_dir=init_dir)
+            sft = training.fine_tune(rows, train_settings, on_log=on_log, init_dir=init_dir)
             timings["sft_s"] = time.perf_counter() - t1
             model, dpo = sft.model, None
             if rule == RULE_DPO:
@@ -487,7 +494,7 @@ def retrain(settings: Settings, project: Optional[int] = None,
             out = bundle.save_generation_bundle(model, sft.tokenizer, tmp / "bundle", {
                 "task": task.to_dict(), "base_model": settings.model.base,
                 "base_dir": sft.base_dir, "init": settings.model.init,
-                "method": settings.training.method, "max_length": settings.model.max_length,
+                "method": train_settings.training.method, "max_length": settings.model.max_length,
                 "max_prompt_tokens": gs.max_prompt_tokens, "max_new_tokens": gs.max_new_tokens,
                 "system_prompt": gs.system_prompt, "dataset": settings.dataset.path,
                 "dataset_digest": gen_data.digest(rows), "train_rows": len(rows),
@@ -508,7 +515,7 @@ def retrain(settings: Settings, project: Optional[int] = None,
             digest = human_digest(trainable, ptrain)
             mv = registry.register_bundle(settings, run.info.run_id, tags={
                 "task": task.name, "base_model": settings.model.base,
-                "method": settings.training.method, "dataset_digest": gen_data.digest(rows),
+                "method": train_settings.training.method, "dataset_digest": gen_data.digest(rows),
                 "test_digest": gen_data.digest(test),
                 **{f"test_{k}": repr(float(scores[k])) for k in task.promotion_metrics},
                 LABELS_SEQ_TAG: str(seq), "labelloop.full_seq": str(seq),
