@@ -79,7 +79,7 @@ def test_annotator_corrects_a_prediction_in_the_browser(label_studio, tmp_path, 
     # labeling panel renders again once the data manager's tab loads (seen under load in CI: the
     # score there, then gone for a moment), so wait with Playwright's retrying expect rather than
     # take one look after the first sighting.
-    expect(page.locator("body")).to_contain_text("87.00%", timeout=60_000)
+    expect(page.locator("body")).to_contain_text("87.00%", timeout=60_000, use_inner_text=True)
     # Change the choice (the prediction pre-selected "positive") and submit.
     page.locator("label").filter(has_text="negative").first.click()
     page.get_by_role("button", name=re.compile("^Submit", re.I)).first.click()

@@ -54,9 +54,10 @@ def test_annotator_changes_a_suggestion_in_argillas_ui(argilla_server, tmp_path,
     # The suggestion: "positive" preselected, with its score (the UI shows one decimal) and the
     # model version as its agent.
     page.locator("label.label-active[for=label_positive]").wait_for()
-    # Retrying expect, not one look: the form may render again while the record loads.
+    # Retrying expect, not one look: the form may render again while the record loads. Rendered
+    # text (innerText): textContent runs the score, "Suggestion" and the agent together.
     expect(page.locator("body")).to_contain_text(re.compile(r"0\.9\s+Suggestion\s+3\b"),
-                                                 timeout=60_000)
+                                                 timeout=60_000, use_inner_text=True)
     page.locator("label[for=label_negative]").click()
     page.locator("label.label-active[for=label_negative]").wait_for()
     page.locator("button.button--submit").click()
