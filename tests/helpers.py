@@ -219,3 +219,21 @@ def mlflow_server(root: Path, timeout: float = 120.0) -> Iterator[str]:
         yield uri
     finally:
         stop_process_group(proc)
+
+
+def retry_ui(action: Callable[[], None], attempts: int = 3) -> None:
+    """Run a browser step again when Label Studio's labeling panel renders anew under it.
+
+    The panel renders a second time once the data manager's tab has loaded; under load (the CI
+    suite) that lands in the middle of a step: an edit opened in the first render is gone, its
+    Save button detached, and a click waits for a minute on a stale element. Each attempt of
+    `action` should wait briefly (timeouts of seconds, not a minute) and redo the whole step."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(attempts):
+        try:
+            action()
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise

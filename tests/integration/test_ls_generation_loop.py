@@ -40,7 +40,7 @@ import yaml
 
 from labelloop import labels_store, registry
 from labelloop.challenger import is_holdout
-from tests.helpers import REPO_ROOT, demo_service, free_port, tiny_causal_lm
+from tests.helpers import REPO_ROOT, demo_service, free_port, retry_ui, tiny_causal_lm
 from tests.integration.test_browser import browser_page  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.integration
@@ -374,12 +374,16 @@ def test_annotator_rewrites_and_compares_in_the_browser(loop, browser_page, labe
     rewrite = "Thank you for asking, I am well."
     page.goto(f"{label_studio.url}/projects/{loop['edit_pid']}/data?task={edit[prompt].id}")
     page.get_by_text(prompt).first.wait_for()
-    # The prediction pre-fills the response (an editable region): pencil, rewrite, save.
-    page.locator("[data-testid=htx-textbox-edit-button]").first.click()
-    box = page.locator("[data-testid=htx-textbox-input]").first
-    box.fill(rewrite)
-    page.locator("[data-testid=htx-textbox-save]").first.click()
-    page.get_by_text(rewrite).first.wait_for()
+
+    # The prediction pre-fills the response (an editable region): pencil, rewrite, save; again
+    # from the pencil if the panel renders anew meanwhile (CI: Save detached, a minute lost).
+    def rewrite_response():
+        page.locator("[data-testid=htx-textbox-edit-button]").first.click(timeout=20_000)
+        page.locator("[data-testid=htx-textbox-input]").first.fill(rewrite, timeout=20_000)
+        page.locator("[data-testid=htx-textbox-save]").first.click(timeout=20_000)
+        expect(page.get_by_text(rewrite).first).to_be_visible(timeout=20_000)
+
+    retry_ui(rewrite_response)
     page.get_by_role("button", name=re.compile("^Submit", re.I)).first.click()
     page.get_by_text("Annotation saved successfully").first.wait_for()
 
