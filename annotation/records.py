@@ -62,15 +62,20 @@ def _annotator(value: Any) -> Optional[str]:
     return None if value is None else str(value)
 
 
+def _ours(result: Any, kind: str, from_name: str):
+    """The items of a result made by our control `from_name` of type `kind` (items without a
+    from_name count: older tools omit it); nothing where the result is not a list."""
+    if not isinstance(result, list):
+        return
+    for item in result:
+        if isinstance(item, dict) and item.get("type") == kind and \
+                item.get("from_name") in (None, from_name):
+            yield item
+
+
 def chosen(result: Any, from_name: str = CHOICES_NAME) -> Optional[list[str]]:
     """The choices of our <Choices> control in an annotation/prediction result, or None."""
-    if not isinstance(result, list):
-        return None
-    for item in result:
-        if not isinstance(item, dict) or item.get("type") != "choices":
-            continue
-        if item.get("from_name") not in (None, from_name):
-            continue
+    for item in _ours(result, "choices", from_name):
         value = item.get("value") or {}
         choices = value.get("choices") if isinstance(value, dict) else None
         if isinstance(choices, list):
@@ -80,13 +85,7 @@ def chosen(result: Any, from_name: str = CHOICES_NAME) -> Optional[list[str]]:
 
 def written(result: Any) -> Optional[str]:
     """The text of our <TextArea> in a result (its lines joined), or None when it has none."""
-    if not isinstance(result, list):
-        return None
-    for item in result:
-        if not isinstance(item, dict) or item.get("type") != "textarea":
-            continue
-        if item.get("from_name") not in (None, RESPONSE_NAME):
-            continue
+    for item in _ours(result, "textarea", RESPONSE_NAME):
         value = item.get("value") or {}
         text = value.get("text") if isinstance(value, dict) else None
         if isinstance(text, str):
@@ -98,13 +97,7 @@ def written(result: Any) -> Optional[str]:
 
 def picked(result: Any) -> Optional[str]:
     """The side of our <Pairwise> in a result: "a" (left), "b" (right), or None."""
-    if not isinstance(result, list):
-        return None
-    for item in result:
-        if not isinstance(item, dict) or item.get("type") != "pairwise":
-            continue
-        if item.get("from_name") not in (None, PAIRWISE_NAME):
-            continue
+    for item in _ours(result, "pairwise", PAIRWISE_NAME):
         value = item.get("value") if isinstance(item.get("value"), dict) else {}
         side = value.get("selected", item.get("selected"))
         return {"left": "a", "right": "b"}.get(side)
@@ -114,13 +107,7 @@ def picked(result: Any) -> Optional[str]:
 def rated(result: Any) -> Any:
     """The value of our <Rating> in a result (as sent: checked by the conversion), or None
     when the annotator gave none."""
-    if not isinstance(result, list):
-        return None
-    for item in result:
-        if not isinstance(item, dict) or item.get("type") != "rating":
-            continue
-        if item.get("from_name") not in (None, RATING_NAME):
-            continue
+    for item in _ours(result, "rating", RATING_NAME):
         value = item.get("value")
         return value.get("rating") if isinstance(value, dict) else value
     return None

@@ -117,16 +117,23 @@ def human_digest(responses: pd.DataFrame, pairs: pd.DataFrame) -> str:
     return _digest(frame)
 
 
+def _humans_and_rest(base_train: pd.DataFrame, test: pd.DataFrame,
+                     responses: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The trainable human responses (never a test prompt's) and the base rows of the prompts
+    no human answered (a human response replaces the corpus's for its prompt)."""
+    human = responses[~responses["prompt"].isin(set(test["prompt"]))][["prompt", "response"]]
+    rest = base_train[~base_train["prompt"].isin(set(human["prompt"]))][["prompt", "response"]]
+    return human, rest
+
+
 def sft_rows(base_train: pd.DataFrame, test: pd.DataFrame, responses: pd.DataFrame,
              human_repeats: int = 1) -> pd.DataFrame:
     """Base rows plus human responses, each `human_repeats` times; a human response replaces the
     base rows of its prompt, and prompts of the frozen test split are never trained on."""
     if human_repeats < 1:
         raise ValueError(f"human_repeats must be at least 1, not {human_repeats}")
-    test_prompts = set(test["prompt"])
-    human = responses[~responses["prompt"].isin(test_prompts)][["prompt", "response"]]
-    base = base_train[~base_train["prompt"].isin(set(human["prompt"]))][["prompt", "response"]]
-    return pd.concat([base, *[human] * human_repeats], ignore_index=True)
+    human, rest = _humans_and_rest(base_train, test, responses)
+    return pd.concat([rest, *[human] * human_repeats], ignore_index=True)
 
 
 def warm_rows(base_train: pd.DataFrame, test: pd.DataFrame, responses: pd.DataFrame,
@@ -136,9 +143,8 @@ def warm_rows(base_train: pd.DataFrame, test: pd.DataFrame, responses: pd.DataFr
     answered, so the champion keeps what it knew while it learns what annotators wrote."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, not {repeats}")
-    human = responses[~responses["prompt"].isin(set(test["prompt"]))][["prompt", "response"]]
-    rest = base_train[~base_train["prompt"].isin(set(human["prompt"]))][["prompt", "response"]]
-    replay = rest.sample(n=min(replay_rows, len(rest)), random_state=seed) if replay_rows else rest[:0]
+    human, rest = _humans_and_rest(base_train, test, responses)
+    replay = rest.sample(n=min(replay_rows, len(rest)), random_state=seed)
     return pd.concat([replay, *[human] * repeats], ignore_index=True)
 
 
@@ -209,14 +215,12 @@ def preflight(settings: Settings) -> None:
     from labelloop.generation import steps
 
     if settings.feedback.train_rule == "warm":
-        from labelloop import registry
+        from labelloop import modeling, registry
 
         champion = registry.get_champion(settings)
         if champion is None:
             raise ConfigError("feedback.train_rule is warm but there is no champion to continue "
                               "from: train one first (labelloop train), or use auto or full")
-        from labelloop import modeling
-
         meta = modeling.read_bundle_meta(registry.fetch_bundle(settings, champion.version))
         family = (meta.get("task") or {}).get("type")
         if family != "generation":
@@ -449,11 +453,15 @@ def retrain(settings: Settings, project: Optional[int] = None,
            f"{g.min_preference_pairs}")
     timings["prepare_s"] = time.perf_counter() - t0
     n_human = int((~trainable["prompt"].isin(set(test["prompt"]))).sum())
-    start = f"warm start from v{champ['version']}" if warm else "SFT from the base model"
-    print(f"retrain: {start} on {len(rows)} rows ({n_human} human responses"
-          + (f", each {settings.feedback.warm_start.new_label_repeats} times, and a replay "
-             f"sample" if warm else f", each {g.human_repeats} times"
-             if g.human_repeats > 1 and n_human else "") + "); "
+    if warm:
+        start = f"warm start from v{champ['version']}"
+        humans = (f"{n_human} human responses, each "
+                  f"{settings.feedback.warm_start.new_label_repeats} times, and a replay sample")
+    else:
+        start = "SFT from the base model"
+        humans = f"{n_human} human responses" + (
+            f", each {g.human_repeats} times" if g.human_repeats > 1 and n_human else "")
+    print(f"retrain: {start} on {len(rows)} rows ({humans}); "
           + (f"then DPO on {len(pairs)} preference pairs" if rule == RULE_DPO else
              f"no DPO ({why})")
           + f"; {len(heldout)} responses and {len(pheld)} pairs held out")
