@@ -47,6 +47,14 @@ class Overloaded(RuntimeError):
     """More sequences waiting than `max_waiting`."""
 
 
+class EngineUnavailable(RuntimeError):
+    """No engine process right now (its process died and a new one is starting): retry."""
+
+
+class EngineDied(RuntimeError):
+    """The engine's process exited while it held this request (labelloop.engine_process)."""
+
+
 @dataclass(frozen=True)
 class Sampling:
     max_new_tokens: int
@@ -73,6 +81,8 @@ class GenRequest:
         self.t_first: Optional[float] = None
         self.t_woken: Optional[float] = None  # last wake-up of a streaming waiter
         self.wakeups = 0  # how often its waiter was woken (tokens / wakeups: tokens per event)
+        # Set by an engine in another process (labelloop.engine_process): a cancel must reach it.
+        self.on_cancel: Optional[Any] = None
         # Waited for with `await changed()` on the event loop that created it, or with `wait()`
         # (`blocking`, or created outside any event loop).
         loop = None
@@ -103,6 +113,8 @@ class GenRequest:
 
     def cancel(self) -> None:
         self.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel()
 
 
 def sample(logits: torch.Tensor, temps: Sequence[float], top_ps: Sequence[float]) -> list[int]:
@@ -127,6 +139,22 @@ def sample(logits: torch.Tensor, temps: Sequence[float], top_ps: Sequence[float]
 def _wake(events) -> None:
     for e in events:
         e.set()
+
+
+def wake(reqs: Sequence[GenRequest]) -> None:
+    """Wake the waiters of `reqs`: a blocking waiter's event directly, the streams of one event
+    loop with one `call_soon_threadsafe` (one GIL hand-over to the loop, not one per request)."""
+    by_loop: dict[Any, list] = {}
+    for req in reqs:
+        if req._loop is None:
+            req._event.set()
+        else:
+            by_loop.setdefault(req._loop, []).append(req._event)
+    for loop, events in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_wake, events)
+        except RuntimeError:  # that loop is closed: nobody waits any more
+            pass
 
 
 class Engine:
@@ -207,6 +235,21 @@ class Engine:
     @property
     def busy(self) -> dict[str, int]:
         return {"active": len(self._active), "waiting": len(self._pending)}
+
+    @property
+    def ready(self) -> bool:
+        return not self._closed
+
+    def describe(self) -> dict[str, Any]:
+        """What `Generator.info()` (and /metadata) shows of this engine."""
+        dec = self.decoder
+        return {
+            "engine": "continuous batching" if dec is not None else "batched generate()",
+            "fallback_reason": self.fallback_reason, "parity_error": self.parity_error,
+            "cuda_graphs": len(dec._graphs) if dec is not None else 0,
+            "kv_cache_mb": round(dec.kv_bytes / 2**20, 1) if dec is not None else 0,
+            "stats": dict(self.stats), **self.busy,
+        }
 
     # ---- engine thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -320,7 +363,7 @@ class Engine:
         touched.append(req)
 
     def _notify(self, touched: list[GenRequest]) -> None:
-        by_loop: dict[Any, list] = {}
+        woken: list[GenRequest] = []
         now, interval = time.perf_counter(), self.stream_interval_s
         for req in touched:
             if req.t_woken == now or (not req.done and req.t_woken is not None
@@ -328,15 +371,14 @@ class Engine:
                 continue  # woken again at a later step, with the tokens of this one
             req.t_woken = now
             req.wakeups += 1
-            if req._loop is None:
-                req._event.set()
-            else:
-                by_loop.setdefault(req._loop, []).append(req._event)
-        for loop, events in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_wake, events)
-            except RuntimeError:  # that loop is closed: nobody waits any more
-                pass
+            woken.append(req)
+        if woken:
+            self._deliver(woken)
+
+    def _deliver(self, woken: list[GenRequest]) -> None:
+        """Hand this iteration's news to the waiters (an engine in its own process sends them
+        to the API process instead: labelloop.engine_process)."""
+        wake(woken)
 
     def _fail_all(self, exc: BaseException) -> None:
         touched: list[GenRequest] = []
@@ -465,38 +507,67 @@ def is_generation_meta(meta: dict[str, Any]) -> bool:
     return (meta.get("task") or {}).get("type") == "generation"
 
 
+def eos_ids(model, tokenizer) -> list[int]:
+    """End-of-sequence token ids: the model's generation config's and the tokenizer's."""
+    eos = set()
+    for source in (getattr(model.generation_config, "eos_token_id", None),
+                   tokenizer.eos_token_id):
+        eos.update([source] if isinstance(source, int) else (source or []))
+    return sorted(eos)
+
+
 class Generator:
     """A loaded generation bundle (labelloop.generation.bundle), its prompt formatting
-    (labelloop.generation.chat, as in training) and its `Engine`."""
+    (labelloop.generation.chat, as in training) and its `Engine`.
+
+    With `engine_process` the model is not loaded here: this process keeps the tokenizer and
+    the bundle's metadata (what requests need) and the engine runs in a spawned process of its
+    own behind a proxy with the same interface (labelloop/engine_process.py)."""
 
     def __init__(self, bundle_dir: str | Path, device: str = "auto", version: str = "",
                  slots: Optional[int] = None, max_prompt_tokens: int = 512,
                  max_new_tokens: int = 512, max_waiting: int = 4096, prefill_tokens: int = 8192,
                  cuda_graphs: bool = True, stream_interval_s: float = 0.0,
-                 switch_interval_s: Optional[float] = None):
-        from labelloop.generation.bundle import load_generation_bundle
+                 switch_interval_s: Optional[float] = None, engine_process: bool = False):
+        from labelloop.generation.bundle import load_generation_bundle, load_generation_tokenizer
+        from labelloop.modeling import pick_device
 
-        loaded = load_generation_bundle(bundle_dir, device=device)
-        model, self.tokenizer = loaded.model, loaded.tokenizer
-        self.bundle_dir, self.meta, self.version = Path(bundle_dir), loaded.meta, str(version)
-        self.device, self.system_prompt = loaded.device, loaded.system_prompt
+        model = None
+        if engine_process:
+            from transformers import AutoConfig
+
+            self.tokenizer, self.meta = load_generation_tokenizer(bundle_dir)
+            # torch.cuda.is_available() only: no CUDA context (GPU memory) in this process
+            self.device = pick_device(device)
+            config = AutoConfig.from_pretrained(str(bundle_dir))
+        else:
+            loaded = load_generation_bundle(bundle_dir, device=device)
+            model, self.tokenizer, self.meta, self.device = (loaded.model, loaded.tokenizer,
+                                                             loaded.meta, loaded.device)
+            config = model.config
+        self.bundle_dir, self.version = Path(bundle_dir), str(version)
+        self.system_prompt = self.meta.get("system_prompt")
         # Prompt + new tokens must fit the model's positions: shrink both limits alike if not.
-        limit = getattr(model.config, "max_position_embeddings", None) or 10**9
+        limit = getattr(config, "max_position_embeddings", None) or 10**9
         total = int(max_prompt_tokens) + int(max_new_tokens)
         if total > limit:
             max_prompt_tokens = max(1, int(max_prompt_tokens) * limit // total)
             max_new_tokens = limit - max_prompt_tokens
         self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
-        eos = set()
-        for source in (getattr(model.generation_config, "eos_token_id", None),
-                       self.tokenizer.eos_token_id):
-            eos.update([source] if isinstance(source, int) else (source or []))
         self.slots = int(slots or (256 if self.device.type == "cuda" else 16))
-        self.engine = Engine(model, self.tokenizer, sorted(eos), self.slots,
-                             self.max_prompt_tokens + self.max_new_tokens, max_waiting,
-                             prefill_tokens, cuda_graphs, name=f"v{version}",
-                             stream_interval_s=stream_interval_s,
-                             switch_interval_s=switch_interval_s)
+        engine_args = dict(slots=self.slots, max_seq=self.max_prompt_tokens + self.max_new_tokens,
+                           max_waiting=max_waiting, prefill_tokens=prefill_tokens,
+                           cuda_graphs=cuda_graphs, name=f"v{version}",
+                           stream_interval_s=stream_interval_s,
+                           switch_interval_s=switch_interval_s)
+        if engine_process:
+            from labelloop.engine_process import EngineProcess
+
+            self.engine: Any = EngineProcess(str(bundle_dir), str(self.device), engine_args,
+                                             warm_up_ids=self.encode("warm-up"))
+        else:
+            self.engine = Engine(model, self.tokenizer, eos_ids(model, self.tokenizer),
+                                 **engine_args)
 
     def encode(self, prompt: Optional[str] = None, messages: Optional[list[dict]] = None,
                raw: bool = False) -> list[int]:
@@ -515,16 +586,12 @@ class Generator:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def info(self) -> dict[str, Any]:
-        dec = self.engine.decoder
         return {
-            "engine": "continuous batching" if dec is not None else "batched generate()",
-            "fallback_reason": self.engine.fallback_reason,
-            "parity_error": self.engine.parity_error,
+            **self.engine.describe(),
             "slots": self.slots, "max_prompt_tokens": self.max_prompt_tokens,
             "max_new_tokens": self.max_new_tokens,
-            "cuda_graphs": len(dec._graphs) if dec is not None else 0,
-            "kv_cache_mb": round(dec.kv_bytes / 2**20, 1) if dec is not None else 0,
             "stream_interval_ms": round(self.engine.stream_interval_s * 1000, 3),
             "gil_switch_interval_ms": round(sys.getswitchinterval() * 1000, 3),
-            "stats": dict(self.engine.stats), **self.engine.busy,
+            # the engine's own process (serving.generation.engine_process), or None: a thread
+            "engine_pid": getattr(self.engine, "pid", None),
         }

@@ -344,6 +344,10 @@ class GenerationServingSettings(_Section):
     # the engine thread may wait to get the GIL back from the event loop after each torch
     # call. 0 leaves Python's default.
     gil_switch_interval_ms: float = Field(0.25, ge=0, le=5)
+    # Run the engine in a process of its own (labelloop/engine_process.py) instead of a thread
+    # of the API worker, so it does not share the worker's GIL with HTTP and streaming.
+    # auto: a process on a GPU, a thread on a CPU; true; false.
+    engine_process: Union[Literal["auto"], bool] = "auto"
 
 
 class ServingSettings(_Section):

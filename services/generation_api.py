@@ -24,8 +24,8 @@ from typing import Any, AsyncIterator, Callable, Optional
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from labelloop.generation_engine import (EngineClosed, GenRequest, Overloaded, Sampling,
-                                         TextStream)
+from labelloop.generation_engine import (EngineClosed, EngineDied, EngineUnavailable,
+                                         GenRequest, Overloaded, Sampling, TextStream)
 from labelloop.settings import Settings
 from services.runtime import BadRequest, check_unicode
 
@@ -264,6 +264,8 @@ async def submit(get_model: Callable[[], Any], job: Job) -> tuple[Any, list[GenR
             continue  # a hot reload retired that version just now: encode for the new one
         except Overloaded as exc:
             raise Rejected(503, f"overloaded: {exc}; retry", RETRY) from None
+        except EngineUnavailable as exc:  # its process died; a new one is loading
+            raise Rejected(503, f"{exc}; retry", RETRY) from None
         return model, reqs
     raise Rejected(503, "the model is being reloaded; retry", RETRY)
 
@@ -278,6 +280,9 @@ async def wait_all(reqs: list[GenRequest]) -> None:
             if not r.done:
                 r.cancel()
     failed = next((r for r in reqs if r.finish_reason == "error"), None)
+    if failed is not None and isinstance(failed.error, EngineDied):  # not the request's fault
+        raise Rejected(503, f"generation failed: {failed.error}; the service is starting a new "
+                            "engine process, retry", RETRY)
     if failed is not None:
         raise Rejected(500, f"generation failed ({type(failed.error).__name__}); the service "
                             "keeps serving")
@@ -295,7 +300,9 @@ async def deltas(gen, req: GenRequest) -> AsyncIterator[str]:
                 yield piece
             if req.done:
                 if req.finish_reason == "error":
-                    raise RuntimeError("generation failed")
+                    raise RuntimeError(f"generation failed: {req.error}"
+                                       if isinstance(req.error, EngineDied) else
+                                       "generation failed")
                 return
     finally:
         if not req.done:
@@ -399,8 +406,8 @@ class GenerationAPI:
         try:
             async for piece in deltas(gen, req):
                 yield sse({"text": piece})
-        except RuntimeError:
-            yield sse({"error": "generation failed; the service keeps serving"})
+        except RuntimeError as exc:
+            yield sse({"error": f"{exc}; the service keeps serving"})
             return
         result = result_of(gen, req)
         self._log(job, model, [req], [result["text"]], "generate")
@@ -458,8 +465,8 @@ class GenerationAPI:
         try:
             async for piece in deltas(gen, req):
                 yield chunk(piece)
-        except RuntimeError:
-            yield sse({"error": {"message": "generation failed", "type": "server_error"}})
+        except RuntimeError as exc:
+            yield sse({"error": {"message": str(exc), "type": "server_error"}})
             return
         yield chunk(None, _finish_reason(req.finish_reason))
         text = result_of(gen, req)["text"]

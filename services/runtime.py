@@ -87,6 +87,11 @@ class LoadedModel:
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
         }
 
+    @property
+    def ready(self) -> bool:
+        """False while a generation engine's process is being restarted (it died)."""
+        return self.generator is None or self.generator.engine.ready
+
     def retire(self) -> None:
         """This version is no longer served: a generation engine finishes what it was given,
         then frees its device memory."""
@@ -137,6 +142,17 @@ def load_bundle(settings: Settings, bundle: str | Path, version: str) -> LoadedM
     return LoadedModel(version=str(version), classifier=clf)
 
 
+def engine_in_own_process(settings: Settings) -> bool:
+    """serving.generation.engine_process, `auto` resolved: a process of its own on a GPU (where
+    sharing the GIL with HTTP costs throughput and time to first token), a thread on a CPU."""
+    choice = settings.serving.generation.engine_process
+    if choice == "auto":
+        from labelloop.modeling import pick_device  # torch.cuda.is_available(): no CUDA context
+
+        return pick_device(settings.serving.device).type == "cuda"
+    return bool(choice)
+
+
 def load_generation(settings: Settings, bundle: str | Path, meta: dict, version: str) -> LoadedModel:
     from labelloop.generation_engine import Generator, GenRequest, Sampling
 
@@ -146,12 +162,15 @@ def load_generation(settings: Settings, bundle: str | Path, meta: dict, version:
                     max_new_tokens=gen_cfg.max_new_tokens, max_waiting=gen_cfg.max_waiting,
                     prefill_tokens=gen_cfg.prefill_tokens, cuda_graphs=cfg.cuda_graphs,
                     stream_interval_s=gen_cfg.stream_interval_ms / 1000,
-                    switch_interval_s=gen_cfg.gil_switch_interval_ms / 1000 or None)
+                    switch_interval_s=gen_cfg.gil_switch_interval_ms / 1000 or None,
+                    engine_process=engine_in_own_process(settings))
     warm = GenRequest(gen.encode("warm-up"), Sampling(max_new_tokens=4, ignore_eos=True),
                       blocking=True)
     gen.engine.submit([warm])  # first steps allocate (and capture a graph): not on a client
-    warm.wait(120)
-    logger.info("generation engine for version %s: %s", version, gen.info()["engine"])
+    warm.wait(120)  # with an engine process: also the whole path through the pipe
+    pid = gen.info()["engine_pid"]
+    logger.info("generation engine for version %s: %s, %s", version, gen.info()["engine"],
+                f"in process {pid}" if pid else "a thread of this worker")
     return LoadedModel(version=str(version), classifier=None, generator=gen)
 
 

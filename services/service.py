@@ -219,7 +219,8 @@ class Labelloop:
 
     def __is_ready__(self) -> bool:
         # Not ready once the parent is gone: the worker is about to exit (services/lifecycle.py).
-        return _current["service"] is self and parent_alive()
+        # Nor while a generation engine's process is being restarted (labelloop/engine_process.py).
+        return _current["service"] is self and parent_alive() and self.holder.current.ready
 
     @bentoml.on_shutdown
     def _shutdown(self) -> None:

@@ -53,20 +53,28 @@ class LoadedGenerator:
         return self.meta.get("system_prompt")
 
 
-def load_generation_bundle(bundle_dir: str | Path, device: str = "auto",
-                           dtype: torch.dtype | None = None) -> LoadedGenerator:
-    """Load a generation bundle (bf16 on a GPU, fp32 on a CPU unless `dtype` says otherwise)."""
-    from transformers import AutoModelForCausalLM
-
+def load_generation_tokenizer(bundle_dir: str | Path) -> tuple[Any, dict[str, Any]]:
+    """A generation bundle's tokenizer (chat template ensured, left padding) and metadata,
+    without the model (an API process whose engine runs elsewhere: labelloop.engine_process)."""
     bundle_dir = Path(bundle_dir)
     meta = read_bundle_meta(bundle_dir)
     task = task_from_dict(meta.get("task") or {})
     if not isinstance(task, GenerationTask):
         raise ModelError(f"{bundle_dir} holds a {task.type} model, not a generation model")
-    dev = modeling.pick_device(device)
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     tokenizer = modeling.load_tokenizer(str(bundle_dir))
     chat.ensure_chat_template(tokenizer)
     tokenizer.padding_side = "left"
+    return tokenizer, meta
+
+
+def load_generation_bundle(bundle_dir: str | Path, device: str = "auto",
+                           dtype: torch.dtype | None = None) -> LoadedGenerator:
+    """Load a generation bundle (bf16 on a GPU, fp32 on a CPU unless `dtype` says otherwise)."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, meta = load_generation_tokenizer(bundle_dir)
+    task = task_from_dict(meta["task"])
+    dev = modeling.pick_device(device)
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(str(bundle_dir), dtype=dtype).to(dev).eval()
     return LoadedGenerator(model=model, tokenizer=tokenizer, task=task, meta=meta, device=dev)
