@@ -37,6 +37,7 @@ child exits when its pipe closes (the API process is gone) or its parent changes
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import multiprocessing as mp
@@ -45,6 +46,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Optional, Sequence
 
 from labelloop.generation_engine import (Engine, EngineClosed, EngineDied, EngineUnavailable,
@@ -54,6 +56,15 @@ logger = logging.getLogger("labelloop.serving")
 
 START_TIMEOUT_S = 600.0  # spawn, imports, weights, parity check, warm-up (a busy 2-core box)
 RESTART_DELAY_S = (1.0, 60.0)  # a child that keeps dying is restarted at most once a minute
+
+
+_LIVE: "weakref.WeakSet[EngineProcess]" = weakref.WeakSet()
+
+
+@atexit.register  # before multiprocessing's own exit hook, which would wait for the children
+def _close_all() -> None:
+    for engine in list(_LIVE):
+        engine.stop()
 
 
 class EngineError(RuntimeError):
@@ -98,12 +109,12 @@ class EngineProcess:
         self._unavailable: Optional[str] = None  # why submit is refused (the child died)
         self._info: dict[str, Any] = {}
         self.stats: dict[str, int] = {}
-        self._busy = {"active": 0, "waiting": 0}
         self.restarts = 0
         self._proc, self._conn = self._spawn()
         self._receiver = threading.Thread(target=self._receive, daemon=True,
                                           name=f"generation-{self.name}-receiver")
         self._receiver.start()
+        _LIVE.add(self)
 
     # ---- what handlers use (the Engine interface) ---------------------------------------------
     @property
@@ -120,14 +131,16 @@ class EngineProcess:
 
     @property
     def busy(self) -> dict[str, int]:
-        return dict(self._busy)
+        # counted here: requests in the pipe count as waiting, and a frozen child shows its load
+        with self._lock:
+            return {"active": len(self._reqs) - len(self._queued), "waiting": len(self._queued)}
 
     @property
     def ready(self) -> bool:
         return self._unavailable is None and not self._closed
 
     def describe(self) -> dict[str, Any]:
-        return {**self._info, "stats": dict(self.stats), **self._busy,
+        return {**self._info, "stats": dict(self.stats), **self.busy,
                 "engine_restarts": self.restarts}
 
     def submit(self, requests: Sequence[GenRequest]) -> None:
@@ -167,6 +180,16 @@ class EngineProcess:
             self._proc.kill()
             self._proc.join(5)
 
+    def stop(self) -> None:
+        """At once, without waiting for requests (the API process exits)."""
+        with self._lock:
+            self._retired = self._closed = True
+            self._send(("close",))  # the child cancels what it holds and exits
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+
     # ---- the pipe -------------------------------------------------------------------------------
     def _send(self, msg: tuple) -> None:
         """Under self._lock. A dead child is noticed by the receiver (end of file), which fails
@@ -198,7 +221,7 @@ class EngineProcess:
                         raise RuntimeError(f"the generation engine process could not start: {msg[1]}")
                     info = dict(msg[1])
                     self.stats = info.pop("stats")
-                    self._busy = {"active": info.pop("active"), "waiting": info.pop("waiting")}
+                    info.pop("active"), info.pop("waiting")  # counted here (busy)
                     self._info = info
                     logger.info("generation engine for version %s runs in process %d (started in "
                                 "%.1f s)", self.name.lstrip("v"), proc.pid, time.monotonic() - t0)
@@ -247,7 +270,6 @@ class EngineProcess:
                         self._idle_since = time.monotonic()
                 woken.append((req, new, finish, error, t_first))
             self.stats = progress["stats"]
-            self._busy = {"active": progress["active"], "waiting": progress["waiting"]}
             self._info["cuda_graphs"] = progress["cuda_graphs"]
         now = time.perf_counter()
         for req, new, finish, error, t_first in woken:
@@ -267,7 +289,6 @@ class EngineProcess:
             failed = list(self._reqs.values())
             self._reqs.clear()
             self._queued.clear()
-            self._busy = {"active": 0, "waiting": 0}
         for req in failed:
             req.error = error
             req.finish_reason = "error"
@@ -278,6 +299,9 @@ class EngineProcess:
         """Fail what the dead child held; start a new one unless retired. False: stop receiving."""
         proc = self._proc
         proc.join(5)
+        if self._closed:  # stopped on purpose (stop(): the API process exits)
+            self._fail_held(EngineDied("the service is stopping"))
+            return False
         what = f"the generation engine process of version {self.name.lstrip('v')} " \
                f"(pid {proc.pid}) {_exit_text(proc.exitcode)}"
         with self._lock:
@@ -302,10 +326,14 @@ class EngineProcess:
                 delay = min(2 * delay, RESTART_DELAY_S[1])
                 continue
             with self._lock:
-                self._proc, self._conn = proc, conn
-                self._unavailable = None
-                self.restarts += 1
-            return True
+                if not self._retired:
+                    self._proc, self._conn = proc, conn
+                    self._unavailable = None
+                    self.restarts += 1
+                    return True
+            proc.kill()  # retired or stopped while it started: not needed any more
+            proc.join(5)
+            conn.close()
         with self._lock:
             self._closed = True
         return False
@@ -337,8 +365,7 @@ class _ChildEngine(Engine):
 
     def progress(self) -> dict[str, Any]:
         dec = self.decoder
-        return {"stats": dict(self.stats), **self.busy,
-                "cuda_graphs": len(dec._graphs) if dec is not None else 0}
+        return {"stats": dict(self.stats), "cuda_graphs": len(dec._graphs) if dec is not None else 0}
 
     def _deliver(self, woken: list[GenRequest]) -> None:
         out = []
@@ -371,6 +398,12 @@ def child_main(conn, bundle_dir: str, device: str, engine_args: dict, warm_up_id
     the pipe closes, or the parent changes (the API process was killed)."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s engine[{os.getpid()}] "
                         "%(levelname)s %(name)s: %(message)s")
+    # Its lifetime is the API process's: `bentoml serve` stopped with Ctrl+C or SIGTERM signals
+    # the whole process group, and a child that died of it would look like a crash (and be
+    # restarted) while the API process shuts down. The API process closes it (atexit); if the
+    # API process is killed, the pipe closes or the parent changes (below), and it exits.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     lock = threading.Lock()
     try:
         from labelloop.generation.bundle import load_generation_bundle

@@ -5,12 +5,20 @@ One server for the module: a temp data dir with a real MLflow registry holding t
 Llama generation bundles (v1 champion; v2 the one hot reload switches to). Their weights are
 drawn wide so that greedy outputs are varied text and differ between the versions: that is what
 lets the hot-reload test check that no response mixes versions.
+
+The engine runs in a process of its own (`serving.generation.engine_process: true`,
+labelloop/engine_process.py), so every test here goes through the pipe to it; the in-thread
+engine (the CPU default) is served by tests/integration/test_ls_generation_loop.py and the unit
+tests. The module ends by killing the engine process (503s, a new process) and checks that no
+engine process outlives the service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -73,15 +81,46 @@ def server(tmp_path_factory):
                LABELLOOP__SERVING__GENERATION__MAX_CONCURRENT_REQUESTS=str(MAX_CONCURRENT),
                LABELLOOP__SERVING__GENERATION__MAX_PROMPTS_PER_REQUEST="64",
                # long enough that a 20-token stream is coalesced on any box (first token, rest)
-               LABELLOOP__SERVING__GENERATION__STREAM_INTERVAL_MS="500")
+               LABELLOOP__SERVING__GENERATION__STREAM_INTERVAL_MS="500",
+               LABELLOOP__SERVING__GENERATION__ENGINE_PROCESS="true")
     proc = start_server(env, port, log_path)
     url = f"http://127.0.0.1:{port}"
+    engines: set[int] = set()  # every engine process seen: none may outlive the service
     try:
         wait_ready(proc, url, log_path, timeout=180)
         yield {"url": url, "settings": settings, "v1": v1, "v2": v2, "log": log_path,
-               "data_dir": data_dir}
+               "data_dir": data_dir, "engines": engines}
     finally:
         stop_process_group(proc)
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in engines) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    leaked = [p for p in engines if _alive(p)]
+    for p in leaked:
+        os.kill(p, signal.SIGKILL)
+    assert engines and not leaked, f"engine processes {leaked} outlived the service"
+    # stopping the service (SIGTERM to its process group) is no engine crash: only the one
+    # the test caused is logged
+    log = log_path.read_text(errors="replace")
+    assert log.count("the generation engine process of") == 1, log[-3000:]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def engine_pid(server) -> int:
+    """The engine process now serving (recorded for the leak check at the end)."""
+    meta = httpx.get(f"{server['url']}/metadata", timeout=30).json()
+    pid = meta["generation"]["engine_pid"]
+    assert pid and pid != meta["worker_pid"] and _alive(pid)
+    server["engines"].add(pid)
+    return pid
 
 
 def gen(url: str, **body) -> httpx.Response:
@@ -99,6 +138,7 @@ def sse_events(text: str) -> list:
 
 def test_generate_prompt_messages_and_bulk(server):
     url = server["url"]
+    engine_pid(server)
     r = gen(url, prompt=PROMPT, max_new_tokens=12, ignore_eos=True)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -305,6 +345,7 @@ def test_hot_reload_under_load_zero_failures_and_no_mixed_versions(server):
     url, settings = server["url"], server["settings"]
     ref1 = gen(url, prompt=PROMPT, max_new_tokens=16, ignore_eos=True).json()
     assert ref1["model_version"] == server["v1"]
+    old_engine = engine_pid(server)
 
     async def scenario():
         stop = asyncio.Event()
@@ -330,7 +371,65 @@ def test_hot_reload_under_load_zero_failures_and_no_mixed_versions(server):
             assert text == refs[version] and streamed == text
         meta = httpx.get(f"{url}/metadata").json()
         assert meta["model_version"] == server["v2"] and meta["reloads"] == 1
+        assert engine_pid(server) != old_engine
+        # the retired version's process finishes what it was given, then exits (its memory
+        # goes with it)
+        deadline = time.monotonic() + 30
+        while _alive(old_engine) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(old_engine), "the retired engine process did not exit"
     finally:
         registry.set_champion(settings, server["v1"])
         admin_reload(url)
+        engine_pid(server)
+
+
+def test_a_killed_engine_process_fails_its_requests_with_503_and_is_replaced(server):
+    url = server["url"]
+    want = gen(url, prompt=PROMPT, max_new_tokens=12, ignore_eos=True).json()
+    pid = engine_pid(server)
+
+    async def scenario():
+        async with httpx.AsyncClient(timeout=60) as client:
+            async def streamed():
+                async with client.stream("POST", f"{url}/generate", json={
+                        "prompt": PROMPT, "max_new_tokens": 30, "stream": True}) as r:
+                    return r.status_code, sse_events((await r.aread()).decode())
+            os.kill(pid, signal.SIGSTOP)  # frozen: what is submitted now stays with it
+            tasks = [asyncio.create_task(client.post(f"{url}/generate", json={
+                "prompt": PROMPT, "max_new_tokens": 30})), asyncio.create_task(streamed())]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # both handed to the engine process
+                busy = (await client.get(f"{url}/metadata")).json()["generation"]
+                if busy["waiting"] + busy["active"] == 2:
+                    break
+                await asyncio.sleep(0.1)
+            os.kill(pid, signal.SIGKILL)
+            return await asyncio.gather(*tasks)
+
+    plain, (stream_status, events) = asyncio.run(scenario())
+    assert plain.status_code == 503 and plain.headers["retry-after"] == "1", plain.text
+    assert "SIGKILL" in plain.json()["error"] and "retry" in plain.json()["error"]
+    assert stream_status == 200 and "SIGKILL" in events[-1]["error"], events
+    # a new engine process for the same version: not ready until it is, then the same answers
+    saw_not_ready = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ready = httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        saw_not_ready |= not ready
+        if ready:
+            break
+        r = gen(url, prompt=PROMPT, max_new_tokens=2)
+        assert r.status_code in (200, 503), r.text
+        if r.status_code == 503:
+            assert "a new one is starting" in r.json()["error"] and r.headers["retry-after"]
+        time.sleep(0.2)
+    assert saw_not_ready and ready
+    again = gen(url, prompt=PROMPT, max_new_tokens=12, ignore_eos=True).json()
+    assert again["text"] == want["text"] and again["model_version"] == want["model_version"]
+    assert engine_pid(server) != pid
+    meta = httpx.get(f"{url}/metadata").json()["generation"]
+    assert meta["engine_restarts"] == 1
+    log = server["log"].read_text(errors="replace")
+    assert log.count("was killed by SIGKILL") == 1, log[-3000:]  # logged once
 
