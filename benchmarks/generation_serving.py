@@ -212,7 +212,9 @@ def measure(url: str, texts: list[str], c: int, seconds: float, new_tokens: int,
 def tree_cpu(root: int) -> dict[int, tuple[float, float]]:
     """CPU seconds of process `root` and its descendants (the service: BentoML's workers run
     in sessions of their own): {pid: (main thread, other threads)}. The main thread of the API
-    worker runs the event loop (HTTP, SSE); the generation engine is one of its other threads."""
+    worker runs the event loop (HTTP, SSE); the generation engine is one of its other threads,
+    or (serving.generation.engine_process) a child process of the worker, whose other threads
+    then hold the receiver of the engine's messages."""
     import psutil
 
     try:
@@ -232,18 +234,29 @@ def tree_cpu(root: int) -> dict[int, tuple[float, float]]:
     return out
 
 
-def cpu_share(before: dict, after: dict, wall: float, tokens: float) -> dict:
-    """The busiest service process over a level: its event-loop thread's and its other threads'
-    (the engine's) CPU time, as a share of the wall time and in ms per 1,000 tokens."""
-    best = max(after, key=lambda p: sum(after[p]) - sum(before.get(p, (0.0, 0.0))), default=None)
-    if best is None or not wall:
+def cpu_share(before: dict, after: dict, wall: float, tokens: float,
+              worker: int | None = None, engine: int | None = None) -> dict:
+    """Over a level: the API worker's event-loop thread's and its other threads' CPU time, and
+    the engine process's (all its threads; when the engine runs in one), as a share of the wall
+    time and in ms per 1,000 tokens. Without `worker`: the busiest service process."""
+    def spent(pid: int) -> tuple[float, float]:
+        a, b = after.get(pid, (0.0, 0.0)), before.get(pid, (0.0, 0.0))
+        return a[0] - b[0], a[1] - b[1]
+
+    if worker not in after:
+        worker = max((p for p in after if p != engine), key=lambda p: sum(spent(p)), default=None)
+    if worker is None or not wall:
         return {}
-    main = after[best][0] - before.get(best, (0.0, 0.0))[0]
-    other = after[best][1] - before.get(best, (0.0, 0.0))[1]
+    main, other = spent(worker)
     per_k = 1000 / tokens if tokens else 0.0
-    return {"loop_thread_busy": round(main / wall, 3), "other_threads_busy": round(other / wall, 3),
-            "loop_ms_per_1k_tokens": round(main * 1000 * per_k, 1),
-            "other_ms_per_1k_tokens": round(other * 1000 * per_k, 1)}
+    out = {"loop_thread_busy": round(main / wall, 3), "other_threads_busy": round(other / wall, 3),
+           "loop_ms_per_1k_tokens": round(main * 1000 * per_k, 1),
+           "other_ms_per_1k_tokens": round(other * 1000 * per_k, 1)}
+    if engine in after:
+        total = sum(spent(engine))
+        out.update(engine_process_busy=round(total / wall, 3),
+                   engine_process_ms_per_1k_tokens=round(total * 1000 * per_k, 1))
+    return out
 
 
 def show(name: str, r: dict) -> None:
@@ -255,9 +268,14 @@ def show(name: str, r: dict) -> None:
           + ")", flush=True)
     cpu = r.get("service_cpu")
     if cpu:
+        in_process = "engine_process_busy" in cpu
         print(f"           API worker CPU: event-loop thread {cpu['loop_thread_busy']:.0%} busy "
-              f"({cpu['loop_ms_per_1k_tokens']} ms per 1k tokens), other threads (engine) "
-              f"{cpu['other_threads_busy']:.0%} ({cpu['other_ms_per_1k_tokens']} ms)", flush=True)
+              f"({cpu['loop_ms_per_1k_tokens']} ms per 1k tokens), other threads "
+              f"({'receiver' if in_process else 'engine'}) {cpu['other_threads_busy']:.0%} "
+              f"({cpu['other_ms_per_1k_tokens']} ms)"
+              + (f"; engine process {cpu['engine_process_busy']:.0%} "
+                 f"({cpu['engine_process_ms_per_1k_tokens']} ms)" if in_process else ""),
+              flush=True)
 
 
 # ---- (c) the in-process ceiling -------------------------------------------------------------------
@@ -377,13 +395,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"service ready in {time.perf_counter() - t0:.1f} s", flush=True)
         import httpx
 
+        meta = httpx.get(url + "/metadata", timeout=30).json()
+        worker_pid, engine_pid = meta["worker_pid"], meta["generation"].get("engine_pid")
+        # which mode ran (serving.generation.engine_process, `auto` resolved by the service)
+        results["engine"] = "process" if engine_pid else "thread"
+        print(f"engine: {'its own process' if engine_pid else 'a thread of the API worker'}",
+              flush=True)
+
         # warm-up: every row bucket once (graph capture happens on first use)
         measure(url + "/generate", texts, slots, 2.0, args.new_tokens, True, args.clients)
         def measured(*a, **k) -> dict:
             before = tree_cpu(svc.pid)
             r = measure(*a, **k)
             r["service_cpu"] = cpu_share(before, tree_cpu(svc.pid), r["seconds"],
-                                         r["tokens_per_s"] * r["seconds"])
+                                         r["tokens_per_s"] * r["seconds"], worker_pid, engine_pid)
             return r
 
         results["levels"]["service"] = []

@@ -409,6 +409,10 @@ def child_main(conn, bundle_dir: str, device: str, engine_args: dict, warm_up_id
         from labelloop.generation.bundle import load_generation_bundle
         from labelloop.generation_engine import eos_ids
 
+        if device.startswith("cuda:"):  # the API worker's GPU (serving.gpus): current here too
+            import torch
+
+            torch.cuda.set_device(device)
         loaded = load_generation_bundle(bundle_dir, device=device)
         engine = _ChildEngine(conn, lock, loaded.model, loaded.tokenizer,
                               eos_ids(loaded.model, loaded.tokenizer), **engine_args)
