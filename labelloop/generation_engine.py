@@ -19,6 +19,10 @@ no streaming token by token.
 An engine serves one model version. A hot reload starts a new engine and `retire()`s the old
 one: it finishes what it was given, then frees its memory; a handler that reaches a closed
 engine (`EngineClosed`) resubmits to the new one, so a response never mixes versions.
+
+With `serving.generation.engine_process` the engine runs in a process of its own and the
+handlers use a proxy with the same interface (labelloop/engine_process.py): `_deliver` is where
+an iteration's news leave the engine.
 """
 
 from __future__ import annotations
