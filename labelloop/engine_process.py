@@ -33,6 +33,10 @@ A child that dies (crash, out of memory, killed) fails every request it held wit
 (HTTP 503 with the reason), is logged once, and a new child is started for the same version;
 meanwhile `submit` raises `EngineUnavailable` (503, Retry-After) and /readyz answers 503. The
 child exits when its pipe closes (the API process is gone) or its parent changes.
+
+Spawning runs the parent's main module again in the child, as `__mp_main__` (multiprocessing's
+rule): the BentoML worker's is safe to import (0.06 s); a script that starts an engine process
+needs the `if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations
