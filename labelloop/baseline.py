@@ -32,7 +32,8 @@ class BaselineResult:
 def fit_and_score(train: pd.DataFrame, test: pd.DataFrame, task: ClassificationTask,
                   weights: Optional[dict[str, float]] = None) -> BaselineResult:
     """Fit on `train` (text, label), score on `test`. `weights`: per-label loss weights, as
-    labelloop.training.class_weights returns them (None: unweighted)."""
+    labelloop.training.class_weights returns them (None: unweighted). Rows with a `weight`
+    column (dataset.weight_column) are weighted by it too, as the fine-tune weights them."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -48,7 +49,8 @@ def fit_and_score(train: pd.DataFrame, test: pd.DataFrame, task: ClassificationT
             raise ValueError("one label only")
         x = vec.fit_transform(train["text"])
         clf = LogisticRegression(C=4.0, max_iter=1000, tol=1e-3, class_weight=class_weight)
-        clf.fit(x, y)
+        sample_weight = train["weight"].to_numpy(dtype=float) if "weight" in train else None
+        clf.fit(x, y, sample_weight=sample_weight)
         pred = clf.predict(vec.transform(test["text"]))
     except ValueError:  # one label, or no word to learn from: the most frequent label
         pred = np.full(len(test), np.bincount(y).argmax() if len(y) else 0)

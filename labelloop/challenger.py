@@ -150,7 +150,11 @@ def training_rows(settings: Settings, rule: str, base_train: pd.DataFrame, test:
     order = rest["text"].map(lambda t: text_bucket("replay:" + t)).sort_values().index
     n_replay = max(w.replay_rows, int(w.replay_per_new_label * len(new)))
     replay = rest.loc[order[:n_replay]]
-    parts = [new[["text", "label"]]] * w.new_label_repeats + [replay[["text", "label"]]]
+    cols = ["text", "label"]
+    if data.WEIGHT in everything.columns:  # dataset.weight_column: replay keeps its weights,
+        cols.append(data.WEIGHT)           # a new human label weighs 1
+        new = new.assign(**{data.WEIGHT: 1.0})
+    parts = [new[cols]] * w.new_label_repeats + [replay[cols]]
     rows = pd.concat(parts, ignore_index=True)
     if rows.empty:
         raise ValueError("a warm start needs new human labels or replay rows; there are none")

@@ -11,7 +11,11 @@ is the test split; its content digest (recorded with every model) is what stays 
 Human labels join the training split only (see `merge_human_labels`).
 
 Frames leaving this module have the columns `text` and `label` (`prepare` keeps further
-columns when asked, for task families with more than one text per row).
+columns when asked, for task families with more than one text per row). With
+`dataset.weight_column`, training rows also carry `weight` (that column's value, a number >= 0:
+labelloop.training multiplies each row's loss by it); `dataset.min_weight` drops the training
+rows below it after the split, so the test split (and the validation rows) stay exactly what
+they are without weights.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
 
 from labelloop.cleaning import Cleaning
@@ -31,7 +36,9 @@ from labelloop.tasks import ClassificationTask
 
 __all__ = ["DataError", "Report", "Splits", "load_splits", "load_labelled", "prepare", "split",
            "limit_rows", "merge_human_labels", "digest", "human_digest", "text_bucket",
-           "text_value"]
+           "text_value", "WEIGHT", "drop_light_rows"]
+
+WEIGHT = "weight"  # the per-row loss weight column of training frames (dataset.weight_column)
 
 
 # -- values --------------------------------------------------------------------------------
@@ -158,13 +165,57 @@ def _resolve_duplicates(df: pd.DataFrame, rule: str, report: Report) -> pd.DataF
     return out
 
 
+def _number(value: Any) -> float:
+    """A weight cell as a float; NaN for anything that is not a number (null, "", "high")."""
+    if _is_null(value) or isinstance(value, bool):
+        return math.nan
+    try:
+        return float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _empty(value: Any) -> bool:
+    return _is_null(value) or (isinstance(value, str) and not value.strip())
+
+
+def read_weights(values: pd.Series, column: str, where: str,
+                 missing: Optional[float] = None) -> pd.Series:
+    """The weight column's cells as floats >= 0; one DataError naming the column otherwise.
+    Empty cells (null, "") take `missing` (dataset.missing_weight), or are an error without it;
+    non-numbers, infinities and negative values are always refused."""
+    empty = values.map(_empty).astype(bool)
+    if empty.any() and missing is None:
+        examples = ", ".join(f"row {i}" for i in values[empty].index[:3])
+        raise DataError(
+            f"{where}: dataset.weight_column {column!r} is empty in {int(empty.sum())} of "
+            f"{len(values)} rows ({examples}, ...); give them a weight with "
+            "dataset.missing_weight (e.g. 1.0), or fill the column")
+    weights = values.map(_number).astype(float)
+    weights[empty] = missing if missing is not None else math.nan
+    for bad, what in ((~np.isfinite(weights), "not a number"), (weights < 0, "negative")):
+        if bad.any():
+            examples = ", ".join(f"row {i}: {v!r}" for i, v in values[bad].head(3).items())
+            raise DataError(
+                f"{where}: dataset.weight_column {column!r} has {int(bad.sum())} value(s) that "
+                f"are {what} ({examples}); every training row needs a weight >= 0 (fix the "
+                "data, or unset dataset.weight_column)")
+    return weights
+
+
 def prepare(raw: pd.DataFrame, settings: DatasetSettings, task: ClassificationTask,
             where: str, cleaning: Optional[Cleaning] = None,
-            keep_columns: tuple[str, ...] = ()) -> tuple[pd.DataFrame, Report]:
-    """A raw table as cleaned `text`/`label` rows, and the report of what was dropped."""
+            keep_columns: tuple[str, ...] = (),
+            weight_column: Optional[str] = None) -> tuple[pd.DataFrame, Report]:
+    """A raw table as cleaned `text`/`label` rows, and the report of what was dropped. With
+    `weight_column`, the rows also carry `weight` (read_weights: bad values are an error)."""
     cleaning = cleaning or Cleaning.from_settings(settings.cleaning)
     wanted = [settings.text_column, settings.label_column, *keep_columns]
     missing = [c for c in wanted if c not in raw.columns]
+    if weight_column is not None and weight_column not in raw.columns:
+        raise DataError(
+            f"{where}: no column {weight_column!r} (dataset.weight_column); it has "
+            f"{list(raw.columns)[:30]}")
     if missing:
         raise DataError(
             f"{where}: missing column(s) {missing}; it has {list(raw.columns)[:30]} "
@@ -184,6 +235,9 @@ def prepare(raw: pd.DataFrame, settings: DatasetSettings, task: ClassificationTa
     df = pd.DataFrame({"text": cleaned[keep], "label": label,
                        **{c: raw.loc[keep, c] for c in keep_columns}})
     df = df[df["label"].notna()]
+    if weight_column is not None:  # rows that stay so far (a dropped row's cell is not judged)
+        df = df.assign(**{WEIGHT: read_weights(raw.loc[df.index, weight_column], weight_column,
+                                               where, settings.missing_weight)})
     df = _resolve_duplicates(df, settings.duplicates, report).reset_index(drop=True)
     report.kept = len(df)
     return df, report
@@ -220,7 +274,9 @@ def _load(src: SourceSettings, role: str, settings: DatasetSettings, task: Class
     raw, info = read_source(src, role, settings.encoding)
     where = f"{role} source {info.uri}" if role != "train" or settings.test is not None \
         else info.uri
-    df, report = prepare(raw, settings, task, where, cleaning)
+    # Weights are read from the training source only: test and validation rows are unweighted.
+    df, report = prepare(raw, settings, task, where, cleaning,
+                         weight_column=settings.weight_column if role == "train" else None)
     if df.empty:
         raise DataError(f"{where}: no usable rows after cleaning "
                         f"({report.summary(settings.duplicates)})")
@@ -271,6 +327,24 @@ def load_splits(settings: DatasetSettings, task: ClassificationTask) -> Splits:
         train, validation = split_validation(train, settings.validation_fraction)
         notes.append(f"validation: {len(validation)} rows of the training split "
                      f"(dataset.validation_fraction {settings.validation_fraction})")
+    if settings.weight_column is not None:
+        # Only the training rows are weighted (and filtered): the split above is by text alone,
+        # so no row moved between splits, and the test and validation rows stay complete.
+        test = test.drop(columns=[WEIGHT], errors="ignore")
+        if validation is not None:
+            validation = validation.drop(columns=[WEIGHT], errors="ignore")
+        train, dropped = drop_light_rows(train, settings.min_weight)
+        if dropped:
+            notes.append(f"dropped {dropped} training rows with {settings.weight_column} < "
+                         f"{settings.min_weight} (dataset.min_weight; test and validation rows "
+                         "are kept)")
+        if not train.empty and not (train[WEIGHT] > 0).any():
+            raise DataError(f"every training row has {settings.weight_column} 0 "
+                            "(dataset.weight_column): nothing to learn from")
+        if not train.empty:
+            w = train[WEIGHT]
+            notes.append(f"weights: {settings.weight_column} on {len(train)} training rows (min "
+                         f"{w.min():.3g}, mean {w.mean():.3g}, max {w.max():.3g})")
     train = limit_rows(train, settings.max_train_rows)
     test = limit_rows(test, settings.max_test_rows)
     if train.empty or test.empty:
@@ -299,6 +373,15 @@ def labelled_texts(settings: DatasetSettings, task: ClassificationTask) -> set[s
         if src is not None:
             texts |= set(_load(src, role, settings, task, cleaning)[0]["text"])
     return texts
+
+
+def drop_light_rows(train: pd.DataFrame, min_weight: Optional[float]) -> tuple[pd.DataFrame, int]:
+    """Training rows whose `weight` is at least `min_weight` (all of them for None), and how
+    many were dropped. Applied to training rows only, after the split."""
+    if min_weight is None or WEIGHT not in train.columns:
+        return train, 0
+    light = train[WEIGHT] < min_weight
+    return train[~light].reset_index(drop=True), int(light.sum())
 
 
 # -- legacy cleaning of already-prepared rows (human labels) -------------------------------
@@ -370,6 +453,8 @@ def merge_human_labels(
         human = human.assign(text=cleaning.series(human["text"].map(text_value)))
     human = clean(human[["text", "label"]]) if not human.empty else human
     combined = pd.concat([human, base_train], ignore_index=True)
+    if WEIGHT in combined.columns:  # a human label weighs 1 (dataset.weight_column)
+        combined[WEIGHT] = combined[WEIGHT].astype(float).fillna(1.0)
     combined = combined.drop_duplicates(subset="text", keep="first")
     combined = combined[~combined["text"].isin(set(test["text"]))]
     return combined.reset_index(drop=True)

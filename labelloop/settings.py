@@ -158,6 +158,14 @@ class DatasetSettings(_Section):
     # Without a validation source: this share of the training split (by a salted md5 of the
     # text, so the same texts every run) becomes the validation rows. 0 = no validation rows.
     validation_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    # Per-row loss weights from a column of the training source (e.g. the annotators'
+    # agreement): each training row's loss is multiplied by its value (and by its class weight,
+    # training.class_weights). Values must be numbers >= 0; null = every row weighs 1.
+    # `missing_weight`: the weight of rows whose cell is empty (null: such rows are an error).
+    # `min_weight` drops training rows below it (never test or validation rows).
+    weight_column: Optional[str] = None
+    missing_weight: Optional[float] = Field(None, ge=0.0)
+    min_weight: Optional[float] = Field(None, ge=0.0)
     # Generation: the prompt and response columns, or a chat `messages` column (a list of
     # {role, content}; each assistant turn becomes one row, what came before it the prompt).
     prompt_column: str = "prompt"
@@ -181,7 +189,15 @@ class DatasetSettings(_Section):
             raise ValueError("no labelled data: set dataset.path or dataset.train")
         if self.validation is not None and self.validation_fraction > 0:
             raise ValueError("set dataset.validation or dataset.validation_fraction, not both")
+        for key in ("min_weight", "missing_weight"):
+            if getattr(self, key) is not None and self.weight_column is None:
+                raise ValueError(f"dataset.{key} needs dataset.weight_column (the column of "
+                                 "weights it applies to)")
         return self
+
+    @property
+    def has_validation(self) -> bool:
+        return self.validation is not None or self.validation_fraction > 0
 
     def train_source(self) -> SourceSettings:
         if self.train is not None:
@@ -252,6 +268,10 @@ class TrainingSettings(_Section):
     early_stopping_patience: int = Field(0, ge=0)
     # Cross-entropy label smoothing (0: none).
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # After training, per-class offsets added to the logits (labelloop/decision.py): off, or
+    # macro_f1 = fitted on the validation rows to maximise their macro-F1, stored in the bundle
+    # and applied wherever the bundle predicts. Needs validation rows.
+    decision_bias: Literal["off", "macro_f1"] = "off"
     lora: LoraSettings = Field(default_factory=LoraSettings)
 
     @field_validator("learning_rate")
@@ -260,6 +280,11 @@ class TrainingSettings(_Section):
         if rate != "auto" and rate <= 0:
             raise ValueError(f"the learning rate must be positive or auto (got {rate})")
         return rate
+
+    @field_validator("decision_bias", mode="before")
+    @classmethod
+    def _bias_off_unquoted(cls, rule):
+        return "off" if rule is False else rule  # YAML reads a bare `off` as false
 
     @field_validator("class_weights", mode="before")
     @classmethod
@@ -617,6 +642,23 @@ class Settings(_Section):
         if unknown:
             raise ValueError(f"dataset.label_map maps to {unknown}, which are not in task.labels "
                              f"{self.task.labels}")
+        return self
+
+    @model_validator(mode="after")
+    def _decision_bias_has_rows(self) -> "Settings":
+        if self.dataset.weight_column is not None and self.task.type != "classification":
+            raise ValueError("dataset.weight_column weights classification rows; set it to "
+                             f"null for task.type {self.task.type}")
+        if self.training.decision_bias == "off":
+            return self
+        if self.task.type != "classification":
+            raise ValueError("training.decision_bias is for classification; set it to off for "
+                             f"task.type {self.task.type}")
+        if not self.dataset.has_validation:
+            raise ValueError(
+                f"training.decision_bias {self.training.decision_bias} fits its offsets on "
+                "validation rows, and there are none: set dataset.validation_fraction (e.g. "
+                "0.1) or a dataset.validation source")
         return self
 
     @model_validator(mode="after")

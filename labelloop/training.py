@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from labelloop import modeling
+from labelloop.data import WEIGHT
 from labelloop.evaluation import compute_metrics
 from labelloop.modeling import ModelError
 from labelloop.settings import ModelSettings, TrainingSettings
@@ -116,6 +117,23 @@ def class_weights(spec, labels: list, task: ClassificationTask) -> Optional[dict
         raise ValueError(f"training.class_weights names label(s) {unknown} that are not in "
                          f"task.labels {list(task.labels)}")
     return {lab: float(spec.get(lab, 1.0)) for lab in task.labels}
+
+
+def row_weighted_loss(logits: torch.Tensor, targets: torch.Tensor, row_weight: torch.Tensor,
+                      class_weight: Optional[torch.Tensor] = None, label_smoothing: float = 0.0,
+                      denominator: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross-entropy with a weight per row (dataset.weight_column) on top of the class weights:
+    sum(row weight x the row's class-weighted loss) / sum(row weight x class weight of its
+    label). With every row weight 1 this is exactly `cross_entropy(..., weight=class_weight)`'s
+    weighted mean. `denominator`: that sum over a larger batch (data parallel: the global
+    batch, of which these rows are one process's share)."""
+    per_row = torch.nn.functional.cross_entropy(logits, targets, weight=class_weight,
+                                                label_smoothing=label_smoothing,
+                                                reduction="none")
+    if denominator is None:
+        norm = row_weight if class_weight is None else row_weight * class_weight[targets]
+        denominator = norm.sum()
+    return (row_weight * per_row).sum() / denominator.clamp_min(1e-12)
 
 
 def encode_rows(tokenizer, rows: pd.DataFrame, model_cfg: ModelSettings, device):
@@ -260,6 +278,13 @@ def fine_tune(
     weights = class_weights(cfg.class_weights, list(train["label"]), task)
     weight_tensor = None if weights is None else torch.tensor(
         [weights[lab] for lab in task.labels], dtype=torch.float32, device=device)
+    # Per-row weights (dataset.weight_column: the frame's `weight` column), times the class's.
+    row_weights = None
+    if WEIGHT in train.columns:
+        row_weights = torch.tensor(train[WEIGHT].to_numpy(dtype=np.float32), device=device)
+        if not bool((row_weights > 0).any()) or bool((row_weights < 0).any()):
+            raise ValueError("row weights must be >= 0 with at least one above 0")
+        row_norm = row_weights if weight_tensor is None else row_weights * weight_tensor[labels]
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel for the whole update on CUDA (the step is launch-bound at these sizes).
@@ -303,7 +328,7 @@ def fine_tune(
         for batch_idx in torch.randperm(n, generator=generator).split(schedule.batch_size):
             if step >= total_steps:
                 break
-            global_size = len(batch_idx)
+            global_size, global_idx = len(batch_idx), batch_idx
             batch_idx, weight = rank_share(batch_idx, accelerator)
             width = int(lengths[batch_idx].max())
             rows = batch_idx.to(device)
@@ -311,9 +336,16 @@ def fine_tune(
                 logits = model(input_ids=input_ids[rows, :width],
                                attention_mask=attention[rows, :width]).logits
             # In fp32, with the class weights (training.class_weights) when there are any.
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels[rows],
-                                                     weight=weight_tensor,
-                                                     label_smoothing=cfg.label_smoothing)
+            if row_weights is None:
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels[rows],
+                                                         weight=weight_tensor,
+                                                         label_smoothing=cfg.label_smoothing)
+            else:  # the global batch's weighted mean (this share's part of it, scaled like
+                # the unweighted mean of a share: see rank_share)
+                loss = row_weighted_loss(
+                    logits.float(), labels[rows], row_weights[rows], weight_tensor,
+                    cfg.label_smoothing, denominator=row_norm[global_idx.to(device)].sum()
+                ) * (global_size / len(batch_idx))
             if accelerator is not None:
                 accelerator.backward(loss * weight)
                 accelerator.clip_grad_norm_(trainable, 1.0)
