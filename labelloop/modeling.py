@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from labelloop.cleaning import Cleaning
+from labelloop.decision import offsets_from_meta
 from labelloop.settings import ConfigError, resolve_path
 from labelloop.tasks import ClassificationTask, Prediction, task_from_dict
 
@@ -236,6 +237,11 @@ class Classifier:
     Inference is split in two so a server can tokenize in its request handlers (spread over
     requests and workers) and keep the batched step to padding and the forward pass:
     `encode(texts)` -> token ids, `logits_from_ids(ids)` -> logits. `logits(texts)` does both.
+
+    The logits it returns are the decision logits: the model's plus the per-class offsets the
+    bundle records (`decision_bias`, labelloop/decision.py; none: the model's own), so every
+    prediction, probability and argmax taken from them decides by the bundle's rule.
+    `raw_logits_from_ids` / `raw_logits` are the model's alone.
     """
 
     cleaning: Cleaning = Cleaning()  # what an old bundle without a recorded cleaning gets
@@ -250,6 +256,8 @@ class Classifier:
         # every text it reads, so serving sees what training saw. (None recorded: none, head.)
         self.cleaning = Cleaning.from_meta(self.meta.get("cleaning"))
         self.truncation: str = self.meta.get("truncation") or "head"
+        # Per-class offsets added to every logit (training.decision_bias); None: none.
+        self.decision_bias = offsets_from_meta(self.meta, self.task.labels)
         # Callers (the service) may cut a text's head to this many characters before `encode`;
         # a model that reads the end of texts needs them whole (encode cuts them itself).
         self.max_chars: int = (max_chars_for(self.max_length) if self.truncation == "head"
@@ -303,9 +311,19 @@ class Classifier:
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         return [list(x) for x in enc["input_ids"]]
 
-    @torch.inference_mode()
     def logits_from_ids(self, ids: Sequence[Sequence[int]], batch_size: int = 256) -> np.ndarray:
-        """Logits for tokenized texts, in input order. Sorted by length so batches pad little."""
+        """Decision logits for tokenized texts, in input order: the model's (eager or CUDA
+        graphs) plus the bundle's decision bias. What every prediction is made from."""
+        out = self.raw_logits_from_ids(ids, batch_size)
+        if self.decision_bias is not None:
+            out += self.decision_bias
+        return out
+
+    @torch.inference_mode()
+    def raw_logits_from_ids(self, ids: Sequence[Sequence[int]],
+                            batch_size: int = 256) -> np.ndarray:
+        """The model's logits for tokenized texts, in input order (no decision bias). Sorted by
+        length so batches pad little."""
         n_labels = len(self.task.labels)
         if len(ids) == 0:
             return np.zeros((0, n_labels), dtype=np.float32)
@@ -337,8 +355,12 @@ class Classifier:
         return out
 
     def logits(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """Logits for texts, in input order."""
+        """Decision logits for texts, in input order (see logits_from_ids)."""
         return self.logits_from_ids(self.encode(texts), batch_size)
+
+    def raw_logits(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """The model's own logits for texts (no decision bias): what the bias is fitted on."""
+        return self.raw_logits_from_ids(self.encode(texts), batch_size)
 
     def predict(self, texts: Sequence[str], batch_size: int = 256) -> list[Prediction]:
         return self.task.predictions_from_logits(self.logits(texts, batch_size))

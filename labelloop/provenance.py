@@ -26,7 +26,8 @@ LABELS_SEQ_TAG = "labelloop.labels_seq"
 
 # What `/metadata` and `labelloop status` show of a bundle's record.
 META_KEYS = ("sources", "source_digest", "test_digest", "human_digest", "human_rows",
-             "labels_seq", "dataset_digest", "cleaning", "truncation")
+             "labels_seq", "dataset_digest", "cleaning", "truncation", "sample_weights",
+             "decision_bias")
 
 
 def record(splits: "data.Splits", train: pd.DataFrame, human: Optional[pd.DataFrame],

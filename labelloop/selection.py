@@ -234,12 +234,14 @@ class PoolScores:
 
 
 def forward_scores(model, token_ids: Sequence[Sequence[int]], pad_token_id: int, device,
-                   batch_size: int = 512) -> PoolScores:
+                   batch_size: int = 512, offsets: Optional[np.ndarray] = None) -> PoolScores:
     """Probabilities and mean-pooled last hidden states of a sequence classifier, one pass.
 
     Works for any Hugging Face `...ForSequenceClassification` (PEFT-wrapped too): the logits and
     `hidden_states[-1]` come out of the same forward call. Texts are sorted by length so
     batches pad little; the bf16 matrix products on a GPU are what serving uses too.
+    `offsets`: per-class offsets added to the logits before the softmax (a bundle's decision
+    bias, labelloop/decision.py), as `Classifier.logits` adds them.
     """
     import torch
 
@@ -265,7 +267,11 @@ def forward_scores(model, token_ids: Sequence[Sequence[int]], pad_token_id: int,
             last = out.hidden_states[-1].float()
             m = mask.unsqueeze(-1).float()
             pooled = (last * m).sum(1) / m.sum(1).clamp(min=1.0)
-            p = torch.softmax(out.logits.float(), dim=-1)
+            logits = out.logits.float()
+            if offsets is not None:
+                logits = logits + torch.as_tensor(offsets, dtype=torch.float32,
+                                                  device=logits.device)
+            p = torch.softmax(logits, dim=-1)
             if probs is None:
                 probs = np.empty((n, p.shape[1]), dtype=np.float32)
                 embs = np.empty((n, pooled.shape[1]), dtype=np.float32)
@@ -283,4 +289,5 @@ def score_texts(classifier, texts: Sequence[str], batch_size: Optional[int] = No
     if batch_size is None:  # GPUs want big batches; on a CPU padding is real work
         batch_size = 512 if classifier.device.type == "cuda" else 32
     return forward_scores(classifier.model, classifier.encode(list(texts)),
-                          classifier.pad_token_id, classifier.device, batch_size)
+                          classifier.pad_token_id, classifier.device, batch_size,
+                          offsets=getattr(classifier, "decision_bias", None))

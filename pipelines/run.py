@@ -58,18 +58,19 @@ def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any
     )
     metrics = _step_output(run, "evaluate_model", "metrics")
     decision = _step_output(run, "promote_model", "promotion_decision")
-    print_summary(settings, metrics, decision, _step_output(run, "evaluate_model", "baseline"))
+    print_summary(settings, metrics, decision, _step_output(run, "evaluate_model", "baseline"),
+                  _step_output(run, "evaluate_model", "decision_bias"))
     return 0
 
 
 def print_summary(settings: Settings, metrics: dict, decision: dict,
-                  baseline: Optional[dict] = None) -> None:
+                  baseline: Optional[dict] = None, bias: Optional[dict] = None) -> None:
     print("\n=== labelloop training result ===")
     if settings.task.type == "generation":
         for name in ("chrf", "rouge_l", "loss", "perplexity"):
             print(f"test {name:<10} {metrics[name]:.4f}  (base {metrics[f'base_{name}']:.4f})")
     else:
-        _print_classification(settings, metrics, baseline)
+        _print_classification(settings, metrics, baseline, bias)
     print(f"registered     {settings.registry.model_name} version {decision['challenger_version']}")
     print(f"promotion      {'promoted to champion' if decision['promote'] else 'not promoted'}: "
           f"{decision['reason']}")
@@ -77,7 +78,11 @@ def print_summary(settings: Settings, metrics: dict, decision: dict,
 
 
 def _print_classification(settings: Settings, metrics: dict,
-                          baseline: Optional[dict] = None) -> None:
+                          baseline: Optional[dict] = None, bias: Optional[dict] = None) -> None:
+    if bias:
+        from labelloop.decision import describe
+
+        print(f"decision bias  {describe(bias)}; the test figures below are with these offsets")
     print(f"test accuracy  {metrics['accuracy']:.4f}")
     print(f"test macro-F1  {metrics['macro_f1']:.4f}")
     for label in task_from_settings(settings).labels:

@@ -50,7 +50,7 @@ def training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] =
     train, test, validation, data_provenance = load_data(config, overrides, include_human_labels,
                                                          human_labels_max_seq)
     bundle = fine_tune(train, test, validation, data_provenance, config, overrides)
-    metrics, predicted, baseline = evaluate_model(bundle, train, test, validation, config,
+    metrics, predicted, baseline, _ = evaluate_model(bundle, train, test, validation, config,
                                                   overrides)
     version = register_model(bundle, metrics, test, predicted, config, overrides)
     promote_model(version, metrics, test, predicted, config, overrides, baseline)

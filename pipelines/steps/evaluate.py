@@ -1,5 +1,7 @@
 """Step: score the new model on the frozen test split and log metrics, pictures and tables;
-fit the TF-IDF + logistic-regression baseline on the same training rows and log it beside."""
+fit the TF-IDF + logistic-regression baseline on the same training rows and log it beside.
+The model is scored as it will serve: through its bundle's Classifier, so with the decision
+bias the bundle records (training.decision_bias), which the summary names."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import mlflow
 import pandas as pd
 from zenml import step
 
-from labelloop import baseline, evaluation, training
+from labelloop import baseline, decision, evaluation, training
 from labelloop.modeling import Classifier
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
@@ -25,14 +27,19 @@ def evaluate_model(
     config: Optional[str] = None,
     overrides: Optional[dict[str, Any]] = None,
 ) -> Tuple[Annotated[dict, "metrics"], Annotated[list, "test_predicted"],
-           Annotated[dict, "baseline"]]:
+           Annotated[dict, "baseline"], Annotated[dict, "decision_bias"]]:
     settings = settings_for(config, overrides)
     if settings.task.type == "generation":
         return _evaluate_generation(settings, model_bundle, test)
     classifier = Classifier(model_bundle, device=settings.training.device)
+    bias = classifier.meta.get(decision.META_KEY) or {}
     result = evaluation.evaluate_classifier(classifier, test, settings.evaluation.batch_size)
     evaluation.log_to_mlflow(result, settings.evaluation.sample_predictions)
-    print("evaluation on the frozen test split:\n" + result.summary())
+    mlflow.log_params({"test_decision_rule": bias.get("rule", "argmax")})
+    print("evaluation on the frozen test split"
+          + (" (with the decision bias)" if bias else "") + ":\n" + result.summary())
+    if bias:
+        print(f"decision bias: {decision.describe(bias)}")
     if len(validation):
         val = evaluation.evaluate_classifier(classifier, validation,
                                              settings.evaluation.batch_size)
@@ -55,7 +62,7 @@ def evaluate_model(
     # Label ids per test text, in test order: promotion's paired test needs them.
     predicted = [classifier.task.encode_label(lab) for lab in result.predictions["predicted"]]
     return result.metrics, predicted, {"name": base.name, **base.metrics, "beats": beats,
-                                       "seconds": base.fit_seconds}
+                                       "seconds": base.fit_seconds}, bias
 
 
 def _evaluate_generation(settings, model_bundle: Path, test: pd.DataFrame):
@@ -68,4 +75,4 @@ def _evaluate_generation(settings, model_bundle: Path, test: pd.DataFrame):
     print("evaluation on the frozen test split (fine-tuned vs base):\n" + result.summary())
     metrics = {k[len("test_"):]: v for k, v in result.metrics.items() if k.startswith("test_")}
     metrics.update({k: v for k, v in result.metrics.items() if not k.startswith("test_")})
-    return metrics, result.outputs, {}  # no baseline for generation (yet)
+    return metrics, result.outputs, {}, {}  # no baseline for generation (yet), no bias

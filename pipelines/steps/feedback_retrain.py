@@ -95,6 +95,14 @@ def retrain(settings: Settings, project: Optional[int] = None,
                 "warm_from": champ["version"] if rule == "warm" else None,
             })
             del result
+            if settings.training.decision_bias != "off":  # refitted for this challenger
+                from labelloop import decision
+
+                bias = decision.fit_for_bundle(bundle, splits.validation,
+                                               settings.training.decision_bias,
+                                               device=settings.training.device,
+                                               batch_size=settings.evaluation.batch_size)
+                print(f"retrain: decision bias {decision.describe(bias)}")
             t2 = time.perf_counter()
             loop_status.set_stage(settings, turn, "promote")
             clf = modeling.Classifier(bundle, device=settings.training.device)

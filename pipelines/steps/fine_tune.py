@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 from zenml import step
 
-from labelloop import distributed, modeling, provenance, scratch, training
+from labelloop import data, decision, distributed, modeling, provenance, scratch, training
 from labelloop.tasks import task_from_settings
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
@@ -44,6 +44,8 @@ def fine_tune(
         "source_digest": data_provenance["source_digest"],
         "num_processes": cfg.num_processes, "validation_rows": len(validation),
         "label_smoothing": cfg.label_smoothing,
+        "weight_column": settings.dataset.weight_column, "min_weight": settings.dataset.min_weight,
+        "decision_bias": cfg.decision_bias,
         **({"keep_best": cfg.keep_best, "early_stopping_patience": cfg.early_stopping_patience}
            if len(validation) else {}),
     })
@@ -70,8 +72,20 @@ def fine_tune(
         "dataset": settings.dataset.path,
         **({"validation": {"rows": len(validation), "kept_step": result.kept_step,
                            "curve": result.validation_curve}} if result.validation_curve else {}),
+        **({"sample_weights": sample_weights(settings.dataset, train)}
+           if settings.dataset.weight_column else {}),
         **data_provenance,  # sources, digests, cleaning, truncation (labelloop.provenance)
     })
+    if cfg.decision_bias != "off":  # offsets fitted on the validation rows, into the bundle
+        bias = decision.fit_for_bundle(out, validation, cfg.decision_bias,
+                                       device=settings.training.device,
+                                       batch_size=settings.evaluation.batch_size)
+        mlflow.log_params({f"decision_bias_{lab}": round(v, 4)
+                           for lab, v in bias["offsets"].items()})
+        mlflow.log_metrics({"decision_bias_validation_macro_f1_before":
+                            bias["validation_macro_f1_before"],
+                            "decision_bias_validation_macro_f1": bias["validation_macro_f1"]})
+        print(f"decision bias: {decision.describe(bias)}")
     print(f"fine-tune: {result.steps} steps, {result.samples_per_second:.1f} samples/s, "
           f"{result.train_seconds:.1f}s, final loss {result.final_loss:.4f}")
     if result.validation_curve:
@@ -81,6 +95,14 @@ def fine_tune(
               + f"; kept the weights of step {result.kept_step} (best {best['macro_f1']:.4f}"
               f" at step {best['step']})")
     return out
+
+
+def sample_weights(dataset, train: pd.DataFrame) -> dict:
+    """What the bundle records about its per-row loss weights (dataset.weight_column)."""
+    w = train[data.WEIGHT] if data.WEIGHT in train else pd.Series([1.0] * len(train))
+    return {"column": dataset.weight_column, "min_weight": dataset.min_weight,
+            "rows": int(len(train)), "mean": round(float(w.mean()), 6) if len(w) else None,
+            "min": float(w.min()) if len(w) else None, "max": float(w.max()) if len(w) else None}
 
 
 def _fine_tune_generation(settings, train: pd.DataFrame) -> Path:

@@ -1,4 +1,5 @@
-"""Classifier inference split in two (encode -> logits_from_ids), and CUDA-graph shape buckets."""
+"""Classifier inference split in two (encode -> logits_from_ids), CUDA-graph shape buckets, and
+the bundle's decision bias applied on every prediction path."""
 
 from __future__ import annotations
 
@@ -91,6 +92,8 @@ def test_cuda_graphs_match_eager_on_gpu(classifier):
     eager = gpu.logits(TEXTS)
     gpu.enable_cuda_graphs(16)
     np.testing.assert_allclose(gpu.logits(TEXTS), eager, atol=5e-2)
+    gpu.decision_bias = np.array([0.5, -1.0, 2.0], dtype=np.float32)  # added after the graphs
+    np.testing.assert_allclose(gpu.logits(TEXTS), eager + gpu.decision_bias, atol=5e-2)
 
 
 def test_graph_runner_pads_to_captured_shapes_and_matches_eager(classifier):
@@ -123,5 +126,94 @@ def test_graph_runner_pads_to_captured_shapes_and_matches_eager(classifier):
     classifier.graphs = runner
     try:
         np.testing.assert_allclose(classifier.logits(TEXTS, batch_size=32), eager, atol=1e-4)
+        # a decision bias is added on this path too
+        classifier.decision_bias = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+        np.testing.assert_allclose(classifier.logits(TEXTS, batch_size=32),
+                                   eager + classifier.decision_bias, atol=1e-4)
     finally:
         classifier.graphs = None
+        classifier.decision_bias = None
+
+
+# -- the decision bias (training.decision_bias; labelloop/decision.py) ----------------------------
+OFFSETS = {"negative": -0.5, "neutral": 0.0, "positive": 1.5}
+
+
+@pytest.fixture(scope="module")
+def biased(classifier, tmp_path_factory) -> modeling.Classifier:
+    """The same model, its bundle recording decision offsets."""
+    import json
+    import shutil
+
+    out = tmp_path_factory.mktemp("biased") / "bundle"
+    shutil.copytree(classifier.bundle_dir, out)
+    meta = json.loads((out / modeling.BUNDLE_META).read_text())
+    meta["decision_bias"] = {"rule": "macro_f1", "offsets": OFFSETS, "validation_rows": 9,
+                             "validation_macro_f1_before": 0.3, "validation_macro_f1": 0.4}
+    (out / modeling.BUNDLE_META).write_text(json.dumps(meta))
+    return modeling.Classifier(out, device="cpu")
+
+
+def test_classifier_adds_the_bundles_offsets_to_logits_and_predictions(classifier, biased):
+    offsets = np.array([OFFSETS[lab] for lab in biased.labels], dtype=np.float32)
+    raw = classifier.logits(TEXTS)
+    np.testing.assert_allclose(biased.raw_logits(TEXTS), raw, atol=1e-5)
+    np.testing.assert_allclose(biased.logits(TEXTS), raw + offsets, atol=1e-5)
+    assert classifier.decision_bias is None
+    # predictions and their probabilities come from the offset logits: the label shown is the
+    # most probable one, and these offsets (on a random head's small logits) make it positive
+    preds = biased.predict(TEXTS)
+    assert {p.label for p in preds} == {"positive"}
+    z = raw + offsets
+    want = np.exp(z - z.max(axis=1, keepdims=True))
+    want /= want.sum(axis=1, keepdims=True)
+    for p, row in zip(preds, want):
+        assert [p.probabilities[lab] for lab in biased.labels] == pytest.approx(list(row),
+                                                                               abs=1e-5)
+        assert p.score == pytest.approx(row.max(), abs=1e-5)
+    assert {p.label for p in classifier.predict(TEXTS)} != {"positive"}  # raw: not all positive
+
+
+def test_service_prediction_path_decides_with_the_bias(classifier, biased):
+    """services.runtime.predict_requests (what /classify, /classify_batch and the Label Studio
+    backend call) gives the biased bundle's predictions, for pre-encoded and raw requests."""
+    model = LoadedModel(version="8", classifier=biased)
+    out = predict_requests(model, [Encoded(TEXTS[:3], biased.encode(TEXTS[:3]), "8"), TEXTS[3:9]])
+    flat = [p for request in out for p in request]
+    want = [p.to_dict() for p in biased.predict(TEXTS[:9])]
+    assert [p["label"] for p in flat] == [p["label"] for p in want] == ["positive"] * 9
+    for got, exp in zip(flat, want):
+        assert got["score"] == pytest.approx(exp["score"], abs=1e-5)
+    plain = predict_requests(LoadedModel(version="7", classifier=classifier), [TEXTS[:9]])[0]
+    assert [p["label"] for p in plain] != [p["label"] for p in flat]
+
+
+def test_pool_scores_use_the_bias(biased):
+    from labelloop import selection
+
+    scores = selection.score_texts(biased, TEXTS[:9])
+    want = [[p.probabilities[lab] for lab in biased.labels] for p in biased.predict(TEXTS[:9])]
+    np.testing.assert_allclose(scores.probabilities, want, atol=1e-4)
+
+
+def test_fit_for_bundle_records_offsets_that_the_next_classifier_applies(classifier, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from labelloop import decision
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(classifier.bundle_dir, bundle)
+    # labels the random head gets wrong at argmax: all the rarest-scored label
+    raw = classifier.raw_logits(TEXTS[:9])
+    target = classifier.labels[int(raw.mean(axis=0).argmin())]
+    rows = pd.DataFrame({"text": TEXTS[:9], "label": [target] * 9})
+    record = decision.fit_for_bundle(bundle, rows, device="cpu")
+    assert record["rule"] == "macro_f1" and record["validation_rows"] == 9
+    assert record["validation_macro_f1"] > record["validation_macro_f1_before"]
+    fitted = modeling.Classifier(bundle, device="cpu")
+    assert fitted.meta["decision_bias"] == record
+    assert {p.label for p in fitted.predict(TEXTS[:9])} == {target}
+    with pytest.raises(ValueError, match="validation rows"):
+        decision.fit_for_bundle(bundle, rows.iloc[:0], device="cpu")
