@@ -22,9 +22,18 @@ training / evaluation / baseline), minus ZenML and MLflow, so it also runs on a 
     python benchmarks/training.py --case full small --json docs/training.json
 
 Runs go in the order given; `--run CASE/NAME:...` runs on that case only. Each run overrides
-`training.*` or `model.*` keys (`class_weights=auto`, `max_steps=400`, ...), or
-`validation_fraction=0.1` (validation rows carved from the training rows, for `keep_best`);
-`--run default:` is the configured default.
+`training.*` or `model.*` keys (`class_weights=auto`, `max_steps=400`, `decision_bias=macro_f1`,
+...), or the dataset keys `validation_fraction=0.1` (validation rows carved from the training
+rows, for `keep_best` and `decision_bias`), `weight_column=confidence` (per-row loss weights from
+that corpus column: the annotators' agreement; its 5,460 empty cells need `missing_weight=1.0`
+or so) and `min_weight=0.5` (drop lighter training rows; the test split stays whole);
+`--run default:` is the configured default. Every run's overrides are checked against the
+settings before the first run starts. With `decision_bias`, the test figures are with the
+fitted offsets, and `raw` holds the same model's plain-argmax figures.
+
+    python benchmarks/training.py --run default: \
+        --run w:weight_column=confidence,missing_weight=1.0 \
+        --run bias:validation_fraction=0.1,decision_bias=macro_f1
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,14 +53,17 @@ import labelloop  # noqa: E402,F401
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from labelloop import baseline, data, distributed, evaluation, modeling, training  # noqa: E402
-from labelloop.settings import load_settings  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from labelloop import baseline, data, decision, distributed, evaluation, modeling, training  # noqa: E402
+from labelloop.settings import Settings, load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
 
 MODEL_KEYS = {"base", "max_length"}
 # validation_fraction=F: that share of the case's training rows becomes validation rows, as
-# dataset.validation_fraction carves it (for training.keep_best and early stopping)
-DATA_KEYS = {"validation_fraction"}
+# dataset.validation_fraction carves it (for training.keep_best, early stopping, decision_bias);
+# weight_column=C / missing_weight=M / min_weight=W: those dataset.* keys on the training rows
+DATA_KEYS = {"validation_fraction", "weight_column", "missing_weight", "min_weight"}
 
 
 def parse_run(spec: str) -> tuple[str, dict, dict]:
@@ -80,9 +93,42 @@ def stable_sample(df: pd.DataFrame, salt: str, shares: dict[str, float], rows: i
     return pd.concat(parts).sort_index().reset_index(drop=True)
 
 
-def build_cases(args, settings, task) -> list[dict]:
+def check_runs(specs: list[str], settings) -> tuple[Optional[str], Optional[float]]:
+    """Every run's overrides as settings would take them (a typo or a bad value fails here,
+    before any run); returns the one weight column the runs use and its missing_weight
+    (None: none)."""
+    columns = set()
+    for spec in specs:
+        name, train_over, model_over = parse_run(spec.partition(":")[0].rpartition("/")[2]
+                                                 + ":" + spec.partition(":")[2])
+        dataset = {k: v for k, v in model_over.items() if k in DATA_KEYS}
+        model = {k: v for k, v in model_over.items() if k in MODEL_KEYS}
+        raw = settings.model_dump()
+        raw["training"].update(train_over)
+        raw["model"].update(model)
+        raw["dataset"].update(dataset)
+        try:
+            Settings.model_validate(raw)
+        except ValidationError as exc:
+            raise SystemExit(f"--run {spec}: {exc}") from None
+        if dataset.get("weight_column"):
+            columns.add((dataset["weight_column"], dataset.get("missing_weight")))
+    if len(columns) > 1:
+        raise SystemExit(f"the runs read weights in several ways {sorted(columns, key=str)}: "
+                         "one weight_column and missing_weight per call")
+    return columns.pop() if columns else (None, None)
+
+
+def build_cases(args, settings, task, weights: tuple = (None, None)) -> list[dict]:
+    """The cases' rows; with a weight column (`weights`: column, missing_weight), training rows
+    carry its values (`weight`) for the runs that ask for them (the others and the baselines
+    drop it)."""
+    if weights[0]:
+        settings = settings.model_copy(update={"dataset": settings.dataset.model_copy(
+            update={"weight_column": weights[0], "missing_weight": weights[1]})})
     df = data.load_labelled(settings.dataset, task)
     train, test = data.split(df, settings.dataset.test_fraction)
+    test = test.drop(columns=[data.WEIGHT], errors="ignore")
     cases = []
     if "full" in args.case:
         cases.append({"case": "full", "draw": 0,
@@ -95,6 +141,7 @@ def build_cases(args, settings, task) -> list[dict]:
         for k in range(args.draws):
             sample = stable_sample(df, f"small{k}:", shares, args.small_rows)
             s_train, s_test = data.split(sample, settings.dataset.test_fraction)
+            s_test = s_test.drop(columns=[data.WEIGHT], errors="ignore")
             counts = sample["label"].value_counts()
             assert set(counts.index) == set(task.labels), counts
             assert counts.min() / len(sample) < 0.2, counts
@@ -115,8 +162,9 @@ def fit_baselines(case, task, weightings) -> dict:
     out = {}
     for i, weighting in enumerate(weightings):
         weights = training.class_weights(weighting, list(case["train"]["label"]), task)
+        rows = case["train"].drop(columns=[data.WEIGHT], errors="ignore")  # unweighted rows
         for split_name, test in [("test", case["test"]), *case["extra"].items()]:
-            b = baseline.fit_and_score(case["train"], test, task, weights)
+            b = baseline.fit_and_score(rows, test, task, weights)
             key = split_name if i == 0 else f"{split_name}_class_weights_{weighting}"
             out[key] = {**b.metrics, "seconds": b.fit_seconds, "class_weights": weighting}
     return out
@@ -127,15 +175,24 @@ def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
     fraction = model_over.get("validation_fraction", 0)
     model_cfg = settings.model.model_copy(update={k: v for k, v in model_over.items()
                                                   if k in MODEL_KEYS})
-    train, validation = case["train"], None
+    train, validation, dropped = case["train"], None, 0
     if fraction:
         train, validation = data.split_validation(train, fraction)
+        validation = validation.drop(columns=[data.WEIGHT], errors="ignore")
+    if model_over.get("weight_column"):  # as data.load_splits: training rows only, after splits
+        train, dropped = data.drop_light_rows(train, model_over.get("min_weight"))
+    else:
+        train = train.drop(columns=[data.WEIGHT], errors="ignore")
     cfg = training.resolve(cfg, len(train))
     sched = training.plan(cfg, len(train))
     print(f"\n--- {case['case']}#{case['draw']} {name} seed {cfg.seed}: {cfg.method} "
           f"lr={cfg.learning_rate} batch={sched.batch_size} steps={sched.steps} "
           f"({sched.epochs(len(train)):.1f} epochs of {len(train)} rows) "
-          f"class_weights={cfg.class_weights} max_length={model_cfg.max_length}", flush=True)
+          f"class_weights={cfg.class_weights} max_length={model_cfg.max_length}"
+          + (f" weights={model_over['weight_column']} (mean {train[data.WEIGHT].mean():.3f}, "
+             f"{dropped} rows below min_weight dropped)" if data.WEIGHT in train else "")
+          + (f" decision_bias={cfg.decision_bias}" if cfg.decision_bias != "off" else ""),
+          flush=True)
     # num_processes=N: N data-parallel processes (labelloop/distributed.py); 1: this process
     result = distributed.fine_tune(train, task, model_cfg, cfg, progress=False,
                                    validation=validation)
@@ -148,18 +205,34 @@ def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
            "test_rows": len(case["test"]), "train_seconds": result.train_seconds,
            "samples_per_second": result.samples_per_second,
            "validation_rows": 0 if validation is None else len(validation),
-           "validation_curve": result.validation_curve, "kept_step": result.kept_step}
+           "validation_curve": result.validation_curve, "kept_step": result.kept_step,
+           "weight_column": model_over.get("weight_column"),
+           "min_weight": model_over.get("min_weight"), "min_weight_dropped": dropped,
+           "decision_bias": cfg.decision_bias}
     with tempfile.TemporaryDirectory() as tmp:
         modeling.save_bundle(result.model, result.tokenizer, Path(tmp), {
             "task": task.to_dict(), "max_length": model_cfg.max_length,
             "base_model": model_cfg.base})
+        if cfg.decision_bias != "off":  # as the pipeline's fine-tune step: into the bundle
+            start = time.perf_counter()
+            out["decision_bias_fit"] = decision.fit_for_bundle(
+                Path(tmp), validation, cfg.decision_bias, device=cfg.device,
+                batch_size=settings.evaluation.batch_size)
+            out["decision_bias_seconds"] = time.perf_counter() - start
         clf = modeling.Classifier(tmp, device=cfg.device)
         start = time.perf_counter()
         out.update(score(clf, case["test"], task, settings.evaluation.batch_size))
         out["eval_seconds"] = time.perf_counter() - start
         for split_name, test in case["extra"].items():
             out[split_name] = score(clf, test, task, settings.evaluation.batch_size)
+        if clf.decision_bias is not None:  # the same model deciding by plain argmax
+            clf.decision_bias = None
+            out["raw"] = score(clf, case["test"], task, settings.evaluation.batch_size)
     wide = f"  wide {out['wide']['macro_f1']:.4f}" if "wide" in out else ""
+    if "decision_bias_fit" in out:
+        fit = out["decision_bias_fit"]
+        wide += (f"  (argmax: {out['raw']['macro_f1']:.4f}" if "raw" in out else "  (")
+        wide += (f"; bias {decision.describe(fit)})")
     if result.validation_curve:
         scores = " ".join(format(e["macro_f1"], ".3f") for e in result.validation_curve)
         wide += f"  validation {scores} (kept step {result.kept_step})"
@@ -224,7 +297,7 @@ def main() -> int:
     machine = (torch.cuda.get_device_name(0) if device.type == "cuda"
                else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     print(f"machine: {machine}; torch {torch.__version__}")
-    cases = build_cases(args, settings, task)
+    cases = build_cases(args, settings, task, check_runs(args.run or ["default:"], settings))
     results, baselines = [], {}
 
     def save() -> None:
