@@ -55,7 +55,8 @@ import torch  # noqa: E402
 
 from pydantic import ValidationError  # noqa: E402
 
-from labelloop import baseline, data, decision, distributed, evaluation, modeling, training  # noqa: E402
+from labelloop import (baseline, data, decision, distributed, evaluation, modeling,  # noqa: E402
+                       training)
 from labelloop.settings import Settings, load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
 

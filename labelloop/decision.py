@@ -30,7 +30,8 @@ GRID = np.round(np.arange(-3.0, 3.0 + 1e-9, 0.05), 4)
 MAX_ROUNDS = 10
 
 
-def macro_f1_of(logits: np.ndarray, refs: np.ndarray, offsets: Optional[np.ndarray] = None) -> float:
+def macro_f1_of(logits: np.ndarray, refs: np.ndarray,
+                offsets: Optional[np.ndarray] = None) -> float:
     """Macro-F1 of argmax(logits + offsets) against `refs` (label ids)."""
     logits = np.asarray(logits, dtype=np.float64)
     if offsets is not None:

@@ -1,7 +1,10 @@
 """The real `training` pipeline on a user's dataset: a train CSV and a test JSONL with a rating
-column mapped to labels, HTML entities, wrapping quotes, nulls, head+tail truncation. Checks
-what the model records (sources, digests, cleaning) in the bundle, the registry, MLflow's
-dataset inputs and `labelloop status`, and that serving reads texts as training did."""
+column mapped to labels, HTML entities, wrapping quotes, nulls, head+tail truncation, per-row
+weights from an agreement column (some cells empty, the lightest rows dropped) and a decision
+bias fitted on the validation source. Checks what the model records (sources, digests,
+cleaning, weights, offsets) in the bundle, the registry, MLflow's dataset inputs and
+`labelloop status`, that the test figures are the offset model's, and that serving reads texts
+as training did."""
 
 from __future__ import annotations
 
@@ -38,7 +41,9 @@ def workspace(tmp_path_factory):
     rows["rating"] = rows["sentiment"].map(STARS)
     rows.loc[rows.index % 17 == 0, "rating"] = 2  # a rating the map leaves out
     train, valid, test = rows.iloc[:280], rows.iloc[280:320], rows.iloc[320:]
-    train[["body", "rating"]].to_csv(root / "train.csv", index=False)
+    train = train.assign(agreement=[("" if i % 11 == 0 else f"{0.3 + (i % 8) / 10:.2f}")
+                                    for i in range(len(train))])
+    train[["body", "rating", "agreement"]].to_csv(root / "train.csv", index=False)
     valid[["body", "rating"]].to_csv(root / "valid.csv", index=False)
     test = test[["body", "rating"]].astype(object)
     test.iloc[0, 0] = None  # a null text in JSONL: dropped and counted, not a crash
@@ -49,11 +54,12 @@ def workspace(tmp_path_factory):
                     "validation": str(root / "valid.csv"),
                     "encoding": "utf-8", "text_column": "body", "label_column": "rating",
                     "label_map": {1: "negative", 3: "neutral", 5: "positive"},
+                    "weight_column": "agreement", "missing_weight": 1.0, "min_weight": 0.35,
                     "cleaning": {"html_entities": True, "strip_quotes": True,
                                  "whitespace": "collapse", "unicode_form": "NFC"}},
         "model": {"max_length": 32, "truncation": "head_tail"},
         "training": {"method": "full", "learning_rate": 1e-4, "batch_size": 16, "max_steps": 12,
-                     "validation_every_steps": 4},
+                     "validation_every_steps": 4, "decision_bias": "macro_f1"},
         "evaluation": {"sample_predictions": 3},
     }
     (root / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -90,6 +96,10 @@ def test_train_on_a_mapped_cleaned_two_file_dataset(workspace):
     assert "with a label the map drops" in out and "1 without text (1 null" in out
     assert "test by the test source" in out and "HTML entities decoded" in out
     assert "validation macro-F1 on" in out and "kept the weights of step" in out
+    # weights: read from the training source only (the validation and test sources have none)
+    assert "training rows with agreement < 0.35 (dataset.min_weight" in out
+    assert "weights: agreement on" in out
+    assert "the test figures below are with these offsets" in out
 
     s = load_settings(root / "config.yaml", environ={})
     champion = registry.get_champion(s)
@@ -110,10 +120,23 @@ def test_train_on_a_mapped_cleaned_two_file_dataset(workspace):
     assert champion.tags["labelloop.source_digest"] == meta["source_digest"]
     assert champion.tags["test_digest"] == meta["test_digest"]
 
+    assert meta["sample_weights"]["column"] == "agreement"
+    assert meta["sample_weights"]["min"] >= 0.35 and meta["sample_weights"]["max"] == 1.0
+    bias = meta["decision_bias"]
+    assert bias["rule"] == "macro_f1" and bias["validation_rows"] == meta["validation"]["rows"]
+    assert set(bias["offsets"]) == {"negative", "neutral", "positive"}
+
     # MLflow dataset inputs: the training and test rows, each with its source and digest
     run = mlflow.tracking.MlflowClient(s.tracking_uri).get_run(champion.run_id)
+    # the kept weights scored again without offsets (what the bias was fitted from), and with
+    assert run.data.metrics["decision_bias_validation_macro_f1_before"] == pytest.approx(
+        max(e["macro_f1"] for e in curve), abs=1e-6)
     assert run.data.metrics["validation_macro_f1"] == pytest.approx(
-        max(e["macro_f1"] for e in curve), abs=1e-6)  # the kept weights, scored again
+        bias["validation_macro_f1"], abs=1e-6)
+    assert bias["validation_macro_f1"] >= bias["validation_macro_f1_before"]
+    params = run.data.params
+    assert (params["weight_column"], params["min_weight"], params["decision_bias"],
+            params["test_decision_rule"]) == ("agreement", "0.35", "macro_f1", "macro_f1")
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "test"}
     assert inputs["train"].dataset.digest == meta["dataset_digest"]
@@ -131,6 +154,15 @@ def test_train_on_a_mapped_cleaned_two_file_dataset(workspace):
     from labelloop.modeling import Classifier
 
     clf = Classifier(registry.fetch_bundle(s, champion.version), device="cpu")
+    # The registered test score is the offset model's score on the unchanged test source.
+    from labelloop import data, evaluation
+    from labelloop.tasks import task_from_settings
+
+    test_rows = data.load_splits(s.dataset, task_from_settings(s)).test
+    assert len(test_rows) == int(meta["test_rows"])
+    assert clf.decision_bias is not None or not any(bias["offsets"].values())
+    assert evaluation.evaluate_classifier(clf, test_rows).metrics["macro_f1"] == pytest.approx(
+        float(champion.tags["test_macro_f1"]), abs=1e-9)
     raw = ['"I&#039;m  not sure &amp; undecided"', "  It&#039;s  great  "]
     cleaned = ["I'm not sure & undecided", "It's great"]
     assert clf.encode(raw) == clf.encode(cleaned)

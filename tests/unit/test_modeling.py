@@ -178,7 +178,8 @@ def test_service_prediction_path_decides_with_the_bias(classifier, biased):
     """services.runtime.predict_requests (what /classify, /classify_batch and the Label Studio
     backend call) gives the biased bundle's predictions, for pre-encoded and raw requests."""
     model = LoadedModel(version="8", classifier=biased)
-    out = predict_requests(model, [Encoded(TEXTS[:3], biased.encode(TEXTS[:3]), "8"), TEXTS[3:9]])
+    encoded = Encoded(TEXTS[:3], biased.encode(TEXTS[:3]), "8")
+    out = predict_requests(model, [encoded, TEXTS[3:9]])
     flat = [p for request in out for p in request]
     want = [p.to_dict() for p in biased.predict(TEXTS[:9])]
     assert [p["label"] for p in flat] == [p["label"] for p in want] == ["positive"] * 9

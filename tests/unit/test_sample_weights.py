@@ -177,3 +177,25 @@ def test_baseline_takes_the_row_weights():
 
     assert baseline.fit_and_score(rows(1.0, 1e-3), test, TASK).metrics["accuracy"] == 1.0
     assert baseline.fit_and_score(rows(1e-3, 1.0), test, TASK).metrics["accuracy"] == 0.0
+
+
+def test_data_parallel_shares_of_a_weighted_batch_average_to_its_weighted_mean():
+    """As fine_tune computes it per process: each share's weighted sum over the global batch's
+    weight, scaled as rank_share expects; DDP's mean over processes is the global loss."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(1)
+    logits, targets = torch.randn(7, 3), torch.tensor([0, 1, 2, 2, 1, 0, 2])
+    rw, cw = torch.rand(7) + 0.1, torch.tensor([1.0, 2.0, 0.5])
+    batch = torch.arange(7)
+    want = training.row_weighted_loss(logits, targets, rw, cw)
+    for world in (2, 3):
+        parts = []
+        for rank in range(world):
+            acc = SimpleNamespace(num_processes=world, process_index=rank)
+            share, scale = training.rank_share(batch, acc)
+            loss = training.row_weighted_loss(
+                logits[share], targets[share], rw[share], cw,
+                denominator=(rw * cw[targets])[batch].sum()) * (len(batch) / len(share))
+            parts.append(loss * scale)
+        assert float(torch.stack(parts).mean()) == pytest.approx(float(want), rel=1e-6)

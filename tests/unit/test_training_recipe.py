@@ -129,6 +129,34 @@ def test_class_weights_move_what_the_model_predicts(tiny_base, one_thread, tmp_p
     assert shares["off"] < 0.5 < shares[str({"positive": 30.0})]
 
 
+def test_row_weights_move_what_the_model_predicts_and_ones_change_nothing(tiny_base, one_thread,
+                                                                         tmp_path):
+    """A `weight` column (dataset.weight_column) in fine_tune: heavy rare-label rows make the
+    model predict that label, as the class weight above does; weights of 1 train exactly as
+    no weights."""
+    from labelloop.modeling import Classifier, save_bundle
+
+    task = ClassificationTask("s", ("negative", "positive"))
+    texts = [f"ordinary text number {i}" for i in range(60)]
+    train = pd.DataFrame({"text": texts, "label": ["negative"] * 54 + ["positive"] * 6})
+    cfg = TrainingSettings(method="full", learning_rate=3e-3, max_steps=30, batch_size=16,
+                           device="cpu")
+    model_cfg = Settings().model.model_copy(update={"base": tiny_base, "max_length": 16})
+    results = {name: training.fine_tune(rows, task, model_cfg, cfg, progress=False)
+               for name, rows in [("none", train), ("ones", train.assign(weight=1.0)),
+                                  ("heavy", train.assign(weight=[1.0] * 54 + [30.0] * 6))]}
+    assert results["ones"].final_loss == pytest.approx(results["none"].final_loss, rel=1e-5)
+    shares = {}
+    for name in ("none", "heavy"):
+        bundle = save_bundle(results[name].model, results[name].tokenizer, tmp_path / name,
+                             {"task": task.to_dict(), "max_length": 16, "base_model": "tiny"})
+        preds = Classifier(bundle, device="cpu").predict(texts)
+        shares[name] = np.mean([p.label == "positive" for p in preds])
+    assert shares["none"] < 0.5 < shares["heavy"]
+    with pytest.raises(ValueError, match="row weights"):
+        training.fine_tune(train.assign(weight=0.0), task, model_cfg, cfg, progress=False)
+
+
 # -- the baseline ------------------------------------------------------------------------------
 def _rows(pairs):
     return pd.DataFrame(pairs, columns=["text", "label"])
