@@ -186,7 +186,7 @@ def read_weights(values: pd.Series, column: str, where: str,
     non-numbers, infinities and negative values are always refused."""
     empty = values.map(_empty).astype(bool)
     if empty.any() and missing is None:
-        examples = ", ".join(f"row {i}" for i in values[empty].index[:3])
+        examples = ", ".join(f"data row {i + 1}" for i in values[empty].index[:3])
         raise DataError(
             f"{where}: dataset.weight_column {column!r} is empty in {int(empty.sum())} of "
             f"{len(values)} rows ({examples}, ...); give them a weight with "
@@ -195,7 +195,8 @@ def read_weights(values: pd.Series, column: str, where: str,
     weights[empty] = missing if missing is not None else math.nan
     for bad, what in ((~np.isfinite(weights), "not a number"), (weights < 0, "negative")):
         if bad.any():
-            examples = ", ".join(f"row {i}: {v!r}" for i, v in values[bad].head(3).items())
+            examples = ", ".join(f"data row {i + 1}: {v!r}"
+                                 for i, v in values[bad].head(3).items())
             raise DataError(
                 f"{where}: dataset.weight_column {column!r} has {int(bad.sum())} value(s) that "
                 f"are {what} ({examples}); every training row needs a weight >= 0 (fix the "

@@ -45,7 +45,8 @@ def evaluate_model(
                                              settings.evaluation.batch_size)
         mlflow.log_metrics({f"validation_{k}": v for k, v in val.metrics.items()})
         print(f"evaluation on the {len(validation)} validation rows: macro-F1 "
-              f"{val.metrics['macro_f1']:.4f}, accuracy {val.metrics['accuracy']:.4f}")
+              f"{val.metrics['macro_f1']:.4f}, accuracy {val.metrics['accuracy']:.4f}"
+              + (" (with the decision bias fitted on them)" if bias else ""))
     # The same rows, split and class weighting as the model: the comparison is on equal terms.
     weights = training.class_weights(settings.training.class_weights, list(train["label"]),
                                      classifier.task)

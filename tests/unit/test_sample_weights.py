@@ -67,8 +67,9 @@ def test_bad_weights_are_one_error_naming_the_column(tmp_path):
         bad = df.astype({"confidence": str}).copy()
         bad.loc[4, "confidence"] = cell
         bad.to_csv(path, index=False)
-        with pytest.raises(data.DataError, match=rf"'confidence'.*{says}"):
+        with pytest.raises(data.DataError, match=rf"'confidence'.*{says}") as exc:
             data.load_splits(ds(path=str(path), weight_column="confidence"), TASK)
+        assert "data row 5" in str(exc.value)  # (1-based, after the header)
     # empty cells take missing_weight when it is given; a non-number stays an error
     bad = df.astype({"confidence": str}).copy()
     bad.loc[4, "confidence"] = ""
