@@ -57,7 +57,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from labelloop import (baseline, data, decision, distributed, evaluation, modeling,  # noqa: E402
                        training)
-from labelloop.settings import Settings, load_settings  # noqa: E402
+from labelloop.settings import Settings, _format_validation_error, load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
 
 MODEL_KEYS = {"base", "max_length"}
@@ -111,7 +111,7 @@ def check_runs(specs: list[str], settings) -> tuple[Optional[str], Optional[floa
         try:
             Settings.model_validate(raw)
         except ValidationError as exc:
-            raise SystemExit(f"--run {spec}: {exc}") from None
+            raise SystemExit(_format_validation_error(exc, f"--run {spec}")) from None
         if dataset.get("weight_column"):
             columns.add((dataset["weight_column"], dataset.get("missing_weight")))
     if len(columns) > 1:
@@ -190,8 +190,10 @@ def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
           f"lr={cfg.learning_rate} batch={sched.batch_size} steps={sched.steps} "
           f"({sched.epochs(len(train)):.1f} epochs of {len(train)} rows) "
           f"class_weights={cfg.class_weights} max_length={model_cfg.max_length}"
-          + (f" weights={model_over['weight_column']} (mean {train[data.WEIGHT].mean():.3f}, "
-             f"{dropped} rows below min_weight dropped)" if data.WEIGHT in train else "")
+          + (f" weights={model_over['weight_column']} (mean {train[data.WEIGHT].mean():.3f}"
+             + (f", {dropped} rows below min_weight {model_over['min_weight']} dropped"
+                if model_over.get("min_weight") is not None else "") + ")"
+             if data.WEIGHT in train else "")
           + (f" decision_bias={cfg.decision_bias}" if cfg.decision_bias != "off" else ""),
           flush=True)
     # num_processes=N: N data-parallel processes (labelloop/distributed.py); 1: this process
