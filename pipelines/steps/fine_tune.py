@@ -45,7 +45,7 @@ def fine_tune(
         "num_processes": cfg.num_processes, "validation_rows": len(validation),
         "label_smoothing": cfg.label_smoothing,
         "weight_column": settings.dataset.weight_column, "min_weight": settings.dataset.min_weight,
-        "decision_bias": cfg.decision_bias,
+        "missing_weight": settings.dataset.missing_weight, "decision_bias": cfg.decision_bias,
         **({"keep_best": cfg.keep_best, "early_stopping_patience": cfg.early_stopping_patience}
            if len(validation) else {}),
     })
@@ -101,6 +101,7 @@ def sample_weights(dataset, train: pd.DataFrame) -> dict:
     """What the bundle records about its per-row loss weights (dataset.weight_column)."""
     w = train[data.WEIGHT] if data.WEIGHT in train else pd.Series([1.0] * len(train))
     return {"column": dataset.weight_column, "min_weight": dataset.min_weight,
+            "missing_weight": dataset.missing_weight,
             "rows": int(len(train)), "mean": round(float(w.mean()), 6) if len(w) else None,
             "min": float(w.min()) if len(w) else None, "max": float(w.max()) if len(w) else None}
 

@@ -135,8 +135,9 @@ def test_train_on_a_mapped_cleaned_two_file_dataset(workspace):
         bias["validation_macro_f1"], abs=1e-6)
     assert bias["validation_macro_f1"] >= bias["validation_macro_f1_before"]
     params = run.data.params
-    assert (params["weight_column"], params["min_weight"], params["decision_bias"],
-            params["test_decision_rule"]) == ("agreement", "0.35", "macro_f1", "macro_f1")
+    assert (params["weight_column"], params["min_weight"], params["missing_weight"],
+            params["decision_bias"], params["test_decision_rule"]) == (
+        "agreement", "0.35", "1.0", "macro_f1", "macro_f1")
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "test"}
     assert inputs["train"].dataset.digest == meta["dataset_digest"]
