@@ -177,22 +177,24 @@ class EngineProcess:
             self._retired, self._grace_s = True, grace_s
             self._idle_since = time.monotonic()
 
+    # Only the receiver thread waits for (reaps) the child: two threads joining one process can
+    # leave one of them with no exit code. Others signal the child and wait for the receiver.
     def close(self) -> None:
         self.retire(0.0)
         self._receiver.join(10)
-        if self._proc.is_alive():  # still busy after 10 s: it goes anyway
+        if self._receiver.is_alive():  # still busy after 10 s: it goes anyway
             self._proc.kill()
-            self._proc.join(5)
+            self._receiver.join(10)
 
     def stop(self) -> None:
         """At once, without waiting for requests (the API process exits)."""
         with self._lock:
             self._retired = self._closed = True
             self._send(("close",))  # the child cancels what it holds and exits
-        self._proc.join(5)
-        if self._proc.is_alive():
+        self._receiver.join(5)
+        if self._receiver.is_alive():
             self._proc.kill()
-            self._proc.join(5)
+            self._receiver.join(5)
 
     # ---- the pipe -------------------------------------------------------------------------------
     def _send(self, msg: tuple) -> None:
