@@ -371,7 +371,8 @@ class GenerationServingSettings(_Section):
     gil_switch_interval_ms: float = Field(0.25, ge=0, le=5)
     # Run the engine in a process of its own (labelloop/engine_process.py) instead of a thread
     # of the API worker, so it does not share the worker's GIL with HTTP and streaming.
-    # auto: a process on a GPU, a thread on a CPU; true; false.
+    # auto: a thread everywhere for now (on an H100 the process served less: 8,975 against
+    # 12,028 tokens/s at 64 streams; docs/benchmarks.md, "Generation serving"); true; false.
     engine_process: Union[Literal["auto"], bool] = "auto"
 
 

@@ -143,14 +143,12 @@ def load_bundle(settings: Settings, bundle: str | Path, version: str) -> LoadedM
 
 
 def engine_in_own_process(settings: Settings) -> bool:
-    """serving.generation.engine_process, `auto` resolved: a process of its own on a GPU (where
-    sharing the GIL with HTTP costs throughput and time to first token), a thread on a CPU."""
+    """serving.generation.engine_process, `auto` resolved: a thread of the API worker. The
+    process was built to free the engine from the worker's GIL, but on an H100 it served less
+    than the thread (8,975 against 12,028 tokens/s at 64 streams, 16,431 against 23,765 at 256;
+    docs/benchmarks.md, "Generation serving"), and on a CPU the two are the same: `true` opts in."""
     choice = settings.serving.generation.engine_process
-    if choice == "auto":
-        from labelloop.modeling import pick_device  # torch.cuda.is_available(): no CUDA context
-
-        return pick_device(settings.serving.device).type == "cuda"
-    return bool(choice)
+    return False if choice == "auto" else bool(choice)
 
 
 def load_generation(settings: Settings, bundle: str | Path, meta: dict, version: str) -> LoadedModel:
