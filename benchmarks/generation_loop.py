@@ -241,14 +241,14 @@ def campaign_section(args) -> dict:
 def summarize(runs: list[dict]) -> list[dict]:
     """Per round: mean and range over seeds of both arms' test chrF and the turn's seconds."""
     out = []
-    for r in range(len(runs[0]["rounds"])):
-        rows = [run["rounds"][r] for run in runs]
+    for r in range(max(len(run["rounds"]) for run in runs)):
+        rows = [run["rounds"][r] for run in runs if len(run["rounds"]) > r]  # a seed cut short
 
         def span(key):
             values = [x[key] for x in rows if x.get(key) is not None]
             return [float(min(values)), float(np.mean(values)), float(max(values))] if values else None
 
-        out.append({"round": r, "human_responses": rows[0]["human_responses"],
+        out.append({"round": r, "human_responses": rows[0]["human_responses"], "seeds": len(rows),
                     "pairs": span("pairs"), "sft_chrf": span("sft_chrf"),
                     "dpo_chrf": span("dpo_chrf"), "sft_s": span("sft_s"),
                     "dpo_s": span("dpo_s") if r else None, "turn_s": span("turn_s") if r else None})
@@ -336,16 +336,19 @@ def turn_section(args) -> dict:
 
 # -- the GPU box's kit -------------------------------------------------------------------------------
 BENCH_SH = """#!/bin/bash
-# Call 2 on the GPU box: join the GGUF, run the campaign benchmark on the full pool.
+# Call 2 on the GPU box, from the checkout's root (its code, carried with the working tree: the
+# kit's code/ would not fit beside the GGUF's second part): join the GGUF, run the campaign.
 set -o pipefail
+ROOT=$PWD
 cd "$(dirname "$0")/.."
 cat /tmp/gk/gguf.a partB/gguf.b > /tmp/gk/SmolLM2-135M-Instruct.Q4_1.gguf || exit 3
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site lxml/*.whl || exit 4
-export PYTHONPATH=/tmp/site:$PWD/code PYTHONUNBUFFERED=1
-cd code && timeout ${BENCH_TIMEOUT:-540} python3 benchmarks/generation_loop.py campaign --device cuda \\
-  --base /tmp/gk/SmolLM2-135M-Instruct.Q4_1.gguf --dataset $PWD/../extra/chatterbot-english \\
+export PYTHONPATH=/tmp/site:$ROOT PYTHONUNBUFFERED=1
+DATASET=$PWD/extra/chatterbot-english
+cd "$ROOT" && timeout ${BENCH_TIMEOUT:-540} python3 benchmarks/generation_loop.py campaign --device cuda \\
+  --base /tmp/gk/SmolLM2-135M-Instruct.Q4_1.gguf --dataset $DATASET \\
   --seed-rows ${SEED_ROWS:-100} --per-round ${PER_ROUND:-100} --rounds ${ROUNDS:-6} --seeds ${SEEDS:-2} \\
-  --data-dir /tmp/gk/data --out $OUT/generation_loop_h200.json 2>&1 | tee $OUT/loop.log
+  --data-dir /tmp/gk/data --out $OUT/generation_loop_gpu.json 2>&1 | tee $OUT/loop.log
 """
 
 
@@ -375,7 +378,8 @@ def build_kit(kit: Path) -> None:
     shutil.copy(Path(__file__), kit / "code" / "benchmarks")
     (kit / "extra" / "loop.sh").write_text(BENCH_SH)
     print(f"call 1 (carry {kit}/whl, partA, extra, code): bash {kit}/extra/setup.sh\n"
-          f"call 2 (carry {kit}/partB, lxml, extra, code): bash {kit}/extra/loop.sh")
+          f"call 2 (carry {kit}/partB, lxml, extra; from the checkout's root): "
+          f"bash {kit}/extra/loop.sh")
 
 
 def main(argv=None) -> int:
@@ -411,6 +415,7 @@ def main(argv=None) -> int:
         return 0
     if args.section == "campaign" and args.from_json:
         report = json.loads(Path(args.from_json).read_text())
+        report.setdefault("summary", summarize(report["runs"]))  # a partial report has none
     else:
         report = campaign_section(args) if args.section == "campaign" else turn_section(args)
         print(json.dumps(report["summary"], indent=2))
