@@ -165,13 +165,20 @@ class Engine:
     def __init__(self, model, tokenizer, eos_ids: Sequence[int], slots: int, max_seq: int,
                  max_waiting: int = 4096, prefill_tokens: int = 8192, cuda_graphs: bool = True,
                  name: str = "engine", stream_interval_s: float = 0.0,
-                 switch_interval_s: Optional[float] = None):
+                 switch_interval_s: Optional[float] = None, admit_interval_s: float = 0.0):
         from labelloop.slot_decoder import SlotDecoder, Unsupported
 
         self.model, self.tokenizer, self.name = model, tokenizer, name
         # A streaming waiter is woken for its first token, when it finishes, and otherwise at
         # most every `stream_interval_s`: what the engine made meanwhile goes out as one event.
         self.stream_interval_s = float(stream_interval_s)
+        # While requests are decoding, new ones are admitted (one prefill for all that arrived)
+        # at most every `admit_interval_s`; an idle engine admits at once. A prefill is eager
+        # (hundreds of kernel launches from Python), so arrivals one by one, each with its own
+        # prefill, can cost the engine more than the decoding (docs/benchmarks.md, "Generation
+        # serving": the open loop at half of peak). 0: admit at every step.
+        self.admit_interval_s = float(admit_interval_s)
+        self._last_admit = 0.0
         if switch_interval_s:
             # The engine thread drops the GIL in every torch call and must win it back from
             # the event loop's thread: at CPython's default 5 ms interval a busy loop makes
@@ -288,7 +295,8 @@ class Engine:
 
     def _iterate(self) -> None:
         touched: list[GenRequest] = []
-        self._admit(touched)
+        if not self._active or time.perf_counter() - self._last_admit >= self.admit_interval_s:
+            self._admit(touched)
         if touched:  # first tokens go out now, not after this step's decode as well
             self._notify(touched)
             touched = []
@@ -313,6 +321,7 @@ class Engine:
                 new.append((heapq.heappop(self._free), req))
         if not new:
             return
+        self._last_admit = time.perf_counter()
         logits = self.decoder.prefill([s for s, _ in new], [r.prompt_ids for _, r in new])
         self.stats["prefills"] += 1
         first = sample(logits, [r.sampling.temperature for _, r in new],
@@ -532,7 +541,8 @@ class Generator:
                  slots: Optional[int] = None, max_prompt_tokens: int = 512,
                  max_new_tokens: int = 512, max_waiting: int = 4096, prefill_tokens: int = 8192,
                  cuda_graphs: bool = True, stream_interval_s: float = 0.0,
-                 switch_interval_s: Optional[float] = None, engine_process: bool = False):
+                 switch_interval_s: Optional[float] = None, engine_process: bool = False,
+                 admit_interval_s: float = 0.0):
         from labelloop.generation.bundle import load_generation_bundle, load_generation_tokenizer
         from labelloop.modeling import pick_device
 
@@ -563,7 +573,7 @@ class Generator:
                            max_waiting=max_waiting, prefill_tokens=prefill_tokens,
                            cuda_graphs=cuda_graphs, name=f"v{version}",
                            stream_interval_s=stream_interval_s,
-                           switch_interval_s=switch_interval_s)
+                           switch_interval_s=switch_interval_s, admit_interval_s=admit_interval_s)
         if engine_process:
             from labelloop.engine_process import EngineProcess
 

@@ -365,6 +365,10 @@ class GenerationServingSettings(_Section):
     # this many milliseconds holding every token made meanwhile (0: one per decoding step).
     # Fewer events leave the event loop (and the GIL) to the engine: docs/serving.md.
     stream_interval_ms: float = Field(20.0, ge=0, le=1000)
+    # While requests are decoding, admit new ones (one prefill for all that arrived) at most
+    # every this many milliseconds; an idle engine admits at once. 0: at every decoding step.
+    # A lever for arrivals one by one (each paying an eager prefill); not yet measured on a GPU.
+    admit_interval_ms: float = Field(0.0, ge=0, le=1000)
     # Python's GIL switch interval while an engine runs (CPython's default is 5 ms): how long
     # the engine thread may wait to get the GIL back from the event loop after each torch
     # call. 0 leaves Python's default.

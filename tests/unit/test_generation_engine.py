@@ -262,3 +262,43 @@ def test_text_decoder_equals_the_tokenizers_decode(gen):
         ids = torch.randint(0, vocab, (n,), generator=g).tolist()
         ids[0] = gen.tokenizer.eos_token_id  # a special token is skipped by both
         assert fast(ids) == gen.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _wait_steps(engine, k: int) -> None:
+    start = engine.stats["steps"]
+    while engine.stats["steps"] < start + k:
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("interval_s, prefills", [(0.0, 3), (30.0, 1)])
+def test_arrivals_while_decoding_share_one_prefill_with_an_admit_interval(bundle, interval_s,
+                                                                          prefills):
+    """Three requests arriving one by one while a long one decodes: at every step (0) each gets
+    a prefill of its own; with an interval they wait for the next admission and share one,
+    and their outputs are unchanged. An idle engine admits at once whatever the interval."""
+    g = Generator(bundle, device="cpu", version="1", slots=8, max_prompt_tokens=64,
+                  max_new_tokens=200, admit_interval_s=interval_s)
+    try:
+        long = GenRequest(g.encode("long one"), Sampling(200, ignore_eos=True))
+        g.engine.submit([long])  # idle: admitted at once
+        while not long.tokens:
+            time.sleep(0.001)
+        before = g.engine.stats["prefills"]
+        prompts = [g.encode(f"arrival {i}") for i in range(3)]
+        late = []
+        for p in prompts:
+            _wait_steps(g.engine, 2)  # each arrives after the previous one could be admitted
+            late.append(GenRequest(p, Sampling(5, ignore_eos=True)))
+            g.engine.submit([late[-1]])
+            if interval_s == 0.0:
+                while not late[-1].tokens:
+                    time.sleep(0.001)
+        if interval_s:  # admitted only once the interval since the first prefill has passed:
+            assert not any(r.tokens for r in late)  # nothing yet (30 s), the long one decodes
+            g.engine._last_admit = 0.0  # the interval is over
+        for r, p in zip(late, prompts):
+            assert r.wait(60) and r.tokens == reference(g.engine.model, p, 5)
+        assert g.engine.stats["prefills"] - before == prefills
+        assert long.wait(120) and len(long.tokens) == 200
+    finally:
+        g.engine.close()
