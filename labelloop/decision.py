@@ -28,6 +28,10 @@ META_KEY = "decision_bias"
 # nothing (at most MAX_ROUNDS rounds).
 GRID = np.round(np.arange(-3.0, 3.0 + 1e-9, 0.05), 4)
 MAX_ROUNDS = 10
+# Offsets fitted on a handful of rows fit their noise: on the 500-row subsamples (33-45
+# validation rows, 5-7 of the rarest label) they moved test macro-F1 by -0.14 and +0.02
+# (docs/benchmarks.md). Below this many validation rows of some label none are fitted.
+MIN_ROWS_PER_LABEL = 30
 
 
 def macro_f1_of(logits: np.ndarray, refs: np.ndarray,
@@ -96,10 +100,12 @@ def offsets_from_meta(meta: dict[str, Any], labels: Sequence[str]) -> Optional[n
 
 
 def fit_for_bundle(bundle_dir: Path, validation, rule: str = "macro_f1", device: str = "auto",
-                   batch_size: int = 256) -> dict[str, Any]:
+                   batch_size: int = 256,
+                   min_rows_per_label: int = MIN_ROWS_PER_LABEL) -> dict[str, Any]:
     """Fit the rule on `validation` rows (text, label) with the bundle's own raw logits (as it
     will predict: its device, dtype, cleaning, truncation) and record it in the bundle's
-    `labelloop.json`. Returns the record."""
+    `labelloop.json`. Returns the record. With fewer than `min_rows_per_label` validation rows
+    of some label the offsets stay zero (plain argmax) and the record says why."""
     import json
 
     from labelloop.modeling import BUNDLE_META, Classifier, read_bundle_meta
@@ -112,11 +118,22 @@ def fit_for_bundle(bundle_dir: Path, validation, rule: str = "macro_f1", device:
     clf = Classifier(bundle_dir, device=device)
     raw = clf.raw_logits(list(validation["text"]), batch_size)
     refs = [clf.task.encode_label(lab) for lab in validation["label"]]
-    offsets, scores = fit_offsets(raw, refs)
+    counts = np.bincount(np.asarray(refs, dtype=np.int64), minlength=len(clf.task.labels))
+    skipped = None
+    if counts.min() < min_rows_per_label:
+        rare = clf.task.labels[int(counts.argmin())]
+        skipped = (f"not fitted: {int(counts.min())} validation rows of {rare!r} (at least "
+                   f"{min_rows_per_label} of every label; offsets fitted on fewer fit noise)")
+        before = macro_f1_of(raw, np.asarray(refs))
+        offsets, scores = np.zeros(len(clf.task.labels)), {"before": before, "after": before}
+    else:
+        offsets, scores = fit_offsets(raw, refs)
     record = {"rule": rule, "offsets": dict(zip(clf.task.labels, map(float, offsets))),
               "validation_rows": int(len(validation)),
               "validation_macro_f1_before": scores["before"],
               "validation_macro_f1": scores["after"]}
+    if skipped:
+        record["skipped"] = skipped
     meta = read_bundle_meta(bundle_dir)
     meta[META_KEY] = record
     (Path(bundle_dir) / BUNDLE_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -128,6 +145,8 @@ def describe(record: Optional[dict[str, Any]]) -> str:
     """One line for summaries: what the bundle's decision rule is."""
     if not record:
         return "off (argmax of the logits)"
+    if record.get("skipped"):
+        return f"{record['rule']}: {record['skipped']}: argmax of the logits"
     offsets = ", ".join(f"{lab} {v:+.2f}" for lab, v in record["offsets"].items())
     return (f"{record['rule']}: per-class logit offsets {offsets}, fitted on "
             f"{record['validation_rows']} validation rows (their macro-F1 "

@@ -82,7 +82,9 @@ def _print_classification(settings: Settings, metrics: dict,
     if bias:
         from labelloop.decision import describe
 
-        print(f"decision bias  {describe(bias)}; the test figures below are with these offsets")
+        with_them = ("" if bias.get("skipped")
+                     else "; the test figures below are with these offsets")
+        print(f"decision bias  {describe(bias)}{with_them}")
     print(f"test accuracy  {metrics['accuracy']:.4f}")
     print(f"test macro-F1  {metrics['macro_f1']:.4f}")
     for label in task_from_settings(settings).labels:

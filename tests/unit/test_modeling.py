@@ -210,7 +210,7 @@ def test_fit_for_bundle_records_offsets_that_the_next_classifier_applies(classif
     raw = classifier.raw_logits(TEXTS[:9])
     target = classifier.labels[int(raw.mean(axis=0).argmin())]
     rows = pd.DataFrame({"text": TEXTS[:9], "label": [target] * 9})
-    record = decision.fit_for_bundle(bundle, rows, device="cpu")
+    record = decision.fit_for_bundle(bundle, rows, device="cpu", min_rows_per_label=0)
     assert record["rule"] == "macro_f1" and record["validation_rows"] == 9
     assert record["validation_macro_f1"] > record["validation_macro_f1_before"]
     fitted = modeling.Classifier(bundle, device="cpu")
@@ -218,3 +218,23 @@ def test_fit_for_bundle_records_offsets_that_the_next_classifier_applies(classif
     assert {p.label for p in fitted.predict(TEXTS[:9])} == {target}
     with pytest.raises(ValueError, match="validation rows"):
         decision.fit_for_bundle(bundle, rows.iloc[:0], device="cpu")
+
+
+def test_fit_for_bundle_fits_nothing_on_too_few_rows_of_a_label(classifier, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from labelloop import decision
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(classifier.bundle_dir, bundle)
+    raw = classifier.raw_logits(TEXTS[:9])
+    target = classifier.labels[int(raw.mean(axis=0).argmin())]
+    rows = pd.DataFrame({"text": TEXTS[:9], "label": [target] * 9})  # other labels: none
+    record = decision.fit_for_bundle(bundle, rows, device="cpu")
+    assert not any(record["offsets"].values()) and "not fitted" in record["skipped"]
+    assert record["validation_macro_f1"] == record["validation_macro_f1_before"]
+    assert "not fitted" in decision.describe(record)
+    fitted = modeling.Classifier(bundle, device="cpu")
+    np.testing.assert_allclose(fitted.logits(TEXTS[:9]), classifier.logits(TEXTS[:9]), atol=1e-6)
