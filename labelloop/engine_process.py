@@ -54,7 +54,8 @@ import weakref
 from typing import Any, Optional, Sequence
 
 from labelloop.generation_engine import (Engine, EngineClosed, EngineDied, EngineUnavailable,
-                                         GenRequest, Overloaded, Sampling, wake)
+                                         GenRequest, Overloaded, Sampling, check_lengths,
+                                         wake)
 
 logger = logging.getLogger("labelloop.serving")
 
@@ -156,10 +157,7 @@ class EngineProcess:
             if len(self._queued) + len(requests) > self.max_waiting:
                 raise Overloaded(f"{len(self._queued)} sequences are waiting "
                                  f"(serving.generation.max_waiting={self.max_waiting})")
-            for r in requests:
-                if not r.prompt_ids or len(r.prompt_ids) + r.sampling.max_new_tokens > self.max_seq:
-                    raise ValueError(f"prompt of {len(r.prompt_ids)} tokens plus "
-                                     f"{r.sampling.max_new_tokens} new ones exceeds {self.max_seq}")
+            check_lengths(requests, self.max_seq)
             batch = []
             for r in requests:
                 rid = next(self._ids)

@@ -161,6 +161,15 @@ def wake(reqs: Sequence[GenRequest]) -> None:
             pass
 
 
+def check_lengths(requests: Sequence[GenRequest], max_seq: int) -> None:
+    """What every engine refuses before queueing: an empty prompt, or one that cannot fit its
+    new tokens in `max_seq` (ValueError; the handlers check the limits first, with 4xx)."""
+    for r in requests:
+        if not r.prompt_ids or len(r.prompt_ids) + r.sampling.max_new_tokens > max_seq:
+            raise ValueError(f"prompt of {len(r.prompt_ids)} tokens plus "
+                             f"{r.sampling.max_new_tokens} new ones exceeds {max_seq}")
+
+
 class Engine:
     def __init__(self, model, tokenizer, eos_ids: Sequence[int], slots: int, max_seq: int,
                  max_waiting: int = 4096, prefill_tokens: int = 8192, cuda_graphs: bool = True,
@@ -223,11 +232,7 @@ class Engine:
             if len(self._pending) + len(requests) > self.max_waiting:
                 raise Overloaded(f"{len(self._pending)} sequences are waiting "
                                  f"(serving.generation.max_waiting={self.max_waiting})")
-            for r in requests:
-                too_long = len(r.prompt_ids) + r.sampling.max_new_tokens > self.max_seq
-                if not r.prompt_ids or too_long:
-                    raise ValueError(f"prompt of {len(r.prompt_ids)} tokens plus "
-                                     f"{r.sampling.max_new_tokens} new ones exceeds {self.max_seq}")
+            check_lengths(requests, self.max_seq)
             self._pending.extend(requests)
             self.stats["requests"] += len(requests)
             self._cond.notify()
@@ -295,7 +300,8 @@ class Engine:
 
     def _iterate(self) -> None:
         touched: list[GenRequest] = []
-        if not self._active or time.perf_counter() - self._last_admit >= self.admit_interval_s:
+        if not (self._active and self.admit_interval_s) or \
+                time.perf_counter() - self._last_admit >= self.admit_interval_s:
             self._admit(touched)
         if touched:  # first tokens go out now, not after this step's decode as well
             self._notify(touched)
