@@ -6,6 +6,10 @@ preallocated cache, `[layers, slots, kv_heads, max_seq, head_dim]`) keeps its ow
 
 - `prefill(rows, prompts)`: runs the new prompts alone (causal attention over themselves) and
   writes their keys/values into their slots at positions 0..len-1; returns next-token logits.
+  Small prefills are padded to a (rows, length) bucket and replayed as CUDA graphs too: in an
+  open loop requests arrive one or two at a time, and an eager prefill (~600 kernel launches)
+  cost the engine more CPU than the decoding (docs/benchmarks.md, "Generation serving").
+  Padding rows write into a scratch cache row no slot uses.
 - `decode(n, ids, positions)`: one token for each of slots 0..n-1; each writes its key/value at
   its own position and attends to its own prefix (a per-row mask). Slots that hold nothing
   decode a pad token into position 0 of their own row and are ignored.
@@ -27,6 +31,9 @@ import torch.nn.functional as F
 
 SUPPORTED_TYPES = frozenset({"llama", "mistral", "qwen2"})
 KV_STEP = 128  # cache-length buckets of decode graphs
+PREFILL_MIN_LEN = 32  # prompt-length buckets of prefill graphs: 32, 64, 128, ... max_seq
+PREFILL_GRAPH_ROWS = 16  # prefills of more prompts than this run eagerly (their launches are
+PREFILL_GRAPH_TOKENS = 8192  # shared by many prompts), as do those past rows x length tokens
 
 
 class Unsupported(ValueError):
@@ -68,7 +75,9 @@ class SlotDecoder:
         self.slots, self.max_seq = int(slots), int(max_seq)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        shape = (len(self.layers), self.slots, self.hkv, self.max_seq, self.hd)
+        # one row more than there are slots: the scratch row that padded prefill rows write
+        self.scratch = self.slots
+        shape = (len(self.layers), self.slots + 1, self.hkv, self.max_seq, self.hd)
         self.k = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.v = torch.zeros(shape, device=self.device, dtype=self.dtype)
         self.kv_bytes = 2 * self.k.numel() * self.k.element_size()
@@ -80,8 +89,14 @@ class SlotDecoder:
         self.arange = torch.arange(max(self.slots, self.max_seq), device=self.device)
         self.row_buckets = _pow2_buckets(self.slots)
         self.kv_buckets = list(range(KV_STEP, self.max_seq, KV_STEP)) + [self.max_seq]
+        self.prefill_row_buckets = _pow2_buckets(min(self.slots, PREFILL_GRAPH_ROWS))
+        self.prefill_len_buckets = [b for b in _pow2_buckets(self.max_seq) if b >= PREFILL_MIN_LEN] \
+            or [self.max_seq]
         self.graphs_on = cuda_graphs and self.device.type == "cuda"
-        self._graphs: dict[tuple[int, int], tuple] = {}
+        # pad small prefills to a bucket: on with graphs (a padded shape replays a graph); the
+        # tests turn it on for the eager path to check the padding alone
+        self.pad_prefill = self.graphs_on
+        self._graphs: dict[tuple, tuple] = {}
         self._pool = None
         self.capture_seconds = 0.0
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
@@ -107,23 +122,51 @@ class SlotDecoder:
     def prefill(self, rows: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """Write the prompts into slots `rows`; returns [len(rows), vocab] next-token logits."""
         b, longest = len(prompts), max(len(p) for p in prompts)
-        ids = torch.zeros((b, longest), dtype=torch.long)
+        shape = self._prefill_bucket(b, longest) if self.pad_prefill else None
+        r_pad, length = shape or (b, longest)
+        # one host tensor, one copy: per row the ids (right-padded: causal attention ignores
+        # the padding, and decoding overwrites it), then the length and the slot
+        inp = torch.zeros((r_pad, length + 2), dtype=torch.long)
         for r, p in enumerate(prompts):
-            ids[r, :len(p)] = torch.as_tensor(p)  # right-padded: causal attention ignores it
-        ids = ids.to(self.device, non_blocking=True)
-        lens = torch.as_tensor([len(p) for p in prompts], device=self.device)
-        slot_idx = torch.as_tensor(list(rows), device=self.device)
-        positions = self.arange[:longest].expand(b, longest)
+            inp[r, :len(p)] = torch.as_tensor(p)
+        inp[:b, length] = torch.as_tensor([len(p) for p in prompts])
+        inp[:b, length + 1] = torch.as_tensor(list(rows))
+        inp[b:, length], inp[b:, length + 1] = 1, self.scratch
+        if shape is None or not self.graphs_on:
+            return self._prefill_eager(inp.to(self.device, non_blocking=True))[:b]
+        graph = self._graphs.get(("prefill", *shape))
+        if graph is None:
+            static = torch.empty_like(inp, device=self.device)
+            static.copy_(inp, non_blocking=True)
+            graph = self._capture(("prefill", *shape), lambda: (self._prefill_eager(static),),
+                                  static)
+        else:
+            graph[-1].copy_(inp, non_blocking=True)
+        graph[0].replay()
+        return graph[1][:b]
+
+    def _prefill_bucket(self, b: int, longest: int) -> tuple[int, int] | None:
+        """The padded (rows, length) of a prefill replayed as a graph, or None: run it as it is."""
+        if b > self.prefill_row_buckets[-1] or longest > self.prefill_len_buckets[-1]:
+            return None
+        shape = _bucket(b, self.prefill_row_buckets), _bucket(longest, self.prefill_len_buckets)
+        return shape if shape[0] * shape[1] <= PREFILL_GRAPH_TOKENS else None
+
+    def _prefill_eager(self, inp: torch.Tensor) -> torch.Tensor:
+        """The prefill of `inp` ([rows, length + 2]: ids, then length and slot per row)."""
+        b, length = inp.shape[0], inp.shape[1] - 2
+        ids, lens, slot_idx = inp[:, :length], inp[:, length], inp[:, length + 1]
+        positions = self.arange[:length].expand(b, length)
 
         def attend(i, q, k, v):
-            self.k[i, slot_idx, :, :longest] = k
-            self.v[i, slot_idx, :, :longest] = v
+            self.k[i, slot_idx, :, :length] = k
+            self.v[i, slot_idx, :, :length] = v
             if self.groups > 1:
                 k, v = k.repeat_interleave(self.groups, 1), v.repeat_interleave(self.groups, 1)
             return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
 
         x = self._run(self.embed(ids), positions, attend)
-        last = x[torch.arange(b, device=self.device), lens - 1]
+        last = x[self.arange[:b], lens - 1]
         return self.lm_head(self.norm(last)).float()
 
     def _decode_eager(self, n: int, kv: int) -> torch.Tensor:
@@ -161,28 +204,34 @@ class SlotDecoder:
         if not self.graphs_on:
             logits = self._decode_eager(rows, kv)
             return logits, logits.argmax(-1)
-        graph = self._graphs.get((rows, kv)) or self._capture(rows, kv)
+        graph = self._graphs.get((rows, kv))
+        if graph is None:
+            def step():
+                out = self._decode_eager(rows, kv)
+                return out, out.argmax(-1)
+            graph = self._capture((rows, kv), step)
         graph[0].replay()
         return graph[1], graph[2]
 
-    def _capture(self, rows: int, kv: int):
-        """Capture one decode shape. The warm-up runs the real step on the live inputs, so it
-        writes exactly what the replay writes (capturing mid-serving is harmless)."""
+    def _capture(self, key: tuple, step, *inputs: torch.Tensor) -> tuple:
+        """Capture one shape of `step` (a decode or a prefill): (graph, *its outputs, *inputs).
+        The warm-up runs the real step on the live inputs, so it writes exactly what the replay
+        writes (capturing mid-serving is harmless). All graphs share one memory pool: they run
+        one at a time, and each one's outputs are read before the next one runs."""
         t0 = time.perf_counter()
         current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
-            self._decode_eager(rows, kv)
+            step()
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            out = self._decode_eager(rows, kv)
-            best = out.argmax(-1)
+            outputs = step()
         self._pool = graph.pool() if self._pool is None else self._pool
-        self._graphs[(rows, kv)] = (graph, out, best)
+        self._graphs[key] = (graph, *outputs, *inputs)
         self.capture_seconds += time.perf_counter() - t0
-        return self._graphs[(rows, kv)]
+        return self._graphs[key]
 
     @torch.inference_mode()
     def check_parity(self, prompt: Sequence[int], steps: int = 3) -> float:

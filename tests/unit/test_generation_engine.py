@@ -302,3 +302,32 @@ def test_arrivals_while_decoding_share_one_prefill_with_an_admit_interval(bundle
         assert long.wait(120) and len(long.tokens) == 200
     finally:
         g.engine.close()
+
+
+def test_padded_prefill_matches_the_plain_one_and_writes_only_its_slots(gen):
+    """A prefill padded to its graph bucket (as on a GPU, where the bucket is replayed as a
+    CUDA graph) gives the same logits and cache rows as the plain one; its padding rows write
+    only the scratch row, so slots holding other requests are untouched."""
+    model = gen.engine.model
+    plain = SlotDecoder(model, slots=4, max_seq=64, cuda_graphs=False)
+    padded = SlotDecoder(model, slots=4, max_seq=64, cuda_graphs=False)
+    padded.pad_prefill = True
+    assert padded._prefill_bucket(3, 20) == (4, 32) and padded._prefill_bucket(5, 20) is None
+    a, b, c = (gen.encode(t) for t in ("hi", "tell me a joke, a long one please", "why?"))
+    for dec in (plain, padded):  # slot 1 holds a request already: the new ones go to 3, 0, 2
+        dec.prefill([1], [c])
+    kept = padded.k[:, 1].clone(), padded.v[:, 1].clone()
+    out_plain = plain.prefill([3, 0, 2], [a, b, c])
+    out_padded = padded.prefill([3, 0, 2], [a, b, c])
+    assert out_padded.shape == out_plain.shape == (3, model.config.vocab_size)
+    assert torch.allclose(out_padded, out_plain, atol=1e-4)
+    for slot, p in ((3, a), (0, b), (2, c)):
+        n = len(p)
+        assert torch.allclose(padded.k[:, slot, :, :n], plain.k[:, slot, :, :n], atol=1e-5)
+        assert torch.allclose(padded.v[:, slot, :, :n], plain.v[:, slot, :, :n], atol=1e-5)
+    assert torch.equal(padded.k[:, 1], kept[0]) and torch.equal(padded.v[:, 1], kept[1])
+    assert padded.k[:, padded.scratch].abs().sum() > 0  # the fourth (padding) row went there
+    # decoding after a padded prefill: the same next-token logits as after the plain one
+    steps = [len(b), len(c), len(c), len(a)]
+    assert torch.allclose(padded.decode(4, [5, 6, 7, 8], steps),
+                          plain.decode(4, [5, 6, 7, 8], steps), atol=1e-4)
