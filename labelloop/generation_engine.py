@@ -174,7 +174,8 @@ class Engine:
     def __init__(self, model, tokenizer, eos_ids: Sequence[int], slots: int, max_seq: int,
                  max_waiting: int = 4096, prefill_tokens: int = 8192, cuda_graphs: bool = True,
                  name: str = "engine", stream_interval_s: float = 0.0,
-                 switch_interval_s: Optional[float] = None, admit_interval_s: float = 0.0):
+                 switch_interval_s: Optional[float] = None, admit_interval_s: float = 0.0,
+                 prefill_graphs: bool = True):
         from labelloop.slot_decoder import SlotDecoder, Unsupported
 
         self.model, self.tokenizer, self.name = model, tokenizer, name
@@ -200,7 +201,8 @@ class Engine:
         self.fallback_reason: Optional[str] = None
         self.parity_error: Optional[float] = None
         try:
-            self.decoder = SlotDecoder(model, self.slots, self.max_seq, cuda_graphs)
+            self.decoder = SlotDecoder(model, self.slots, self.max_seq, cuda_graphs,
+                                       prefill_graphs=prefill_graphs)
             # A wrong architecture detail gives differences of order 1; bf16 rounding over
             # tens of layers stays at a few percent of the largest logit.
             self.parity_error = self.decoder.check_parity(
@@ -263,6 +265,7 @@ class Engine:
             "engine": "continuous batching" if dec is not None else "batched generate()",
             "fallback_reason": self.fallback_reason, "parity_error": self.parity_error,
             "cuda_graphs": len(dec._graphs) if dec is not None else 0,
+            "prefill_graphs": dec.pad_prefill if dec is not None else False,
             "kv_cache_mb": round(dec.kv_bytes / 2**20, 1) if dec is not None else 0,
             "stats": dict(self.stats), **self.busy,
         }
@@ -548,7 +551,7 @@ class Generator:
                  max_new_tokens: int = 512, max_waiting: int = 4096, prefill_tokens: int = 8192,
                  cuda_graphs: bool = True, stream_interval_s: float = 0.0,
                  switch_interval_s: Optional[float] = None, engine_process: bool = False,
-                 admit_interval_s: float = 0.0):
+                 admit_interval_s: float = 0.0, prefill_graphs: bool = True):
         from labelloop.generation.bundle import load_generation_bundle, load_generation_tokenizer
         from labelloop.modeling import pick_device
 
@@ -579,7 +582,8 @@ class Generator:
                            max_waiting=max_waiting, prefill_tokens=prefill_tokens,
                            cuda_graphs=cuda_graphs, name=f"v{version}",
                            stream_interval_s=stream_interval_s,
-                           switch_interval_s=switch_interval_s, admit_interval_s=admit_interval_s)
+                           switch_interval_s=switch_interval_s, admit_interval_s=admit_interval_s,
+                           prefill_graphs=prefill_graphs)
         if engine_process:
             from labelloop.engine_process import EngineProcess
 

@@ -369,6 +369,10 @@ class GenerationServingSettings(_Section):
     # every this many milliseconds; an idle engine admits at once. 0: at every decoding step.
     # A lever for arrivals one by one (each paying an eager prefill); not yet measured on a GPU.
     admit_interval_ms: float = Field(0.0, ge=0, le=1000)
+    # On a GPU, replay prefills of up to 16 prompts as CUDA graphs (one per padded shape,
+    # captured on first use): an eager prefill is ~600 kernel launches from Python, which
+    # arrivals one by one pay each (docs/benchmarks.md, "Prefill as CUDA graphs").
+    prefill_graphs: bool = True
     # Python's GIL switch interval while an engine runs (CPython's default is 5 ms): how long
     # the engine thread may wait to get the GIL back from the event loop after each torch
     # call. 0 leaves Python's default.

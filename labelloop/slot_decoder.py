@@ -60,7 +60,8 @@ def supported(config) -> str | None:
 
 
 class SlotDecoder:
-    def __init__(self, model, slots: int, max_seq: int, cuda_graphs: bool = True):
+    def __init__(self, model, slots: int, max_seq: int, cuda_graphs: bool = True,
+                 prefill_graphs: bool = True):
         reason = supported(model.config)
         if reason:
             raise Unsupported(reason)
@@ -95,7 +96,7 @@ class SlotDecoder:
         self.graphs_on = cuda_graphs and self.device.type == "cuda"
         # pad small prefills to a bucket: on with graphs (a padded shape replays a graph); the
         # tests turn it on for the eager path to check the padding alone
-        self.pad_prefill = self.graphs_on
+        self.pad_prefill = self.graphs_on and prefill_graphs
         self._graphs: dict[tuple, tuple] = {}
         self._pool = None
         self.capture_seconds = 0.0

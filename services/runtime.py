@@ -162,6 +162,7 @@ def load_generation(settings: Settings, bundle: str | Path, meta: dict, version:
                     stream_interval_s=gen_cfg.stream_interval_ms / 1000,
                     switch_interval_s=gen_cfg.gil_switch_interval_ms / 1000 or None,
                     admit_interval_s=gen_cfg.admit_interval_ms / 1000,
+                    prefill_graphs=gen_cfg.prefill_graphs,
                     engine_process=engine_in_own_process(settings))
     warm = GenRequest(gen.encode("warm-up"), Sampling(max_new_tokens=4, ignore_eos=True),
                       blocking=True)
