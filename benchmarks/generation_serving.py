@@ -259,6 +259,19 @@ def cpu_share(before: dict, after: dict, wall: float, tokens: float,
     return out
 
 
+def engine_share(before: dict, after: dict, wall: float) -> dict:
+    """The engine's own accounts over one level (labelloop.generation_engine.Engine.stats)."""
+    d = {k: after.get(k, 0) - before.get(k, 0) for k in after if k != "largest_step"}
+    steps, prefills = d.get("steps", 0) or 1, d.get("prefills", 0) or 1
+    return {"steps": d.get("steps", 0), "prefills": d.get("prefills", 0),
+            "tokens_per_step": round(d.get("tokens", 0) / steps, 1),
+            "decode_ms_per_step": round(1000 * d.get("decode_s", 0) / steps, 2),
+            "prefill_ms_each": round(1000 * d.get("prefill_s", 0) / prefills, 2),
+            "busy": round(d.get("busy_s", 0) / wall, 3),
+            "decode_share": round(d.get("decode_s", 0) / wall, 3),
+            "prefill_share": round(d.get("prefill_s", 0) / wall, 3)}
+
+
 def show(name: str, r: dict) -> None:
     print(f"  {name:8s} c={r['concurrency']:<4} {r['tokens_per_s']:>9,.0f} tok/s  "
           f"p50 {r['p50_ms']:>8.1f} ms  p99 {r['p99_ms']:>8.1f} ms  TTFT p50 "
@@ -276,6 +289,12 @@ def show(name: str, r: dict) -> None:
               + (f"; engine process {cpu['engine_process_busy']:.0%} "
                  f"({cpu['engine_process_ms_per_1k_tokens']} ms)" if in_process else ""),
               flush=True)
+    eng = r.get("engine")
+    if eng:
+        print(f"           engine: {eng['busy']:.0%} busy ({eng['decode_share']:.0%} decoding, "
+              f"{eng['prefill_share']:.0%} prefilling); {eng['steps']} steps of "
+              f"{eng['tokens_per_step']} tokens, {eng['decode_ms_per_step']} ms each; "
+              f"{eng['prefills']} prefills, {eng['prefill_ms_each']} ms each", flush=True)
 
 
 # ---- (c) the in-process ceiling -------------------------------------------------------------------
@@ -404,11 +423,15 @@ def main(argv: list[str] | None = None) -> int:
 
         # warm-up: every row bucket once (graph capture happens on first use)
         measure(url + "/generate", texts, slots, 2.0, args.new_tokens, True, args.clients)
+        def engine_stats() -> dict:
+            return httpx.get(url + "/metadata", timeout=30).json()["generation"].get("stats", {})
+
         def measured(*a, **k) -> dict:
-            before = tree_cpu(svc.pid)
+            before, stats0 = tree_cpu(svc.pid), engine_stats()
             r = measure(*a, **k)
             r["service_cpu"] = cpu_share(before, tree_cpu(svc.pid), r["seconds"],
                                          r["tokens_per_s"] * r["seconds"], worker_pid, engine_pid)
+            r["engine"] = engine_share(stats0, engine_stats(), r["seconds"])
             return r
 
         results["levels"]["service"] = []

@@ -7,7 +7,7 @@ length) bucket and replays each bucket as a CUDA graph. This checks, on a random
 in bf16, that the graph prefill writes the same cache and gives the same logits and greedy
 tokens as the eager one (the baseline), then times both per prefill of 1, 2, 4, 8 and 16
 prompts: wall time (synchronised) and the CPU time of the calling thread, which is what the
-engine thread pays.
+engine thread pays; and, for scale, a decoding step of 1, 64 and 256 rows.
 
   python benchmarks/prefill_graphs.py --device cuda --out prefill_graphs.json
 """
@@ -110,9 +110,24 @@ def main(argv=None) -> int:
               f"(CPU {row['eager']['cpu_ms']:.2f}), graph {row['graph']['wall_ms']:.2f} ms "
               f"(CPU {row['graph']['cpu_ms']:.2f}): {row['wall_ratio']:.1f}x wall, "
               f"{row['cpu_ratio']:.1f}x CPU", flush=True)
+    # ---- a decoding step, for scale: what one engine iteration costs beside its prefill ----
+    steps = []
+    for rows in (1, 64, 256):
+        if rows > args.slots:
+            continue
+        ids, pos = [5] * rows, [rng.randrange(20, 120) for _ in range(rows)]
+        graphed.decode_greedy(rows, ids, pos)  # capture / warm
+        wall0, cpu0 = time.perf_counter(), time.thread_time()
+        for _ in range(args.reps):
+            graphed.decode_greedy(rows, ids, pos)
+        wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
+        steps.append({"rows": rows, "wall_ms": 1000 * wall / args.reps,
+                      "cpu_ms": 1000 * cpu / args.reps})
+        print(f"  decoding step of {rows:>3} rows (graph, greedy): {steps[-1]['wall_ms']:.2f} ms "
+              f"(CPU {steps[-1]['cpu_ms']:.2f})", flush=True)
     result = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "torch": torch.__version__, "slots": args.slots, "max_seq": args.max_seq,
-              "checks": checks, "parity_ok": ok, "timings": timings,
+              "checks": checks, "parity_ok": ok, "timings": timings, "decode_steps": steps,
               "graphs": len(graphed._graphs), "capture_s": graphed.capture_seconds}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

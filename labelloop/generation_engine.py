@@ -221,8 +221,10 @@ class Engine:
         self._free = list(range(self.slots))  # a heap: the lowest free slot first, so
         self._cond = threading.Condition()    # decode steps cover few rows at low load
         self._retired = self._closed = False
+        # the *_s entries: seconds the engine thread spent iterating (busy_s), in prefills and in
+        # decoding steps (each with the sampling and the wait for the GPU): where its time goes
         self.stats = {"requests": 0, "tokens": 0, "steps": 0, "prefills": 0, "largest_step": 0,
-                      "errors": 0}
+                      "errors": 0, "busy_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0}
         self._thread = threading.Thread(target=self._run, name=f"generation-{name}", daemon=True)
         self._thread.start()
 
@@ -302,6 +304,7 @@ class Engine:
             return True
 
     def _iterate(self) -> None:
+        t0 = time.perf_counter()
         touched: list[GenRequest] = []
         if not (self._active and self.admit_interval_s) or \
                 time.perf_counter() - self._last_admit >= self.admit_interval_s:
@@ -312,6 +315,7 @@ class Engine:
         if self._active:
             self._decode(touched)
         self._notify(touched)
+        self.stats["busy_s"] += time.perf_counter() - t0
 
     def _admit(self, touched: list[GenRequest]) -> None:
         new: list[tuple[int, GenRequest]] = []
@@ -330,12 +334,13 @@ class Engine:
                 new.append((heapq.heappop(self._free), req))
         if not new:
             return
-        self._last_admit = time.perf_counter()
+        self._last_admit = t0 = time.perf_counter()
         logits = self.decoder.prefill([s for s, _ in new], [r.prompt_ids for _, r in new])
         self.stats["prefills"] += 1
         first = sample(logits, [r.sampling.temperature for _, r in new],
                        [r.sampling.top_p for _, r in new])
         now = time.perf_counter()
+        self.stats["prefill_s"] += now - t0
         for (slot, req), tok in zip(new, first):
             req.t_first = now
             self._active[slot] = req
@@ -349,10 +354,12 @@ class Engine:
             ids[slot] = req.tokens[-1]
             pos[slot] = len(req.prompt_ids) + len(req.tokens) - 1
             temps[slot], top_ps[slot] = req.sampling.temperature, req.sampling.top_p
+        t0 = time.perf_counter()
         if any(temps):
             nxt = sample(self.decoder.decode(n, ids, pos), temps, top_ps)
         else:  # greedy: the argmax is part of the step (one transfer of n ids, no logits)
             nxt = self.decoder.decode_greedy(n, ids, pos)
+        self.stats["decode_s"] += time.perf_counter() - t0
         self.stats["steps"] += 1
         self.stats["largest_step"] = max(self.stats["largest_step"], len(self._active))
         for slot, req in list(self._active.items()):
