@@ -14,8 +14,12 @@ preallocated cache, `[layers, slots, kv_heads, max_seq, head_dim]`) keeps its ow
   its own position and attends to its own prefix (a per-row mask). Slots that hold nothing
   decode a pad token into position 0 of their own row and are ignored.
 
-The layers are the model's own modules (projections, norms, MLP, rotary embedding): only the
-cache and the attention call are replaced, and `check_parity` compares the result with the
+The layers run the model's own weights, with fewer kernels than its modules launch: the query,
+key and value projections as one matrix product (and the MLP's gate and up projections as
+another; the modules' weights become views of the joined ones, so memory is not doubled), the
+rotary embedding applied to queries and keys together, and RMSNorm as one `rms_norm` call
+instead of eight kernels. A 135M model's step is bound by kernel count, not arithmetic
+(docs/benchmarks.md, "Prefill as CUDA graphs"). `check_parity` compares the result with the
 model's own forward pass at load time. Decode shapes are fixed per (rows bucket, cache-length
 bucket), so on a GPU each is captured once as a CUDA graph (launching ~400 kernels per step
 from Python costs more than a 135M model's whole step) and replayed.
@@ -59,9 +63,56 @@ def supported(config) -> str | None:
     return None
 
 
+class _Layer:
+    """One decoder layer's weights, joined for fewer kernels (see the module docstring)."""
+
+    def __init__(self, layer, fuse: bool):
+        a, mlp = layer.self_attn, layer.mlp
+        self.o_proj, self.down_proj = a.o_proj, mlp.down_proj
+        norms = layer.input_layernorm, layer.post_attention_layernorm
+        self.norm1, self.norm2 = (_norm(n) for n in norms) if fuse else norms
+        plain = fuse and all(type(m) is torch.nn.Linear for m in
+                             (a.q_proj, a.k_proj, a.v_proj, mlp.gate_proj, mlp.up_proj))
+        self.qkv = _join([a.q_proj, a.k_proj, a.v_proj]) if plain else None
+        self.gate_up = _join([mlp.gate_proj, mlp.up_proj]) if plain else None
+        self.act = mlp.act_fn
+        self.module = layer
+
+
+def _join(linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for several linear layers over the same input; each layer's own
+    weight becomes a view of it, so the model's forward pass still works and nothing is copied
+    twice."""
+    with torch.no_grad():
+        weight = torch.cat([m.weight for m in linears])
+        biases = [m.bias for m in linears]
+        bias = None
+        if any(b is not None for b in biases):
+            bias = torch.cat([b if b is not None else weight.new_zeros(m.out_features)
+                              for b, m in zip(biases, linears)])
+        start = 0
+        for m in linears:
+            n = m.out_features
+            m.weight = torch.nn.Parameter(weight[start:start + n], requires_grad=False)
+            if m.bias is not None:
+                m.bias = torch.nn.Parameter(bias[start:start + n], requires_grad=False)
+            start += n
+    return weight, bias
+
+
+def _norm(module):
+    """RMSNorm as one `F.rms_norm` call where the module is a plain RMSNorm, else the module."""
+    weight = getattr(module, "weight", None)
+    eps = getattr(module, "variance_epsilon", None)
+    if weight is None or eps is None or not type(module).__name__.endswith("RMSNorm"):
+        return module
+    shape = (weight.shape[0],)
+    return lambda x: F.rms_norm(x, shape, weight, eps)
+
+
 class SlotDecoder:
     def __init__(self, model, slots: int, max_seq: int, cuda_graphs: bool = True,
-                 prefill_graphs: bool = True):
+                 prefill_graphs: bool = True, fuse: bool = True):
         reason = supported(model.config)
         if reason:
             raise Unsupported(reason)
@@ -71,6 +122,7 @@ class SlotDecoder:
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
         self.rotary, self.lm_head = inner.rotary_emb, model.lm_head
         self.hq, self.hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.fused = [_Layer(layer, fuse) for layer in self.layers]
         self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.hq
         self.groups = self.hq // self.hkv
         self.slots, self.max_seq = int(slots), int(max_seq)
@@ -105,18 +157,31 @@ class SlotDecoder:
     # ---- the layer stack, shared by prefill and decode ------------------------------------
     def _run(self, x, positions, attend):
         cos, sin = self.rotary(x, positions)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [b, len, 1, head_dim]: over the heads
         b, q_len, _ = x.shape
-        for i, layer in enumerate(self.layers):
-            a = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = a.q_proj(h).view(b, q_len, self.hq, self.hd).transpose(1, 2)
-            k = a.k_proj(h).view(b, q_len, self.hkv, self.hd).transpose(1, 2)
-            v = a.v_proj(h).view(b, q_len, self.hkv, self.hd).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            x = x + a.o_proj(attend(i, q, k, v).reshape(b, q_len, self.hq * self.hd))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        hq, hkv, hd = self.hq, self.hkv, self.hd
+        for i, f in enumerate(self.fused):
+            h = f.norm1(x)
+            if f.qkv is not None:
+                qkv = F.linear(h, *f.qkv).view(b, q_len, hq + 2 * hkv, hd)
+                qk = qkv[:, :, :hq + hkv]
+                qk = qk * cos + _rotate_half(qk) * sin  # queries and keys in one go
+                q, k, v = qk[:, :, :hq], qk[:, :, hq:], qkv[:, :, hq + hkv:]
+            else:
+                a = f.module.self_attn
+                q = a.q_proj(h).view(b, q_len, hq, hd)
+                k = a.k_proj(h).view(b, q_len, hkv, hd)
+                v = a.v_proj(h).view(b, q_len, hkv, hd)
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
+            out = attend(i, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            x = x + f.o_proj(out.reshape(b, q_len, hq * hd))
+            h = f.norm2(x)
+            if f.gate_up is not None:
+                gate, up = F.linear(h, *f.gate_up).chunk(2, dim=-1)
+                x = x + f.down_proj(f.act(gate) * up)
+            else:
+                x = x + f.module.mlp(h)
         return x
 
     @torch.inference_mode()

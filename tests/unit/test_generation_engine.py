@@ -331,3 +331,27 @@ def test_padded_prefill_matches_the_plain_one_and_writes_only_its_slots(gen):
     steps = [len(b), len(c), len(c), len(a)]
     assert torch.allclose(padded.decode(4, [5, 6, 7, 8], steps),
                           plain.decode(4, [5, 6, 7, 8], steps), atol=1e-4)
+
+
+def test_joined_layers_equal_the_models_modules_and_share_their_weights(bundle):
+    """The decoder's joined projections and single rms_norm give the logits of the model's own
+    layer modules; the modules' weights become views of the joined ones (no second copy), so
+    the model's own forward pass is unchanged."""
+    from labelloop.generation.bundle import load_generation_bundle
+
+    model = load_generation_bundle(bundle, "cpu").model
+    ids = torch.tensor([[5, 9, 2, 7, 11, 3]])
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    plain = SlotDecoder(model, slots=2, max_seq=32, cuda_graphs=False, fuse=False)
+    joined = SlotDecoder(model, slots=2, max_seq=32, cuda_graphs=False)
+    attn = model.model.layers[0].self_attn
+    qkv_weight = joined.fused[0].qkv[0]
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == \
+        qkv_weight.untyped_storage().data_ptr()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)
+    prompt = ids[0].tolist()
+    assert torch.allclose(joined.prefill([1], [prompt]), plain.prefill([1], [prompt]), atol=1e-5)
+    assert torch.allclose(joined.decode(2, [0, 4], [0, len(prompt)])[1],
+                          plain.decode(2, [0, 4], [0, len(prompt)])[1], atol=1e-5)
