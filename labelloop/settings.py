@@ -367,7 +367,7 @@ class GenerationServingSettings(_Section):
     stream_interval_ms: float = Field(20.0, ge=0, le=1000)
     # While requests are decoding, admit new ones (one prefill for all that arrived) at most
     # every this many milliseconds; an idle engine admits at once. 0: at every decoding step.
-    # A lever for arrivals one by one (each paying an eager prefill); not yet measured on a GPU.
+    # Measured on an H100 at 10 ms: little change once prefills are CUDA graphs (below).
     admit_interval_ms: float = Field(0.0, ge=0, le=1000)
     # On a GPU, replay prefills of up to 16 prompts as CUDA graphs (one per padded shape,
     # captured on first use): an eager prefill is ~600 kernel launches from Python, which
@@ -379,8 +379,10 @@ class GenerationServingSettings(_Section):
     gil_switch_interval_ms: float = Field(0.25, ge=0, le=5)
     # Run the engine in a process of its own (labelloop/engine_process.py) instead of a thread
     # of the API worker, so it does not share the worker's GIL with HTTP and streaming.
-    # auto: a thread everywhere for now (on an H100 the process served less: 8,975 against
-    # 12,028 tokens/s at 64 streams; docs/benchmarks.md, "Generation serving"); true; false.
+    # auto: a thread everywhere for now; true for interactive, latency-bound traffic: on an
+    # H100 the process held p99 time to first token at 107 ms where the thread fell behind
+    # (2,664 ms) at half of peak, but served less at 256 streams (17,664 against 24,430
+    # tokens/s, with a 4.8 s tail); docs/benchmarks.md, "Prefill as CUDA graphs"; false.
     engine_process: Union[Literal["auto"], bool] = "auto"
 
 
