@@ -42,12 +42,15 @@ def main(argv=None) -> int:
     p.add_argument("--slots", type=int, default=256)
     p.add_argument("--max-seq", type=int, default=1024, help="the service's default: 512 + 512")
     p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--tiny", action="store_true", help="a tiny Llama (the test suite's smoke run)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     rng = random.Random(0)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    cfg = LlamaConfig(vocab_size=49152, **SMOLLM2_135M)
+    cfg = LlamaConfig(vocab_size=49152, **SMOLLM2_135M) if not args.tiny else \
+        LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2)
     model = LlamaForCausalLM(cfg).to(args.device, dtype).eval()
     eager = SlotDecoder(model, args.slots, args.max_seq, cuda_graphs=True, fuse=False)
     eager.pad_prefill = False  # the baseline: decode graphs, prefill eager, the model's modules
