@@ -111,7 +111,7 @@ async def _level(url: str, texts: list[str], c: int, seconds: float, new_tokens:
     `seconds`; requests in flight at the end are waited for and counted."""
     import httpx
 
-    lat, ttft, tokens, errors, events = [], [], 0, 0, 0
+    lat, ttft, tokens, errors, events, lags = [], [], 0, 0, 0, []
     limits = httpx.Limits(max_connections=c + 8, max_keepalive_connections=c + 8)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         async def one(k: int) -> None:
@@ -120,6 +120,8 @@ async def _level(url: str, texts: list[str], c: int, seconds: float, new_tokens:
             if stream:
                 body.update(stream=True, ignore_eos=True)
             t0 = time.perf_counter()
+            if rate:  # how late this client sent it (a late client, not the service, adds that)
+                lags.append(t0 - (t_start + k / rate))
             try:
                 if not stream:
                     if "/generate" in url and "ignore_eos" not in body and ":naive" not in url:
@@ -176,7 +178,7 @@ async def _level(url: str, texts: list[str], c: int, seconds: float, new_tokens:
             pass
         wall = min(time.perf_counter() - t_start, seconds + drain_s)
     return {"lat": lat, "ttft": ttft, "tokens": tokens, "errors": errors, "wall": wall,
-            "events": events}
+            "events": events, "lags": lags}
 
 
 def _client_proc(job: tuple) -> dict:
@@ -200,7 +202,9 @@ def measure(url: str, texts: list[str], c: int, seconds: float, new_tokens: int,
     wall = max(p["wall"] for p in parts)
     tokens = sum(p["tokens"] for p in parts)
     events = sum(p["events"] for p in parts)
+    lags = [x for p in parts for x in p["lags"]]
     return {"concurrency": c, "rate_rps": rate, "requests": len(lat),
+            "send_lag_p99_ms": round(1000 * pct(lags, 99), 1) if lags else None,
             "tokens_per_event": round(tokens / events, 2) if events else None,
             "errors": sum(p["errors"] for p in parts), "seconds": round(wall, 2),
             "tokens_per_s": round(tokens / wall, 1),
@@ -278,6 +282,8 @@ def show(name: str, r: dict) -> None:
           f"{r['ttft_p50_ms']:>7.1f} p99 {r['ttft_p99_ms']:>7.1f} ms  ({r['requests']} req, "
           f"{r['errors']} errors"
           + (f", {r['tokens_per_event']} tok/event" if r.get("tokens_per_event") else "")
+          + (f", client send lag p99 {r['send_lag_p99_ms']} ms" if r.get("send_lag_p99_ms")
+             is not None else "")
           + ")", flush=True)
     cpu = r.get("service_cpu")
     if cpu:
