@@ -46,6 +46,7 @@ import itertools
 import logging
 import multiprocessing as mp
 import os
+import queue
 import signal
 import sys
 import threading
@@ -116,6 +117,12 @@ class EngineProcess:
         self.stats: dict[str, int] = {}
         self.restarts = 0
         self._proc, self._conn = self._spawn()
+        # Writes to the pipe go through one sender thread: a handler (the event loop) never
+        # waits on the pipe, which a child that stops reading (busy, frozen) would fill.
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_loop, daemon=True,
+                                        name=f"generation-{self.name}-sender")
+        self._sender.start()
         self._receiver = threading.Thread(target=self._receive, daemon=True,
                                           name=f"generation-{self.name}-receiver")
         self._receiver.start()
@@ -196,12 +203,21 @@ class EngineProcess:
 
     # ---- the pipe -------------------------------------------------------------------------------
     def _send(self, msg: tuple) -> None:
-        """Under self._lock. A dead child is noticed by the receiver (end of file), which fails
-        what it held: a request registered here before that is failed with the others."""
-        try:
-            self._conn.send(msg)
-        except OSError:
-            pass
+        """Under self._lock: queued for the sender thread, in order, with the pipe of the child
+        it is meant for (a message for a dead child is not sent to its successor). A dead child
+        is noticed by the receiver (end of file), which fails what it held: a request
+        registered here before that is failed with the others."""
+        self._outbox.put((self._conn, msg))
+
+    def _send_loop(self) -> None:
+        while True:
+            conn, msg = self._outbox.get()
+            if conn is None:
+                return
+            try:
+                conn.send(msg)
+            except (OSError, ValueError):  # closed: that child is gone
+                pass
 
     def _cancel(self, rid: int) -> None:
         with self._lock:
@@ -245,6 +261,12 @@ class EngineProcess:
 
     # ---- the receiver thread ----------------------------------------------------------------------
     def _receive(self) -> None:
+        try:
+            self._receive_until_closed()
+        finally:
+            self._outbox.put((None, None))  # the sender thread ends too
+
+    def _receive_until_closed(self) -> None:
         while True:
             try:
                 if self._conn.poll(0.5):

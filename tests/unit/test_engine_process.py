@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -119,6 +120,28 @@ def test_submit_answers_overloaded_and_too_long_synchronously(proc, monkeypatch)
     two = [GenRequest(p, Sampling(2, ignore_eos=True), blocking=True) for _ in range(2)]
     proc.engine.submit(two)
     assert all(r.wait(30) and len(r.tokens) == 2 for r in two)
+
+
+def test_submit_never_waits_on_a_child_that_stops_reading(proc, monkeypatch):
+    """A frozen child (here SIGSTOP) stops reading the pipe; submissions fill it. They must not
+    block the caller (the event loop: every request of the worker would freeze with it), and
+    once the child runs again every request is served, in order."""
+    engine = proc.engine
+    monkeypatch.setattr(engine, "max_waiting", 10**6)
+    prompt = [7, 11, 13] * 160  # ~1 KB a message: 1,500 of them are more than the pipe holds
+    reqs = [GenRequest(prompt, Sampling(1, ignore_eos=True), blocking=True) for _ in range(1500)]
+    os.kill(engine.pid, signal.SIGSTOP)
+    try:
+        submitter = threading.Thread(target=lambda: [engine.submit([r]) for r in reqs],
+                                     daemon=True)
+        submitter.start()
+        submitter.join(10)
+        blocked = submitter.is_alive()
+    finally:
+        os.kill(engine.pid, signal.SIGCONT)
+    assert not blocked, "submit waited on the pipe of a child that was not reading"
+    assert all(r.wait(60) for r in reqs)
+    assert all(r.finish_reason == "length" and len(r.tokens) == 1 for r in reqs)
 
 
 def test_a_killed_child_fails_its_requests_and_a_new_one_takes_over(proc, in_thread):
