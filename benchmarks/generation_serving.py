@@ -112,7 +112,12 @@ async def _level(url: str, texts: list[str], c: int, seconds: float, new_tokens:
     import httpx
 
     lat, ttft, tokens, errors, events, lags = [], [], 0, 0, 0, []
-    limits = httpx.Limits(max_connections=c + 8, max_keepalive_connections=c + 8)
+    # A closed loop needs c connections. An open loop needs as many as are in flight (rate x
+    # latency): with a cap, requests past it wait in the client's pool and that wait counts as
+    # the service's time to first token (until the twelfth session the open loop ran with this
+    # cap at 9 per client process: ~33 streams in all; docs/benchmarks.md).
+    limits = httpx.Limits(max_connections=None if rate else c + 8,
+                          max_keepalive_connections=512 if rate else c + 8)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         async def one(k: int) -> None:
             nonlocal tokens, errors, events

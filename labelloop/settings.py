@@ -379,10 +379,9 @@ class GenerationServingSettings(_Section):
     gil_switch_interval_ms: float = Field(0.25, ge=0, le=5)
     # Run the engine in a process of its own (labelloop/engine_process.py) instead of a thread
     # of the API worker, so it does not share the worker's GIL with HTTP and streaming.
-    # auto: a thread everywhere for now; true for interactive, latency-bound traffic: on an
-    # H100 the process held p99 time to first token at 107 ms where the thread fell behind
-    # (2,664 ms) at half of peak, but served less at 256 streams (17,664 against 24,430
-    # tokens/s, with a 4.8 s tail); docs/benchmarks.md, "Prefill as CUDA graphs"; false.
+    # auto: a thread everywhere for now (on an H100 the process served more at 64 streams,
+    # 15,056 against 13,378 tokens/s, but less at 256, 17,664 against 24,430 with a 4.8 s
+    # tail; docs/benchmarks.md, "Prefill as CUDA graphs"); true; false.
     engine_process: Union[Literal["auto"], bool] = "auto"
 
 
