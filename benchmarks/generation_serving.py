@@ -45,6 +45,22 @@ SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=3
                     rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True)
 
 
+def random_llama(device: str, smollm2: bool = True, tiny_layers: int = 8):
+    """A random Llama on `device` (bf16 on a GPU, fp32 else): SmolLM2-135M's shape, or a tiny
+    one for the CPU (the engine benchmarks need the cost of the architecture, not its weights)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if smollm2:
+        cfg = LlamaConfig(vocab_size=49152, **SMOLLM2_135M)
+    else:
+        cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=tiny_layers, num_attention_heads=4,
+                          num_key_value_heads=2, max_position_embeddings=512)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return LlamaForCausalLM(cfg).to(device, dtype).eval()
+
+
 def build_bundle(out: Path, tokenizer_dir: str | None) -> Path:
     """A random-weight SmolLM2-135M generation bundle (bf16 weights: half the bytes to write)."""
     import torch

@@ -27,8 +27,7 @@ if str(REPO_ROOT) not in sys.path:
 
 def main(argv=None) -> int:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    from benchmarks.generation_serving import random_llama
     from labelloop.slot_decoder import SlotDecoder
 
     p = argparse.ArgumentParser(description=__doc__,
@@ -41,15 +40,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(1)
-    if args.smollm2:
-        from benchmarks.generation_serving import SMOLLM2_135M
-        cfg = LlamaConfig(vocab_size=49152, **SMOLLM2_135M)
-    else:
-        cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
-                          num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2,
-                          max_position_embeddings=512)
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    model = LlamaForCausalLM(cfg).to(args.device, dtype).eval()
+    model = random_llama(args.device, args.smollm2)
     dec = SlotDecoder(model, args.rows, 256, cuda_graphs=True)
     n = args.rows
     prompt = list(range(1, 36))

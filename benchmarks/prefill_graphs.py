@@ -31,9 +31,7 @@ if str(REPO_ROOT) not in sys.path:
 
 def main(argv=None) -> int:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from benchmarks.generation_serving import SMOLLM2_135M
+    from benchmarks.generation_serving import random_llama
     from labelloop.slot_decoder import SlotDecoder
 
     p = argparse.ArgumentParser(description=__doc__,
@@ -47,11 +45,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     rng = random.Random(0)
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    cfg = LlamaConfig(vocab_size=49152, **SMOLLM2_135M) if not args.tiny else \
-        LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2)
-    model = LlamaForCausalLM(cfg).to(args.device, dtype).eval()
+    model = random_llama(args.device, smollm2=not args.tiny, tiny_layers=2)
+    vocab = model.config.vocab_size
     eager = SlotDecoder(model, args.slots, args.max_seq, cuda_graphs=True, fuse=False)
     eager.pad_prefill = False  # the baseline: decode graphs, prefill eager, the model's modules
     graphs = SlotDecoder(model, args.slots, args.max_seq, cuda_graphs=True, fuse=False)
@@ -61,7 +56,7 @@ def main(argv=None) -> int:
           f"prefill graphs {'on' if graphed.pad_prefill else 'OFF'}", flush=True)
 
     def prompt(n: int) -> list[int]:
-        return [rng.randrange(1, cfg.vocab_size) for _ in range(n)]
+        return [rng.randrange(1, vocab) for _ in range(n)]
 
     # ---- the same cache, logits and greedy tokens -----------------------------------------
     checks, worst = [], 0.0

@@ -183,10 +183,10 @@ class Engine:
         # most every `stream_interval_s`: what the engine made meanwhile goes out as one event.
         self.stream_interval_s = float(stream_interval_s)
         # While requests are decoding, new ones are admitted (one prefill for all that arrived)
-        # at most every `admit_interval_s`; an idle engine admits at once. A prefill is eager
-        # (hundreds of kernel launches from Python), so arrivals one by one, each with its own
-        # prefill, can cost the engine more than the decoding (docs/benchmarks.md, "Generation
-        # serving": the open loop at half of peak). 0: admit at every step.
+        # at most every `admit_interval_s`; an idle engine admits at once. Arrivals one by one
+        # each pay a prefill; batching them is a lever for prefills that cost more than a step
+        # (eager ones: ~600 kernel launches; docs/benchmarks.md, "Prefill as CUDA graphs").
+        # 0: admit at every step.
         self.admit_interval_s = float(admit_interval_s)
         self._last_admit = 0.0
         if switch_interval_s:
@@ -307,7 +307,7 @@ class Engine:
         t0 = time.perf_counter()
         touched: list[GenRequest] = []
         if not (self._active and self.admit_interval_s) or \
-                time.perf_counter() - self._last_admit >= self.admit_interval_s:
+                t0 - self._last_admit >= self.admit_interval_s:
             self._admit(touched)
         if touched:  # first tokens go out now, not after this step's decode as well
             self._notify(touched)

@@ -8,7 +8,7 @@ preallocated cache, `[layers, slots, kv_heads, max_seq, head_dim]`) keeps its ow
   writes their keys/values into their slots at positions 0..len-1; returns next-token logits.
   Small prefills are padded to a (rows, length) bucket and replayed as CUDA graphs too: in an
   open loop requests arrive one or two at a time, and an eager prefill (~600 kernel launches)
-  cost the engine more CPU than the decoding (docs/benchmarks.md, "Generation serving").
+  cost the engine more CPU than the decoding (docs/benchmarks.md, "Prefill as CUDA graphs").
   Padding rows write into a scratch cache row no slot uses.
 - `decode(n, ids, positions)`: one token for each of slots 0..n-1; each writes its key/value at
   its own position and attends to its own prefix (a per-row mask). Slots that hold nothing
@@ -122,7 +122,7 @@ class SlotDecoder:
         self.embed, self.layers, self.norm = inner.embed_tokens, inner.layers, inner.norm
         self.rotary, self.lm_head = inner.rotary_emb, model.lm_head
         self.hq, self.hkv = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.fused = [_Layer(layer, fuse) for layer in self.layers]
+        self.blocks = [_Layer(layer, fuse) for layer in self.layers]
         self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.hq
         self.groups = self.hq // self.hkv
         self.slots, self.max_seq = int(slots), int(max_seq)
@@ -160,7 +160,7 @@ class SlotDecoder:
         cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [b, len, 1, head_dim]: over the heads
         b, q_len, _ = x.shape
         hq, hkv, hd = self.hq, self.hkv, self.hd
-        for i, f in enumerate(self.fused):
+        for i, f in enumerate(self.blocks):
             h = f.norm1(x)
             if f.qkv is not None:
                 qkv = F.linear(h, *f.qkv).view(b, q_len, hq + 2 * hkv, hd)

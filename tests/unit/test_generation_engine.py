@@ -346,7 +346,7 @@ def test_joined_layers_equal_the_models_modules_and_share_their_weights(bundle):
     plain = SlotDecoder(model, slots=2, max_seq=32, cuda_graphs=False, fuse=False)
     joined = SlotDecoder(model, slots=2, max_seq=32, cuda_graphs=False)
     attn = model.model.layers[0].self_attn
-    qkv_weight = joined.fused[0].qkv[0]
+    qkv_weight = joined.blocks[0].qkv[0]
     assert attn.k_proj.weight.untyped_storage().data_ptr() == \
         qkv_weight.untyped_storage().data_ptr()
     with torch.no_grad():
