@@ -23,13 +23,14 @@ training / evaluation / baseline), minus ZenML and MLflow, so it also runs on a 
 
 Runs go in the order given; `--run CASE/NAME:...` runs on that case only. Each run overrides
 `training.*` or `model.*` keys (`class_weights=auto`, `max_steps=400`, `decision_bias=macro_f1`,
-...), or the dataset keys `validation_fraction=0.1` (validation rows carved from the training
-rows, for `keep_best` and `decision_bias`), `weight_column=confidence` (per-row loss weights from
-that corpus column: the annotators' agreement; its 5,460 empty cells need `missing_weight=1.0`
-or so) and `min_weight=0.5` (drop lighter training rows; the test split stays whole);
-`--run default:` is the configured default. Every run's overrides are checked against the
-settings before the first run starts. With `decision_bias`, the test figures are with the
-fitted offsets, and `raw` holds the same model's plain-argmax figures.
+`pooling=cls`, ...), or the dataset keys `validation_fraction=0.1` (validation rows carved
+from the training rows, for `keep_best` and `decision_bias`), `weight_column=confidence`
+(per-row loss weights from that corpus column: the annotators' agreement; its 5,460 empty
+cells need `missing_weight=1.0` or so) and `min_weight=0.5` (drop lighter training rows;
+the test split stays whole); `--run default:` is the configured default. Every run's
+overrides are checked against the settings before the first run starts. With
+`decision_bias`, the test figures are with the fitted offsets, and `raw` holds the same
+model's plain-argmax figures.
 
     python benchmarks/training.py --run default: \
         --run w:weight_column=confidence,missing_weight=1.0 \
@@ -60,7 +61,7 @@ from labelloop import (baseline, data, decision, distributed, evaluation, modeli
 from labelloop.settings import Settings, _format_validation_error, load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
 
-MODEL_KEYS = {"base", "max_length"}
+MODEL_KEYS = {"base", "max_length", "pooling"}
 # validation_fraction=F: that share of the case's training rows becomes validation rows, as
 # dataset.validation_fraction carves it (for training.keep_best, early stopping, decision_bias);
 # weight_column=C / missing_weight=M / min_weight=W: those dataset.* keys on the training rows
@@ -189,7 +190,8 @@ def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
     print(f"\n--- {case['case']}#{case['draw']} {name} seed {cfg.seed}: {cfg.method} "
           f"lr={cfg.learning_rate} batch={sched.batch_size} steps={sched.steps} "
           f"({sched.epochs(len(train)):.1f} epochs of {len(train)} rows) "
-          f"class_weights={cfg.class_weights} max_length={model_cfg.max_length}"
+          f"class_weights={cfg.class_weights} max_length={model_cfg.max_length} "
+          f"pooling={model_cfg.pooling}"
           + (f" weights={model_over['weight_column']} (mean {train[data.WEIGHT].mean():.3f}"
              + (f", {dropped} rows below min_weight {model_over['min_weight']} dropped"
                 if model_over.get("min_weight") is not None else "") + ")"
@@ -203,6 +205,7 @@ def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
            "method": cfg.method, "lr": cfg.learning_rate, "batch_size": sched.batch_size,
            "steps": sched.steps, "epochs": sched.epochs(len(train)),
            "class_weights": cfg.class_weights, "max_length": model_cfg.max_length,
+           "pooling": getattr(result.model.config, modeling.POOLING_KEY, "cls"),
            "num_processes": cfg.num_processes,
            "overrides": {**train_over, **model_over}, "train_rows": len(train),
            "test_rows": len(case["test"]), "train_seconds": result.train_seconds,

@@ -108,9 +108,7 @@ def fine_tune(
                 on_log(step_no, values)
         model_dir = work / MODEL_DIR
         tokenizer = modeling.load_tokenizer(str(model_dir))
-        from transformers import AutoModelForSequenceClassification
-
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+        model = modeling.load_bundle_model(model_dir)
     model.eval()
     return training.TrainResult(model=model, tokenizer=tokenizer,
                                 base_model=result["base_model"], steps=result["steps"],

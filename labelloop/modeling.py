@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import time
+import types
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from labelloop.cleaning import Cleaning
 from labelloop.decision import offsets_from_meta
@@ -71,24 +73,118 @@ def load_tokenizer(name_or_path: str):
 
 
 def load_base_classifier(name_or_path: str, task: ClassificationTask, init: str = "pretrained",
-                         scratch_config: Optional[dict[str, Any]] = None, tokenizer=None):
+                         scratch_config: Optional[dict[str, Any]] = None, tokenizer=None,
+                         pooling: str = "auto"):
     """The base encoder with a fresh classification head sized for the task's labels.
 
     Always fp32 master weights: transformers 5 would otherwise keep a bf16 checkpoint in bf16,
     and AdamW updates on bf16 weights lose most of their precision. (bf16 is used for the
     matrix products only, through autocast.) `init="scratch"`: every weight random, from the
     base's config or `scratch_config` (model.init / model.scratch_config), sized to `tokenizer`.
+    `pooling` (model.pooling): what the head reads; a labelloop bundle as the base (a warm
+    start) keeps the pooling it was trained with.
     """
     if init == "scratch":
-        return _scratch_classifier(name_or_path, task, scratch_config, tokenizer)
-    return AutoModelForSequenceClassification.from_pretrained(
-        name_or_path,
-        dtype=torch.float32,
-        num_labels=len(task.labels),
-        id2label=task.id2label,
-        label2id=task.label2id,
-        ignore_mismatched_sizes=True,
-    )
+        model = _scratch_classifier(name_or_path, task, scratch_config, tokenizer)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path,
+            dtype=torch.float32,
+            num_labels=len(task.labels),
+            id2label=task.id2label,
+            label2id=task.label2id,
+            ignore_mismatched_sizes=True,
+        )
+    recorded = getattr(model.config, POOLING_KEY, None)
+    if recorded:
+        return apply_pooling(model, recorded)
+    if pooling == "auto":  # the base's own pooling, where it was trained and the head allows
+        pooling = resolve_pooling("auto", name_or_path) if init == "pretrained" else "cls"
+        if pooling == "mean" and not supports_mean_pooling(model):
+            pooling = "cls"
+    return apply_pooling(model, pooling)
+
+
+# Where a model records its pooling: its own HF config (config.json), so every copy of the
+# weights (bundles, a data-parallel run's hand-over directory) says how to read them.
+POOLING_KEY = "labelloop_pooling"
+
+
+def resolve_pooling(spec: str, base: str) -> str:
+    """model.pooling `auto`: what the base was trained to pool. A sentence-transformers model
+    (all-MiniLM and kin) says so in `1_Pooling/config.json`: mean of the token states, never
+    tuned to put the text's meaning in the first token. Anything else: `cls`, the model's own
+    head."""
+    if spec != "auto":
+        return spec
+    path = Path(base) / "1_Pooling" / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(base, "1_Pooling/config.json")
+        except Exception:  # noqa: BLE001 - not a hub id: no sentence-transformers pooling
+            cached = None
+        path = Path(cached) if isinstance(cached, str) else None
+    try:
+        modes = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        modes = {}
+    return "mean" if modes.get("pooling_mode_mean_tokens") else "cls"
+
+
+def apply_pooling(model, pooling: str):
+    """Make `model` read the mean of its token states (`mean`), or leave its own head (`cls`).
+
+    Mean pooling keeps the architecture's weights and names (a bundle is still a plain HF
+    directory) and replaces only what feeds the classifier: the attention-masked mean of the
+    last hidden states, through the model's dropout, into its linear `classifier`. The
+    encoder's own pooler (BERT's dense layer over the first token) is then unused, so it is
+    frozen: it keeps the base's weights and takes no gradient (data-parallel runs need every
+    trained weight used)."""
+    if pooling == "cls":
+        model.config.__dict__.pop(POOLING_KEY, None)
+        return model
+    if pooling != "mean":
+        raise ModelError(f"model.pooling {pooling!r}: use auto, cls or mean")
+    if not supports_mean_pooling(model):
+        raise ModelError(
+            f"model.pooling mean needs a model whose head is one linear layer over a pooled "
+            f"vector (BERT-style); {type(model).__name__} has another head: use pooling: cls")
+    pooler = getattr(model.base_model, "pooler", None)
+    if isinstance(pooler, torch.nn.Module):
+        pooler.requires_grad_(False)
+    model.forward = types.MethodType(_mean_pooled_forward, model)
+    setattr(model.config, POOLING_KEY, "mean")
+    return model
+
+
+def supports_mean_pooling(model) -> bool:
+    """A head that is one linear layer (after dropout) over a pooled vector: BERT and kin."""
+    return isinstance(getattr(model, "classifier", None), torch.nn.Linear) and \
+        isinstance(getattr(model, "dropout", None), torch.nn.Module)
+
+
+def _mean_pooled_forward(self, input_ids=None, attention_mask=None, output_hidden_states=None,
+                         **kwargs):
+    """The classifier over the masked mean of the token states (see apply_pooling). Takes and
+    ignores what PEFT's and transformers' callers pass besides ids and mask."""
+    out = self.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                          output_hidden_states=output_hidden_states)
+    states = out.last_hidden_state
+    if attention_mask is None:
+        pooled = states.mean(dim=1)
+    else:
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    logits = self.classifier(self.dropout(pooled))
+    return SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states)
+
+
+def load_bundle_model(bundle_dir: str | Path, dtype=torch.float32):
+    """A saved classifier (bundle or hand-over directory) as it was trained, pooling included."""
+    model = AutoModelForSequenceClassification.from_pretrained(str(bundle_dir), dtype=dtype)
+    return apply_pooling(model, getattr(model.config, POOLING_KEY, None) or "cls")
 
 
 def _scratch_classifier(name_or_path: str, task: ClassificationTask,
@@ -269,9 +365,7 @@ class Classifier:
         self.pad_token_id = int(self.tokenizer.pad_token_id or 0)
         # bf16 on GPU halves memory traffic; CPUs without bf16 units are faster in fp32.
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            str(self.bundle_dir), dtype=dtype
-        ).to(self.device).eval()
+        self.model = load_bundle_model(self.bundle_dir, dtype).to(self.device).eval()
         self.graphs = None  # a GraphedForward once enable_cuda_graphs() ran
         # CPU: the forward pass is compute bound, so padding is real work. Sorted texts are cut
         # into chunks of at most this many so a batch pads little (GPUs prefer one big chunk).

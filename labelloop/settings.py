@@ -233,6 +233,11 @@ class ModelSettings(_Section):
     # n_head: 4}) with the base's tokenizer.
     init: Literal["pretrained", "scratch"] = "pretrained"
     scratch_config: Optional[dict[str, Any]] = None
+    # Classification: what the head reads (recorded in the model's config; labelloop/modeling.py).
+    # cls: the architecture's own head (BERT: its pooler over the first token); mean: the
+    # attention-masked mean of the token states; auto: mean where the base was trained with it
+    # (a sentence-transformers model, e.g. the default MiniLM) and its head is one linear layer.
+    pooling: Literal["auto", "cls", "mean"] = "auto"
 
 
 class TrainingSettings(_Section):

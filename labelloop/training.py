@@ -264,7 +264,9 @@ def fine_tune(
     tokenizer = modeling.load_tokenizer(base)
     model = modeling.load_base_classifier(
         base, task, init=model_cfg.init if init_bundle is None else "pretrained",
-        scratch_config=model_cfg.scratch_config, tokenizer=tokenizer)
+        scratch_config=model_cfg.scratch_config, tokenizer=tokenizer,
+        # a warm start reads its texts as the bundle was trained to
+        pooling=model_cfg.pooling if init_bundle is None else "auto")
     if cfg.method == "lora":
         model = _apply_lora(model, task, cfg)
     model.to(device)

@@ -56,6 +56,8 @@ def fine_tune(
 
     result = distributed.fine_tune(train, task, settings.model, cfg, on_log=log,
                                    validation=validation)
+    # model.pooling as it resolved (auto: from the base), recorded in the model's config too
+    mlflow.log_param("pooling", getattr(result.model.config, modeling.POOLING_KEY, "cls"))
     mlflow.log_metrics({
         "train_seconds": result.train_seconds,
         "train_samples_per_second": result.samples_per_second,

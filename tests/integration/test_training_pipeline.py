@@ -75,12 +75,14 @@ def test_first_run_registers_and_becomes_champion(workspace):
     meta = json.loads((bundle / "labelloop.json").read_text())
     assert meta["task"]["labels"] == ["negative", "neutral", "positive"]
     assert (bundle / "model.safetensors").is_file() and (bundle / "tokenizer.json").is_file()
+    # model.pooling auto on MiniLM (a sentence-transformers model): mean, in the model's config
+    assert json.loads((bundle / "config.json").read_text())["labelloop_pooling"] == "mean"
 
     # The MLflow run holds params, metrics, loss curve and evaluation artifacts.
     client = mlflow.tracking.MlflowClient(s.tracking_uri)
     run = client.get_run(champion.run_id)
     assert 0.0 <= run.data.metrics["test_macro_f1"] <= 1.0
-    assert run.data.params["method"] == "full"
+    assert run.data.params["method"] == "full" and run.data.params["pooling"] == "mean"
     # The TF-IDF baseline of the same split is logged and compared in the same run.
     assert 0.0 < run.data.metrics["baseline_macro_f1"] <= 1.0
     beats = run.data.metrics["test_macro_f1"] > run.data.metrics["baseline_macro_f1"]
