@@ -142,8 +142,7 @@ def apply_pooling(model, pooling: str):
     encoder's own pooler (BERT's dense layer over the first token) is then unused, so it is
     frozen: it keeps the base's weights and takes no gradient (data-parallel runs need every
     trained weight used)."""
-    if pooling == "cls":
-        model.config.__dict__.pop(POOLING_KEY, None)
+    if pooling == "cls":  # nothing to change, nothing to record (no key reads as cls)
         return model
     if pooling != "mean":
         raise ModelError(f"model.pooling {pooling!r}: use auto, cls or mean")
