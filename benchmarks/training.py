@@ -40,6 +40,7 @@ model's plain-argmax figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -172,7 +173,10 @@ def fit_baselines(case, task, weightings) -> dict:
     return out
 
 
-def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
+def run_once(name, train_over, model_over, settings, case, task, seed,
+             keep_dir: Optional[Path] = None) -> dict:
+    """One fine-tune and its scores. `keep_dir`: write the bundle there and keep it (for
+    --ensemble); else it lives in a temporary directory for the scoring only."""
     cfg = settings.training.model_copy(update={**train_over, **({"seed": seed} if seed else {})})
     fraction = model_over.get("validation_fraction", 0)
     model_cfg = settings.model.model_copy(update={k: v for k, v in model_over.items()
@@ -215,7 +219,7 @@ def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
            "weight_column": model_over.get("weight_column"),
            "min_weight": model_over.get("min_weight"), "min_weight_dropped": dropped,
            "decision_bias": cfg.decision_bias}
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(str(keep_dir)) if keep_dir else tempfile.TemporaryDirectory()) as tmp:
         modeling.save_bundle(result.model, result.tokenizer, Path(tmp), {
             "task": task.to_dict(), "max_length": model_cfg.max_length,
             "base_model": model_cfg.base})
@@ -249,6 +253,48 @@ def run_once(name, train_over, model_over, settings, case, task, seed) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return out
+
+
+def combine(name, bundle_dirs, settings, case, task) -> list[dict]:
+    """One run's seeds together, scored on the same test rows as each alone: an ensemble (the
+    mean of the first k members' probabilities) and a uniform soup (the mean of the first k
+    members' weights: one model, served at one model's cost), for k = 2..N. A soup works only
+    where the fine-tunes stay in one basin of the shared base (Wortsman et al., 2022)."""
+    batch_size = settings.evaluation.batch_size
+    splits = [("test", case["test"]), *case["extra"].items()]
+    refs = {split: [task.encode_label(x) for x in rows["label"]] for split, rows in splits}
+
+    def scores(probs_by_split) -> dict:
+        out = {}
+        for split, probs in probs_by_split.items():
+            m = evaluation.compute_metrics(refs[split], list(probs.argmax(axis=1)), task)
+            out[split] = {"macro_f1": float(m["macro_f1"]), "accuracy": float(m["accuracy"])}
+        return out
+
+    def probs_of(clf) -> dict:
+        return {split: torch.softmax(torch.from_numpy(clf.logits(list(rows["text"]), batch_size)),
+                                     dim=-1).numpy() for split, rows in splits}
+
+    members, states = [], []
+    for d in bundle_dirs:
+        members.append(probs_of(modeling.Classifier(d, device=settings.training.device)))
+        states.append(modeling.load_bundle_model(Path(d), torch.float32).state_dict())
+    results = []
+    for k in range(2, len(bundle_dirs) + 1):
+        ensemble = {split: sum(m[split] for m in members[:k]) / k for split, _ in splits}
+        soup = {key: (sum(st[key] for st in states[:k]) / k if value.is_floating_point()
+                      else value) for key, value in states[0].items()}
+        clf = modeling.Classifier(bundle_dirs[0], device=settings.training.device)
+        clf.model.load_state_dict(soup)  # copied into the served dtype (bf16 on a GPU)
+        for kind, got in (("ensemble", scores(ensemble)), ("soup", scores(probs_of(clf)))):
+            results.append({"case": case["case"], "draw": case["draw"], "name": name,
+                            "kind": kind, "members": k, "macro_f1": got["test"]["macro_f1"],
+                            "accuracy": got["test"]["accuracy"],
+                            **{s: v for s, v in got.items() if s != "test"}})
+            print(f"    {name} {kind} of {k}: macro-F1 {got['test']['macro_f1']:.4f}  "
+                  f"acc {got['test']['accuracy']:.4f}", flush=True)
+        del clf
+    return results
 
 
 def span(values, fmt: str = ".4f") -> str:
@@ -294,6 +340,9 @@ def main() -> int:
     ap.add_argument("--wide-rows", type=int, default=2000)
     ap.add_argument("--max-train-rows", type=int, default=None, help="full: cap training rows")
     ap.add_argument("--test-rows", type=int, default=None, help="full: cap test rows")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="with several --seeds: also score each run's seeds together, as an "
+                         "ensemble (mean probabilities) and as a soup (mean weights)")
     ap.add_argument("--json", "--out", dest="json", help="write results as JSON here (after every run)")
     args = ap.parse_args()
 
@@ -304,14 +353,14 @@ def main() -> int:
                else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     print(f"machine: {machine}; torch {torch.__version__}")
     cases = build_cases(args, settings, task, check_runs(args.run or ["default:"], settings))
-    results, baselines = [], {}
+    results, baselines, combined = [], {}, []
 
     def save() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps({
                 "machine": machine, "command": " ".join(sys.argv),
                 "baselines": [{"case": c, "draw": d, **b} for (c, d), b in baselines.items()],
-                "results": results}, indent=2, default=str))
+                "results": results, "combined": combined}, indent=2, default=str))
 
     for case in cases:
         print(f"\ncase {case['case']}#{case['draw']}: {len(case['train'])} train / "
@@ -330,10 +379,18 @@ def main() -> int:
         for case in cases:
             if only and case["case"] != only:
                 continue
-            for seed in args.seeds:
-                results.append(run_once(*parse_run(spec), settings=settings, case=case,
-                                        task=task, seed=seed))
-                save()
+            keep = (tempfile.TemporaryDirectory() if args.ensemble and len(args.seeds) > 1
+                    else contextlib.nullcontext(None))
+            with keep as root:
+                dirs = [Path(root) / f"seed{seed}" for seed in args.seeds] if root else []
+                for i, seed in enumerate(args.seeds):
+                    results.append(run_once(*parse_run(spec), settings=settings, case=case,
+                                            task=task, seed=seed,
+                                            keep_dir=dirs[i] if dirs else None))
+                    save()
+                if dirs:
+                    combined.extend(combine(parse_run(spec)[0], dirs, settings, case, task))
+                    save()
     report(results, baselines)
     return 0
 

@@ -39,3 +39,51 @@ def test_runs_are_checked_before_the_first_one():
     with pytest.raises(SystemExit, match="one weight_column and missing_weight per call"):
         bench.check_runs(["a:weight_column=confidence,missing_weight=1",
                           "b:weight_column=confidence,missing_weight=0.5"], settings)
+
+
+def test_seeds_combined_as_ensemble_and_soup(tmp_path):
+    """--ensemble: two copies of one model combine into that model (ensemble and soup alike);
+    two different heads give the macro-F1 of their mean probabilities, and a soup scored as the
+    model with the mean weights."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from labelloop import evaluation, modeling
+    from labelloop.tasks import task_from_settings
+
+    settings = load_settings(None, environ={}).model_copy(deep=True)
+    settings.training.device = "cpu"
+    task = task_from_settings(settings)
+    base = modeling.resolve_base_model(settings.model.base)
+    dirs = []
+    for i, seed in enumerate([0, 0, 1]):
+        torch.manual_seed(seed)
+        dirs.append(tmp_path / f"m{i}")
+        modeling.save_bundle(modeling.load_base_classifier(base, task), modeling.load_tokenizer(base),
+                             dirs[-1], {"task": task.to_dict(), "max_length": 32})
+    texts = [f"text number {i} is {'great' if i % 3 == 0 else 'awful'}" for i in range(24)]
+    labels = [task.labels[i % 3] for i in range(24)]
+    case = {"case": "full", "draw": 0, "test": pd.DataFrame({"text": texts, "label": labels}),
+            "extra": {}}
+
+    def f1(probs):
+        refs = [task.encode_label(x) for x in labels]
+        return evaluation.compute_metrics(refs, list(probs.argmax(1)), task)["macro_f1"]
+
+    def probs(clf):
+        return torch.softmax(torch.from_numpy(clf.logits(texts)), -1).numpy()
+
+    alone = f1(probs(modeling.Classifier(dirs[0], device="cpu")))
+    same = bench.combine("x", dirs[:2], settings, case, task)
+    assert [(r["kind"], r["members"]) for r in same] == [("ensemble", 2), ("soup", 2)]
+    assert all(r["macro_f1"] == pytest.approx(alone) for r in same)
+
+    other = bench.combine("x", [dirs[0], dirs[2]], settings, case, task)
+    p0, p2 = (probs(modeling.Classifier(d, device="cpu")) for d in (dirs[0], dirs[2]))
+    assert other[0]["macro_f1"] == pytest.approx(f1((p0 + p2) / 2))
+    clf = modeling.Classifier(dirs[0], device="cpu")
+    a, b = (modeling.load_bundle_model(d, torch.float32).state_dict() for d in (dirs[0], dirs[2]))
+    clf.model.load_state_dict({k: (a[k] + b[k]) / 2 if a[k].is_floating_point() else a[k] for k in a})
+    assert other[1]["macro_f1"] == pytest.approx(f1(probs(clf)))
+    assert not np.allclose(p0, p2)  # the two heads differ, so the check above means something
