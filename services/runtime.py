@@ -143,12 +143,20 @@ def load_bundle(settings: Settings, bundle: str | Path, version: str) -> LoadedM
 
 
 def engine_in_own_process(settings: Settings) -> bool:
-    """serving.generation.engine_process, `auto` resolved: a thread of the API worker. The
-    process was built to free the engine from the worker's GIL, but on an H100 it served less
-    than the thread (8,975 against 12,028 tokens/s at 64 streams, 16,431 against 23,765 at 256;
-    docs/benchmarks.md, "Generation serving"), and on a CPU the two are the same: `true` opts in."""
+    """serving.generation.engine_process, `auto` resolved: its own process on a GPU, a thread of
+    the API worker on a CPU. On an H100 the process served 37-45% more tokens/s than the thread
+    at 64 streams and 44-64% more at 256, with the same p99 time to first token at half of the
+    thread's peak (two runs each, docs/benchmarks.md, "Generation serving", fourteenth session);
+    on a CPU the two cost the same, and the thread needs no second process."""
     choice = settings.serving.generation.engine_process
-    return False if choice == "auto" else bool(choice)
+    if choice != "auto":
+        return bool(choice)
+    device = settings.serving.device
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 def load_generation(settings: Settings, bundle: str | Path, meta: dict, version: str) -> LoadedModel:
