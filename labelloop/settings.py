@@ -384,7 +384,7 @@ class GenerationServingSettings(_Section):
     gil_switch_interval_ms: float = Field(0.25, ge=0, le=5)
     # Run the engine in a process of its own (labelloop/engine_process.py) instead of a thread
     # of the API worker, so it does not share the worker's GIL with HTTP and streaming.
-    # auto: the process on a GPU (on an H100 1.37-1.64x the thread's tokens/s at 64 and 256
+    # auto: the process on a GPU (on an H100 1.15-1.64x the thread's tokens/s at 64 and 256
     # streams; docs/benchmarks.md, "Generation serving"), a thread on a CPU (the same speed
     # there, without a second interpreter); true; false.
     engine_process: Union[Literal["auto"], bool] = "auto"
