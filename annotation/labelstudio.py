@@ -13,6 +13,7 @@ backend and webhook, all idempotent.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
 
@@ -27,6 +28,7 @@ from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
 
 SECRET_HEADER = "X-Labelloop-Secret"
+PUSH_THREADS = 4  # task-data updates in flight at once after a promotion (push_predictions)
 WEBHOOK_ACTIONS = ["ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED",
                    "ANNOTATIONS_DELETED"]
 
@@ -587,6 +589,10 @@ def push_predictions(settings: Settings, project_id: Optional[int] = None, clien
     What the feedback loop calls after a promotion, so annotators see the new model's answers
     without waiting for Label Studio to ask the service. Uses `projects.import_predictions`
     (one request per 500 tasks); tasks already holding this version's prediction are skipped.
+    Each such task's data is brought up to date too (one request per task): the header sentence
+    above the choices ("Model v3's guess: ..."), `uncertainty` and `margin` now say what the new
+    model thinks, so the page never names one version while another's answer is preselected.
+    Annotated tasks keep theirs: what the model said when the annotator answered.
     """
     client = client or connect(settings)
     if project_id is None:
@@ -602,14 +608,25 @@ def push_predictions(settings: Settings, project_id: Optional[int] = None, clien
     todo = []
     for t in pending_tasks(client, project_id):
         versions = {str(_get(p, "model_version")) for p in (_get(t, "predictions") or [])}
-        text = (_get(t, "data") or {}).get(TEXT_KEY)
+        data = dict(_get(t, "data") or {})
+        text = data.get(TEXT_KEY)
         if version not in versions and isinstance(text, str) and text.strip():
-            todo.append((int(t.id), text))
+            todo.append((int(t.id), data))
     if todo:
-        preds = classifier.predict([text for _, text in todo])
+        preds = classifier.predict([data[TEXT_KEY] for _, data in todo])
         requests = [{"task": task_id, **prediction_for(p.label, p.score, version)}
                     for (task_id, _), p in zip(todo, preds)]
         for start in range(0, len(requests), 500):
             client.projects.import_predictions(id=project_id, request=requests[start:start + 500])
+        def update(item) -> None:
+            (task_id, data), p = item
+            rank = data.get("rank") if isinstance(data.get("rank"), int) else 0
+            client.tasks.update(id=str(task_id), data={
+                **data, **task_data(data[TEXT_KEY], p, rank, version)})
+
+        # Label Studio has no bulk update of task data: one PATCH per task, a few at once
+        # (200 tasks on the 2-core box: 17.7 s one by one, 10.1 s four at once, 12-13 s with 8-16)
+        with ThreadPoolExecutor(max_workers=PUSH_THREADS) as pool:
+            list(pool.map(update, zip(todo, preds)))
     client.projects.update(id=project_id, model_version=version)
     return {"project": project_id, "model_version": version, "pushed": len(todo)}

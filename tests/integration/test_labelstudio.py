@@ -296,6 +296,22 @@ def test_import_with_the_real_champion(label_studio, tmp_path):
     versions = [{(p if isinstance(p, dict) else p.dict())["model_version"] for p in t.predictions}
                 for t in tasks]
     assert versions[0] == {version} and all(v == {version, new_version} for v in versions[1:])
+    # The page's header sentence and the sort columns follow the new model on pending tasks
+    # (they named the first version before); the annotated task keeps what it was shown.
+    from annotation.config import HINT_KEY
+
+    def new_prediction(t):
+        return next(p if isinstance(p, dict) else p.dict() for p in t.predictions
+                    if (p if isinstance(p, dict) else p.dict())["model_version"] == new_version)
+
+    assert tasks[0].data[HINT_KEY].startswith(f"Model v{version}'s guess: ")
+    for t in tasks[1:]:
+        p = new_prediction(t)
+        label = p["result"][0]["value"]["choices"][0]
+        assert t.data[HINT_KEY].startswith(f"Model v{new_version}'s guess: {label}, "), t.data
+        assert t.data["uncertainty"] == pytest.approx(1 - p["score"], abs=1e-5)
+        assert type(t.data["rank"]) is int and t.data["text"]
+    assert sorted(t.data["rank"] for t in tasks) == list(range(8))  # ranks kept as imported
 
 
 def _choice(label, origin=None):
