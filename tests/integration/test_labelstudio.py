@@ -312,6 +312,13 @@ def test_import_with_the_real_champion(label_studio, tmp_path):
         assert t.data["uncertainty"] == pytest.approx(1 - p["score"], abs=1e-5)
         assert type(t.data["rank"]) is int and t.data["text"]
     assert sorted(t.data["rank"] for t in tasks) == list(range(8))  # ranks kept as imported
+    # A push cut short after the predictions (a task still naming the old version) is finished
+    # by the next one, which adds no second prediction.
+    client.tasks.update(id=str(tasks[3].id), data={**tasks[3].data, HINT_KEY: "Model v1's guess: x"})
+    assert L.push_predictions(s)["pushed"] == 0
+    healed = client.tasks.get(id=tasks[3].id)
+    assert healed.data[HINT_KEY].startswith(f"Model v{new_version}'s guess: ")
+    assert len(healed.predictions) == 2
 
 
 def _choice(label, origin=None):
