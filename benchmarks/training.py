@@ -35,6 +35,11 @@ model's plain-argmax figures.
     python benchmarks/training.py --run default: \
         --run w:weight_column=confidence,missing_weight=1.0 \
         --run bias:validation_fraction=0.1,decision_bias=macro_f1
+
+`--ensemble` with several `--seeds` also scores each run's seeds together, on the same test rows:
+their ensemble (mean probabilities) and their uniform soup (mean weights), for 2..N of them.
+
+    python benchmarks/training.py --seeds 0 1 2 --ensemble --run default:
 """
 
 from __future__ import annotations
