@@ -509,15 +509,21 @@ class TextStream:
         self.tokenizer, self.req = tokenizer, req
         self._decode = text_decoder(tokenizer)
         self.sent = 0  # characters of the text already handed out
+        self.finished = False  # the last delta() handed out the whole final text
 
     def text(self) -> str:
         full = self._decode(self.req.tokens)
         return cut_at_stop(full, self.req.sampling.stop) if self.req.sampling.stop else full
 
     def delta(self) -> str:
+        # `done` is read before the tokens: the engine (another thread) appends a request's
+        # last tokens, then marks it done, so a request seen done here has all its tokens in
+        # the text decoded below. Read after, a request finishing during the decode looked done
+        # with its last tokens missing from the text, and they were never sent.
+        done = self.req.done
         full = self.text()
         end = len(full)
-        if not self.req.done:
+        if not done:
             if full.endswith("\ufffd"):
                 end -= 1
             for s in self.req.sampling.stop:
@@ -527,6 +533,7 @@ class TextStream:
                         break
         end = max(end, self.sent)
         out, self.sent = full[self.sent:end], end
+        self.finished = done
         return out
 
 

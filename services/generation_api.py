@@ -298,7 +298,7 @@ async def deltas(gen, req: GenRequest) -> AsyncIterator[str]:
             piece = text.delta()
             if piece:
                 yield piece
-            if req.done:
+            if text.finished:  # not req.done: it may have finished after that delta was cut
                 if req.finish_reason == "error":
                     raise RuntimeError(f"generation failed: {req.error}"
                                        if isinstance(req.error, EngineDied) else

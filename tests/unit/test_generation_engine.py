@@ -141,6 +141,39 @@ def test_text_stream_holds_back_a_possible_stop_string_and_partial_characters():
     assert s.text() == "abEx\ufffdy"
 
 
+def test_a_request_finishing_while_its_text_is_decoded_loses_no_tokens():
+    """The engine thread may append a request's last tokens and mark it done while a stream is
+    decoding its text (seen under load in the hot-reload test: a stream sent "U" of a 16-token
+    answer). The stream must still send the whole text."""
+    import asyncio
+
+    from services.generation_api import deltas
+
+    async def run():
+        r = GenRequest([1], Sampling(10), stream=True)
+
+        class FinishingTok(FakeTok):
+            calls = 0
+
+            def decode(self, ids, skip_special_tokens=True):
+                text = super().decode(ids)
+                FinishingTok.calls += 1
+                if FinishingTok.calls == 1:  # the engine, between this decode and the check
+                    r.tokens += [ord(c) for c in "rest"]
+                    r.finish_reason = "length"
+                    r._event.set()
+                return text
+
+        gen = type("Gen", (), {"tokenizer": FinishingTok()})()
+        r.tokens += [ord(c) for c in "first "]
+        r._event.set()
+        pieces = [piece async for piece in deltas(gen, r)]
+        return r, pieces
+
+    r, pieces = asyncio.run(asyncio.wait_for(run(), 10))
+    assert "".join(pieces) == "first rest" == FakeTok().decode(r.tokens)
+
+
 def test_sampling_rules():
     logits = torch.tensor([[0.0, 5.0, 1.0], [3.0, 0.0, 2.9], [0.0, 0.0, 9.0]])
     assert sample(logits, [0.0, 0.0, 0.0], [1.0] * 3) == [1, 0, 2]
