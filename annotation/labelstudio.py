@@ -277,9 +277,14 @@ def prediction_for(label: str, score: float, model_version: str) -> dict[str, An
     }
 
 
+def hint_prefix(model_version: str) -> str:
+    """How the header's sentence of `model_version` starts (what a task's hint is checked by)."""
+    return f"Model v{model_version}'s guess:"
+
+
 def model_hint(label: str, score: float, model_version: str) -> str:
     """The sentence the label config's header shows above the (preselected) choices."""
-    return (f"Model v{model_version}'s guess: {label}, {score:.0%} sure. It is preselected "
+    return (f"{hint_prefix(model_version)} {label}, {score:.0%} sure. It is preselected "
             "below: keep it if right, pick another if not.")
 
 
@@ -606,12 +611,11 @@ def push_predictions(settings: Settings, project_id: Optional[int] = None, clien
         version = str(classifier.version)
     check_project_matches_model(settings, project_id, classifier.task, client)
     todo = []  # (task id, data, lacks this version's prediction)
-    hint = model_hint("", 0.0, version).split(":")[0] + ":"  # "Model v3's guess:"
     for t in pending_tasks(client, project_id):
         versions = {str(_get(p, "model_version")) for p in (_get(t, "predictions") or [])}
         data = dict(_get(t, "data") or {})
         text = data.get(TEXT_KEY)
-        stale = not str(data.get(HINT_KEY, "")).startswith(hint)
+        stale = not str(data.get(HINT_KEY, "")).startswith(hint_prefix(version))
         if (version not in versions or stale) and isinstance(text, str) and text.strip():
             todo.append((int(t.id), data, version not in versions))
     if todo:

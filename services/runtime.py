@@ -146,8 +146,9 @@ def engine_in_own_process(settings: Settings) -> bool:
     """serving.generation.engine_process, `auto` resolved: its own process on a GPU, a thread of
     the API worker on a CPU. On an H100 the process served 15-45% more tokens/s than the thread
     at 64 streams and 44-64% more at 256, in the same GPU memory, with p99 times to first token
-    at half of peak under 200 ms in both (three paired runs, docs/benchmarks.md, "Generation serving", fourteenth session);
-    on a CPU the two cost the same, and the thread needs no second process."""
+    at half of peak under 200 ms in both (three paired runs; docs/benchmarks.md, "Generation
+    serving", fourteenth session); on a CPU the two cost the same, and the thread needs no
+    second process."""
     choice = settings.serving.generation.engine_process
     if choice != "auto":
         return bool(choice)
