@@ -62,7 +62,7 @@ import torch  # noqa: E402
 
 from pydantic import ValidationError  # noqa: E402
 
-from labelloop import (baseline, data, decision, distributed, evaluation, modeling,  # noqa: E402
+from labelloop import (adaptation, baseline, data, decision, distributed, evaluation, modeling,  # noqa: E402
                        training)
 from labelloop.settings import Settings, _format_validation_error, load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
@@ -72,6 +72,18 @@ MODEL_KEYS = {"base", "max_length", "pooling"}
 # dataset.validation_fraction carves it (for training.keep_best, early stopping, decision_bias);
 # weight_column=C / missing_weight=M / min_weight=W: those dataset.* keys on the training rows
 DATA_KEYS = {"validation_fraction", "weight_column", "missing_weight", "min_weight"}
+# adapt_epochs=E (adapt_lr, adapt_batch): task-adaptive pretraining of the base first
+# (labelloop/adaptation.py): masked-LM passes over the full corpus's training-split texts,
+# unlabelled, never a test text; once per call and setting, shared by the runs that ask for it
+ADAPT_KEYS = {"adapt_epochs": 10.0, "adapt_lr": 1e-4, "adapt_batch": 128}
+ADAPTED: dict[tuple, Path] = {}
+# teacher=NAME: knowledge distillation, the loss fits soft targets (data.SOFT_TARGETS):
+# distill_alpha x the mean probabilities of run NAME's seeds (an earlier run on the same case)
+# on the training rows + (1 - distill_alpha) x the one-hot label. soft_from_weight=1: the soft
+# target is the weight column's agreement instead (that share on the label, the rest spread
+# over the others; rows without a value one-hot)
+SOFT_KEYS = {"teacher", "distill_alpha", "soft_from_weight"}
+TEACHERS: dict[tuple, "numpy.ndarray"] = {}  # (case, draw, run name) -> train rows x labels
 
 
 def parse_run(spec: str) -> tuple[str, dict, dict]:
@@ -79,7 +91,8 @@ def parse_run(spec: str) -> tuple[str, dict, dict]:
     train_over, model_over = {}, {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        target = model_over if key in MODEL_KEYS | DATA_KEYS else train_over
+        target = model_over if key in MODEL_KEYS | DATA_KEYS | set(ADAPT_KEYS) | SOFT_KEYS \
+            else train_over
         try:
             target[key] = json.loads(value)
         except ValueError:
@@ -119,6 +132,9 @@ def check_runs(specs: list[str], settings) -> tuple[Optional[str], Optional[floa
             Settings.model_validate(raw)
         except ValidationError as exc:
             raise SystemExit(_format_validation_error(exc, f"--run {spec}")) from None
+        for key in set(ADAPT_KEYS) & set(model_over):
+            if not isinstance(model_over[key], (int, float)) or model_over[key] <= 0:
+                raise SystemExit(f"--run {spec}: {key} must be a number above 0")
         if dataset.get("weight_column"):
             columns.add((dataset["weight_column"], dataset.get("missing_weight")))
     if len(columns) > 1:
@@ -138,11 +154,14 @@ def build_cases(args, settings, task, weights: tuple = (None, None)) -> list[dic
     train, test = data.split(df, settings.dataset.test_fraction)
     test = test.drop(columns=[data.WEIGHT], errors="ignore")
     cases = []
+    # the unlabelled texts a run's adapt_* keys pretrain on: every training-split text
+    pool = list(train["text"])
     if "full" in args.case:
         cases.append({"case": "full", "draw": 0,
                       "train": data.limit_rows(train, args.max_train_rows
                                                or settings.dataset.max_train_rows),
-                      "test": data.limit_rows(test, args.test_rows), "extra": {}})
+                      "test": data.limit_rows(test, args.test_rows), "extra": {},
+                      "pool": pool})
     if "small" in args.case:
         shares = shares_of(args.small_shares)
         wide = stable_sample(test, "wide:", shares, args.wide_rows)
@@ -154,7 +173,7 @@ def build_cases(args, settings, task, weights: tuple = (None, None)) -> list[dic
             assert set(counts.index) == set(task.labels), counts
             assert counts.min() / len(sample) < 0.2, counts
             cases.append({"case": "small", "draw": k, "train": s_train, "test": s_test,
-                          "extra": {"wide": wide}})
+                          "extra": {"wide": wide}, "pool": pool})
     return cases
 
 
@@ -178,6 +197,66 @@ def fit_baselines(case, task, weightings) -> dict:
     return out
 
 
+def adapted_base(model_cfg, adapt: dict, pool: list[str], device: str) -> Path:
+    """The base after task-adaptive pretraining on `pool` with `adapt`'s settings: made on
+    first use, then shared (by every seed and case that asks for the same settings)."""
+    key = (model_cfg.base, tuple(sorted(adapt.items())))
+    if key not in ADAPTED:
+        out = Path(tempfile.mkdtemp(prefix="adapted-"))
+        r = adaptation.adapt_base(model_cfg.base, pool, out, epochs=adapt["adapt_epochs"],
+                                  batch_size=int(adapt["adapt_batch"]),
+                                  learning_rate=adapt["adapt_lr"],
+                                  max_length=model_cfg.max_length, device=device)
+        print(f"    adapted the base: {r.steps} masked-LM steps over {r.texts} texts in "
+              f"{r.seconds:.1f}s, loss {r.first_loss:.3f} -> {r.final_loss:.3f}", flush=True)
+        ADAPTED[key] = r.path
+        ADAPT_LOG.append({**adapt, "texts": r.texts, "steps": r.steps, "seconds": r.seconds,
+                          "first_loss": r.first_loss, "final_loss": r.final_loss})
+    return ADAPTED[key]
+
+
+ADAPT_LOG: list[dict] = []
+
+
+def with_soft_targets(train: pd.DataFrame, model_over: dict, case: dict, task) -> pd.DataFrame:
+    """`train` with its data.SOFT_TARGETS column (see SOFT_KEYS), the weight column dropped."""
+    import numpy as np
+
+    k = len(task.labels)
+    onehot = np.eye(k, dtype=np.float32)[[task.encode_label(x) for x in train["label"]]]
+    if model_over.get("teacher"):
+        key = (case["case"], case["draw"], model_over["teacher"])
+        if key not in TEACHERS:
+            raise SystemExit(f"teacher {model_over['teacher']!r}: no earlier run of that name "
+                             f"on case {case['case']}#{case['draw']} (it must run first)")
+        if len(train) != len(case["train"]):
+            raise SystemExit("teacher: the run must train on the case's training rows as they "
+                             "are (no validation_fraction or min_weight)")
+        alpha = float(model_over.get("distill_alpha", 1.0))
+        soft = alpha * TEACHERS[key] + (1 - alpha) * onehot
+    else:
+        agreement = train[data.WEIGHT].to_numpy(dtype=np.float32)[:, None]
+        known = ~np.isnan(agreement)
+        agreement = np.where(known, agreement, 1.0)
+        soft = agreement * onehot + (1 - agreement) * (1 - onehot) / (k - 1)
+    soft = soft / soft.sum(axis=1, keepdims=True)
+    return train.drop(columns=[data.WEIGHT], errors="ignore").assign(
+        **{data.SOFT_TARGETS: list(soft.astype(np.float32))})
+
+
+def teacher_probabilities(bundle_dirs, texts, settings) -> "numpy.ndarray":
+    """The mean of the bundles' probabilities on `texts` (rows x labels)."""
+    total = None
+    for d in bundle_dirs:
+        clf = modeling.Classifier(d, device=settings.training.device)
+        probs = torch.softmax(torch.from_numpy(clf.logits(list(texts),
+                                                          settings.evaluation.batch_size)),
+                              dim=-1).numpy()
+        total = probs if total is None else total + probs
+        del clf
+    return total / len(bundle_dirs)
+
+
 def run_once(name, train_over, model_over, settings, case, task, seed,
              keep_dir: Optional[Path] = None) -> dict:
     """One fine-tune and its scores. `keep_dir`: write the bundle there and keep it (for
@@ -186,6 +265,11 @@ def run_once(name, train_over, model_over, settings, case, task, seed,
     fraction = model_over.get("validation_fraction", 0)
     model_cfg = settings.model.model_copy(update={k: v for k, v in model_over.items()
                                                   if k in MODEL_KEYS})
+    adapt = {k: model_over.get(k, v) for k, v in ADAPT_KEYS.items()} \
+        if set(ADAPT_KEYS) & set(model_over) else None
+    if adapt:
+        model_cfg = model_cfg.model_copy(update={"base": str(adapted_base(
+            model_cfg, adapt, case["pool"], settings.training.device))})
     train, validation, dropped = case["train"], None, 0
     if fraction:
         train, validation = data.split_validation(train, fraction)
@@ -194,6 +278,8 @@ def run_once(name, train_over, model_over, settings, case, task, seed,
         train, dropped = data.drop_light_rows(train, model_over.get("min_weight"))
     else:
         train = train.drop(columns=[data.WEIGHT], errors="ignore")
+    if model_over.get("teacher") or model_over.get("soft_from_weight"):
+        train = with_soft_targets(train, model_over, case, task)
     cfg = training.resolve(cfg, len(train))
     sched = training.plan(cfg, len(train))
     print(f"\n--- {case['case']}#{case['draw']} {name} seed {cfg.seed}: {cfg.method} "
@@ -205,7 +291,9 @@ def run_once(name, train_over, model_over, settings, case, task, seed,
              + (f", {dropped} rows below min_weight {model_over['min_weight']} dropped"
                 if model_over.get("min_weight") is not None else "") + ")"
              if data.WEIGHT in train else "")
-          + (f" decision_bias={cfg.decision_bias}" if cfg.decision_bias != "off" else ""),
+          + (f" decision_bias={cfg.decision_bias}" if cfg.decision_bias != "off" else "")
+          + "".join(f" {k}={model_over[k]}" for k in sorted(set(ADAPT_KEYS) | SOFT_KEYS)
+                    if k in model_over),
           flush=True)
     # num_processes=N: N data-parallel processes (labelloop/distributed.py); 1: this process
     result = distributed.fine_tune(train, task, model_cfg, cfg, progress=False,
@@ -365,7 +453,7 @@ def main() -> int:
             Path(args.json).write_text(json.dumps({
                 "machine": machine, "command": " ".join(sys.argv),
                 "baselines": [{"case": c, "draw": d, **b} for (c, d), b in baselines.items()],
-                "results": results, "combined": combined}, indent=2, default=str))
+                "results": results, "combined": combined, "adapted": ADAPT_LOG}, indent=2, default=str))
 
     for case in cases:
         print(f"\ncase {case['case']}#{case['draw']}: {len(case['train'])} train / "
@@ -384,8 +472,9 @@ def main() -> int:
         for case in cases:
             if only and case["case"] != only:
                 continue
+            is_teacher = any(parse_run(other)[2].get("teacher") == name for other in args.run)
             keep = (tempfile.TemporaryDirectory() if args.ensemble and len(args.seeds) > 1
-                    else contextlib.nullcontext(None))
+                    or is_teacher else contextlib.nullcontext(None))
             with keep as root:
                 dirs = [Path(root) / f"seed{seed}" for seed in args.seeds] if root else []
                 for i, seed in enumerate(args.seeds):
@@ -393,7 +482,10 @@ def main() -> int:
                                             task=task, seed=seed,
                                             keep_dir=dirs[i] if dirs else None))
                     save()
-                if dirs:
+                if is_teacher:
+                    TEACHERS[(case["case"], case["draw"], name)] = teacher_probabilities(
+                        dirs, case["train"]["text"], settings)
+                if dirs and args.ensemble and len(args.seeds) > 1:
                     combined.extend(combine(parse_run(spec)[0], dirs, settings, case, task))
                     save()
     report(results, baselines)

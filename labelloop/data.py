@@ -36,9 +36,13 @@ from labelloop.tasks import ClassificationTask
 
 __all__ = ["DataError", "Report", "Splits", "load_splits", "load_labelled", "prepare", "split",
            "limit_rows", "merge_human_labels", "digest", "human_digest", "text_bucket",
-           "text_value", "WEIGHT", "drop_light_rows"]
+           "text_value", "WEIGHT", "SOFT_TARGETS", "drop_light_rows"]
 
 WEIGHT = "weight"  # the per-row loss weight column of training frames (dataset.weight_column)
+# Optional column of training frames: per row, a probability for each task label (in
+# task.labels order), the target the loss fits instead of the row's one label (a teacher's
+# probabilities: knowledge distillation)
+SOFT_TARGETS = "soft_targets"
 
 
 # -- values --------------------------------------------------------------------------------

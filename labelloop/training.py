@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from labelloop import modeling
-from labelloop.data import WEIGHT
+from labelloop.data import SOFT_TARGETS, WEIGHT
 from labelloop.evaluation import compute_metrics
 from labelloop.modeling import ModelError
 from labelloop.settings import ModelSettings, TrainingSettings
@@ -287,6 +287,17 @@ def fine_tune(
         if not bool((row_weights > 0).any()) or bool((row_weights < 0).any()):
             raise ValueError("row weights must be >= 0 with at least one above 0")
         row_norm = row_weights if weight_tensor is None else row_weights * weight_tensor[labels]
+    # Soft targets (data.SOFT_TARGETS): the loss fits those probabilities, not the one label.
+    soft = None
+    if SOFT_TARGETS in train.columns:
+        if row_weights is not None:
+            raise ValueError("soft targets and per-row weights together are not supported")
+        soft = torch.tensor(np.stack(train[SOFT_TARGETS].to_numpy()), dtype=torch.float32,
+                            device=device)
+        if soft.shape != (n, len(task.labels)) or bool((soft < 0).any()) or \
+                not torch.allclose(soft.sum(dim=1), torch.ones(n, device=device), atol=1e-3):
+            raise ValueError(f"soft targets must be {len(task.labels)} probabilities per row "
+                             "that sum to 1")
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     # fused: one kernel for the whole update on CUDA (the step is launch-bound at these sizes).
@@ -339,7 +350,9 @@ def fine_tune(
                                attention_mask=attention[rows, :width]).logits
             # In fp32, with the class weights (training.class_weights) when there are any.
             if row_weights is None:
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels[rows],
+                loss = torch.nn.functional.cross_entropy(logits.float(),
+                                                         labels[rows] if soft is None
+                                                         else soft[rows],
                                                          weight=weight_tensor,
                                                          label_smoothing=cfg.label_smoothing)
             else:  # the global batch's weighted mean (this share's part of it, scaled like

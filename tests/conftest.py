@@ -55,3 +55,30 @@ def argilla_server(tmp_path_factory):
         yield server
     finally:
         argilla_server.stop(settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A one-layer random BERT with MiniLM's tokenizer: fine_tune runs in a second on a CPU."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from labelloop.modeling import resolve_base_model
+    from labelloop.settings import Settings
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(Settings().model.base))
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture
+def one_thread():
+    """On a busy 2-core box, two torch threads cost a tiny model 15x more per step than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -87,3 +87,40 @@ def test_seeds_combined_as_ensemble_and_soup(tmp_path):
     clf.model.load_state_dict({k: (a[k] + b[k]) / 2 if a[k].is_floating_point() else a[k] for k in a})
     assert other[1]["macro_f1"] == pytest.approx(f1(probs(clf)))
     assert not np.allclose(p0, p2)  # the two heads differ, so the check above means something
+
+
+def test_distillation_and_adaptation_keys():
+    """teacher / distill_alpha / soft_from_weight and adapt_* are the benchmark's own keys: the
+    soft targets mix the teacher's probabilities with the label, or spread the agreement; an
+    adapt_* value must be a number above 0."""
+    import numpy as np
+    import pandas as pd
+
+    from labelloop import data
+    from labelloop.tasks import task_from_settings
+
+    name, train, other = bench.parse_run("kd:teacher=full2,distill_alpha=0.5,adapt_epochs=3,"
+                                         "learning_rate=1e-4")
+    assert (name, train) == ("kd", {"learning_rate": 1e-4})
+    assert other == {"teacher": "full2", "distill_alpha": 0.5, "adapt_epochs": 3}
+    settings = load_settings(None, environ={})
+    with pytest.raises(SystemExit, match="adapt_lr must be a number above 0"):
+        bench.check_runs(["t:adapt_lr=0"], settings)
+
+    task = task_from_settings(settings)  # negative, neutral, positive
+    rows = pd.DataFrame({"text": ["a", "b"], "label": ["negative", "positive"]})
+    case = {"case": "full", "draw": 0, "train": rows}
+    teacher = np.array([[0.2, 0.6, 0.2], [0.0, 0.0, 1.0]], dtype=np.float32)
+    bench.TEACHERS[("full", 0, "t")] = teacher
+    try:
+        got = bench.with_soft_targets(rows, {"teacher": "t", "distill_alpha": 0.5}, case, task)
+    finally:
+        del bench.TEACHERS[("full", 0, "t")]
+    assert np.allclose(np.stack(got[data.SOFT_TARGETS]), [[0.6, 0.3, 0.1], [0.0, 0.0, 1.0]])
+    with pytest.raises(SystemExit, match="teacher 'gone': no earlier run"):
+        bench.with_soft_targets(rows, {"teacher": "gone"}, case, task)
+
+    weighted = rows.assign(**{data.WEIGHT: [0.6, float("nan")]})
+    got = bench.with_soft_targets(weighted, {"soft_from_weight": 1}, case, task)
+    assert data.WEIGHT not in got
+    assert np.allclose(np.stack(got[data.SOFT_TARGETS]), [[0.6, 0.2, 0.2], [0.0, 0.0, 1.0]])

@@ -82,32 +82,6 @@ def test_auto_method_and_rate_follow_the_data_size_and_explicit_values_win():
     assert training.resolve(TrainingSettings(method="full"), 29_863).learning_rate == 1e-4
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    """A one-layer random BERT with MiniLM's tokenizer: fine_tune runs in a second on a CPU."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from labelloop.modeling import resolve_base_model
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(Settings().model.base))
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, intermediate_size=64)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture
-def one_thread():
-    """On a busy 2-core box, two torch threads cost a tiny model 15x more per step than one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_class_weights_move_what_the_model_predicts(tiny_base, one_thread, tmp_path):
     """Same rows, same seed: a heavy weight on the rare label makes the model predict it."""
     from labelloop.modeling import Classifier, save_bundle
@@ -155,6 +129,39 @@ def test_row_weights_move_what_the_model_predicts_and_ones_change_nothing(tiny_b
     assert shares["none"] < 0.5 < shares["heavy"]
     with pytest.raises(ValueError, match="row weights"):
         training.fine_tune(train.assign(weight=0.0), task, model_cfg, cfg, progress=False)
+
+
+def test_soft_targets_are_what_the_loss_fits(tiny_base, one_thread, tmp_path):
+    """data.SOFT_TARGETS (a teacher's probabilities, for distillation): one-hot targets of the
+    labels train exactly as the labels do; targets that say `positive` on rows labelled
+    `negative` make the model predict positive; bad targets are one error."""
+    from labelloop.data import SOFT_TARGETS
+    from labelloop.modeling import Classifier, save_bundle
+
+    task = ClassificationTask("s", ("negative", "positive"))
+    texts = [f"ordinary text number {i}" for i in range(60)]
+    train = pd.DataFrame({"text": texts, "label": ["negative"] * 60})
+    cfg = TrainingSettings(method="full", learning_rate=3e-3, max_steps=30, batch_size=16,
+                           device="cpu")
+    model_cfg = Settings().model.model_copy(update={"base": tiny_base, "max_length": 16})
+    as_labels = train.assign(**{SOFT_TARGETS: [np.array([1.0, 0.0])] * 60})
+    flipped = train.assign(**{SOFT_TARGETS: [np.array([0.1, 0.9])] * 60})
+    results = {name: training.fine_tune(rows, task, model_cfg, cfg, progress=False)
+               for name, rows in [("labels", train), ("one-hot", as_labels), ("flipped", flipped)]}
+    assert results["one-hot"].final_loss == pytest.approx(results["labels"].final_loss, rel=1e-5)
+    shares = {}
+    for name in ("labels", "flipped"):
+        bundle = save_bundle(results[name].model, results[name].tokenizer, tmp_path / name,
+                             {"task": task.to_dict(), "max_length": 16, "base_model": "tiny"})
+        preds = Classifier(bundle, device="cpu").predict(texts)
+        shares[name] = np.mean([p.label == "positive" for p in preds])
+    assert shares["labels"] == 0.0 and shares["flipped"] == 1.0
+    for bad in (train.assign(**{SOFT_TARGETS: [np.array([0.5, 0.6])] * 60}),
+                train.assign(**{SOFT_TARGETS: [np.array([1.0, 0.0, 0.0])] * 60})):
+        with pytest.raises(ValueError, match="soft targets must be 2 probabilities"):
+            training.fine_tune(bad, task, model_cfg, cfg, progress=False)
+    with pytest.raises(ValueError, match="soft targets and per-row weights"):
+        training.fine_tune(as_labels.assign(weight=1.0), task, model_cfg, cfg, progress=False)
 
 
 # -- the baseline ------------------------------------------------------------------------------
