@@ -82,10 +82,18 @@ def test_auto_method_and_rate_follow_the_data_size_and_explicit_values_win():
     assert training.resolve(TrainingSettings(method="full"), 29_863).learning_rate == 1e-4
 
 
-def test_class_weights_move_what_the_model_predicts(tiny_base, one_thread, tmp_path):
-    """Same rows, same seed: a heavy weight on the rare label makes the model predict it."""
+def positive_share(result, task, texts, where) -> float:
+    """The share of `texts` the trained model (a fine_tune result) predicts `positive`."""
     from labelloop.modeling import Classifier, save_bundle
 
+    bundle = save_bundle(result.model, result.tokenizer, where,
+                         {"task": task.to_dict(), "max_length": 16, "base_model": "tiny"})
+    return float(np.mean([p.label == "positive"
+                          for p in Classifier(bundle, device="cpu").predict(texts)]))
+
+
+def test_class_weights_move_what_the_model_predicts(tiny_base, one_thread, tmp_path):
+    """Same rows, same seed: a heavy weight on the rare label makes the model predict it."""
     task = ClassificationTask("s", ("negative", "positive"))
     texts = [f"ordinary text number {i}" for i in range(60)]
     train = pd.DataFrame({"text": texts, "label": ["negative"] * 54 + ["positive"] * 6})
@@ -96,10 +104,7 @@ def test_class_weights_move_what_the_model_predicts(tiny_base, one_thread, tmp_p
         result = training.fine_tune(train, task, Settings().model.model_copy(
             update={"base": tiny_base, "max_length": 16}), cfg, progress=False)
         assert result.settings.method == "full" and result.batch_size == 16
-        bundle = save_bundle(result.model, result.tokenizer, tmp_path / f"b{len(shares)}",
-                             {"task": task.to_dict(), "max_length": 16, "base_model": "tiny"})
-        preds = Classifier(bundle, device="cpu").predict(texts)
-        shares[str(weights)] = np.mean([p.label == "positive" for p in preds])
+        shares[str(weights)] = positive_share(result, task, texts, tmp_path / f"b{len(shares)}")
     assert shares["off"] < 0.5 < shares[str({"positive": 30.0})]
 
 
@@ -108,8 +113,6 @@ def test_row_weights_move_what_the_model_predicts_and_ones_change_nothing(tiny_b
     """A `weight` column (dataset.weight_column) in fine_tune: heavy rare-label rows make the
     model predict that label, as the class weight above does; weights of 1 train exactly as
     no weights."""
-    from labelloop.modeling import Classifier, save_bundle
-
     task = ClassificationTask("s", ("negative", "positive"))
     texts = [f"ordinary text number {i}" for i in range(60)]
     train = pd.DataFrame({"text": texts, "label": ["negative"] * 54 + ["positive"] * 6})
@@ -120,12 +123,8 @@ def test_row_weights_move_what_the_model_predicts_and_ones_change_nothing(tiny_b
                for name, rows in [("none", train), ("ones", train.assign(weight=1.0)),
                                   ("heavy", train.assign(weight=[1.0] * 54 + [30.0] * 6))]}
     assert results["ones"].final_loss == pytest.approx(results["none"].final_loss, rel=1e-5)
-    shares = {}
-    for name in ("none", "heavy"):
-        bundle = save_bundle(results[name].model, results[name].tokenizer, tmp_path / name,
-                             {"task": task.to_dict(), "max_length": 16, "base_model": "tiny"})
-        preds = Classifier(bundle, device="cpu").predict(texts)
-        shares[name] = np.mean([p.label == "positive" for p in preds])
+    shares = {name: positive_share(results[name], task, texts, tmp_path / name)
+              for name in ("none", "heavy")}
     assert shares["none"] < 0.5 < shares["heavy"]
     with pytest.raises(ValueError, match="row weights"):
         training.fine_tune(train.assign(weight=0.0), task, model_cfg, cfg, progress=False)
@@ -136,8 +135,6 @@ def test_soft_targets_are_what_the_loss_fits(tiny_base, one_thread, tmp_path):
     labels train exactly as the labels do; targets that say `positive` on rows labelled
     `negative` make the model predict positive; bad targets are one error."""
     from labelloop.data import SOFT_TARGETS
-    from labelloop.modeling import Classifier, save_bundle
-
     task = ClassificationTask("s", ("negative", "positive"))
     texts = [f"ordinary text number {i}" for i in range(60)]
     train = pd.DataFrame({"text": texts, "label": ["negative"] * 60})
@@ -149,12 +146,8 @@ def test_soft_targets_are_what_the_loss_fits(tiny_base, one_thread, tmp_path):
     results = {name: training.fine_tune(rows, task, model_cfg, cfg, progress=False)
                for name, rows in [("labels", train), ("one-hot", as_labels), ("flipped", flipped)]}
     assert results["one-hot"].final_loss == pytest.approx(results["labels"].final_loss, rel=1e-5)
-    shares = {}
-    for name in ("labels", "flipped"):
-        bundle = save_bundle(results[name].model, results[name].tokenizer, tmp_path / name,
-                             {"task": task.to_dict(), "max_length": 16, "base_model": "tiny"})
-        preds = Classifier(bundle, device="cpu").predict(texts)
-        shares[name] = np.mean([p.label == "positive" for p in preds])
+    shares = {name: positive_share(results[name], task, texts, tmp_path / name)
+              for name in ("labels", "flipped")}
     assert shares["labels"] == 0.0 and shares["flipped"] == 1.0
     for bad in (train.assign(**{SOFT_TARGETS: [np.array([0.5, 0.6])] * 60}),
                 train.assign(**{SOFT_TARGETS: [np.array([1.0, 0.0, 0.0])] * 60})):
