@@ -36,6 +36,15 @@ model's plain-argmax figures.
         --run w:weight_column=confidence,missing_weight=1.0 \
         --run bias:validation_fraction=0.1,decision_bias=macro_f1
 
+Two more kinds of keys, tried for the 0.82 target (docs/benchmarks.md, fifteenth session):
+`adapt_epochs=E` (with `adapt_lr`, `adapt_batch`) first adapts the base by masked-LM passes over
+the corpus's training-split texts (labelloop/adaptation.py); `teacher=NAME` (with
+`distill_alpha=A`) fine-tunes on the mean probabilities of run NAME's seeds (an earlier run),
+and `soft_from_weight=1` on the weight column's agreement, as soft targets.
+
+    python benchmarks/training.py --seeds 0 1 2 --run full2:method=full,epochs=2 \
+        --run kd:teacher=full2,method=full,epochs=2 --run t3:adapt_epochs=3,adapt_lr=5e-5
+
 `--ensemble` with several `--seeds` also scores each run's seeds together, on the same test rows:
 their ensemble (mean probabilities) and their uniform soup (mean weights), for 2..N of them.
 
