@@ -217,9 +217,10 @@ def connect_ml_backend(settings: Settings, project_id: int, client=None) -> dict
 
 def tell_annotators(settings: Settings, project: Optional[int], line: str) -> bool:
     """Put the loop's latest news where annotators look: the project's instructions (the
-    labeling page's "i" button), with a link to the status page, and the description of the ML
-    backend's card (project settings, Model: where "Start training" is pressed). Label Studio
-    1.23 drops the webhook's answer to "Start training", so these are the channels it offers.
+    labeling page's "i" button), with a link to the status page, and the ML backend's
+    description (kept by Label Studio 1.23 and readable through its API, though its Model page
+    does not show it). Label Studio 1.23 drops the webhook's answer to "Start training", so these
+    are the channels it offers.
     Best effort: never fails a turn."""
     from annotation.tools import status_page_url
 

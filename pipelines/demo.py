@@ -353,11 +353,12 @@ def up(config: Optional[str], tools: Optional[list[str]] = None,
           + ", GET /metadata)")
     if "label-studio" in tools and generation:
         print("next           rewrite a few responses (edit project) and pick the better answer")
-        print("               of a few pairs (compare project), Submit, then press")
-        print("               'Start training' (Settings > Model) or run:")
+        print("               of a few pairs (compare project), Submit, then Settings > Model >")
+        print("               the card's '...' menu > Start Training (and confirm) or run:")
     elif "label-studio" in tools:
-        print("next           open a few tasks, correct the model's choice and Submit, then press")
-        print("               'Start training' (Settings > Model) or run:")
+        print("next           open a few tasks, correct the model's choice and Submit, then")
+        print("               Settings > Model > the card's '...' menu > Start Training (and")
+        print("               confirm) or run:")
     elif generation:
         print("next           answer a few records in Argilla (keep or rewrite the suggested")
         print("               response, say which of A and B is better, Submit), then run:")
