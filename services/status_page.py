@@ -161,7 +161,7 @@ td.summary {{ max-width: 48em }}
 <b>{e(str(data["champion"] or "none"))}</b>.</p>
 <h2>Training runs</h2>
 <table id="turns"><tr><th>run</th><th>trigger</th><th>state</th><th>outcome</th><th>took</th>
-<th>what happened</th><th>started</th></tr>{"".join(turns) or '<tr><td colspan="7">No training run yet: in Label Studio, project Settings, Model, the card\'s "..." menu, Start Training.</td></tr>'}</table>
+<th>what happened</th><th>started</th></tr>{"".join(turns) or '<tr><td colspan="7">No training run yet: in Label Studio, project Settings, Model, the labelloop card&#39;s "..." menu, Start Training.</td></tr>'}</table>
 <h2>Versions</h2>
 <table id="versions"><tr><th>version</th><th>status</th><th>trained by</th><th>test macro-F1</th>
 <th>test accuracy</th><th>human labels</th><th>annotators kept its suggestion</th><th>registered</th></tr>
