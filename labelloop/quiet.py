@@ -52,6 +52,13 @@ def is_autolog_noise(message: str) -> bool:
     return bool(names) and all(importlib.util.find_spec(name) is None for name in names)
 
 
+def is_zenml_archive_note(message: str) -> bool:
+    """ZenML's "Model version 4 has been set to archived." when a promotion moves its model
+    stage: ZenML's own version count, not the registry's, printed beside "registered ...
+    version 1" it misleads; the promotion line says what happened."""
+    return re.fullmatch(r"Model version \S+ has been set to archived\.", message) is not None
+
+
 class _DropIf(logging.Filter):
     def __init__(self, predicate):
         super().__init__()
@@ -71,6 +78,7 @@ def install() -> None:
     logging.getLogger(
         "zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker"
     ).addFilter(_DropIf(is_autolog_noise))
+    logging.getLogger("zenml.zen_stores.sql_zen_store").addFilter(_DropIf(is_zenml_archive_note))
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
                             category=FutureWarning)
     # transformers' TrainingArguments (under TRL's SFTConfig) warns about its own default.

@@ -43,3 +43,15 @@ def test_installed_filters_act_on_the_library_loggers(caplog):
         log.warning(NEW_HEAD)
         log.warning("Some weights of the checkpoint were not used")
     assert [r.getMessage() for r in caplog.records] == ["Some weights of the checkpoint were not used"]
+
+
+def test_zenml_archive_note_is_dropped_other_store_messages_kept(caplog):
+    import labelloop  # noqa: F401  (installs the filters)
+
+    assert quiet.is_zenml_archive_note("Model version 4 has been set to archived.")
+    assert not quiet.is_zenml_archive_note("Model version 4 is in production, but `force` ...")
+    log = logging.getLogger("zenml.zen_stores.sql_zen_store")
+    with caplog.at_level(logging.INFO, logger="zenml.zen_stores.sql_zen_store"):
+        log.info("Model version 12 has been set to archived.")
+        log.info("Creating database tables")
+    assert [r.getMessage() for r in caplog.records] == ["Creating database tables"]
