@@ -165,12 +165,19 @@ def build_cases(args, settings, task, weights: tuple = (None, None)) -> list[dic
     cases = []
     # the unlabelled texts a run's adapt_* keys pretrain on: every training-split text
     pool = list(train["text"])
+    agreement = None
+    if getattr(args, "by_agreement", None):  # 0.0 marks an empty cell (no value is below 0.25)
+        rows = data.load_labelled(settings.dataset.model_copy(update={
+            "weight_column": args.by_agreement, "missing_weight": 0.0}), task)
+        agreement = dict(zip(rows["text"], rows[data.WEIGHT]))
     if "full" in args.case:
+        full_test = data.limit_rows(test, args.test_rows)
         cases.append({"case": "full", "draw": 0,
                       "train": data.limit_rows(train, args.max_train_rows
                                                or settings.dataset.max_train_rows),
-                      "test": data.limit_rows(test, args.test_rows), "extra": {},
-                      "pool": pool})
+                      "test": full_test, "extra": {}, "pool": pool,
+                      "agreement": None if agreement is None
+                      else full_test["text"].map(agreement).to_numpy()})
     if "small" in args.case:
         shares = shares_of(args.small_shares)
         wide = stable_sample(test, "wide:", shares, args.wide_rows)
@@ -186,11 +193,36 @@ def build_cases(args, settings, task, weights: tuple = (None, None)) -> list[dic
     return cases
 
 
-def score(clf, test, task, batch_size) -> dict:
+# Test rows by the annotators' agreement (--by-agreement): the share who chose the gold label
+AGREEMENT_BUCKETS = [("no value", 0.0, 0.0), ("below 0.6", 1e-9, 0.6), ("0.6-0.8", 0.6, 0.8),
+                     ("0.8-0.9", 0.8, 0.9), ("0.9 and up", 0.9, 1.01)]
+
+
+def by_agreement(refs: list, preds: list, agreement, task) -> dict:
+    """Macro-F1 and accuracy of `preds` on the rows of each agreement bucket."""
+    import numpy as np
+
+    out = {}
+    for name, lo, hi in AGREEMENT_BUCKETS:
+        rows = np.flatnonzero(agreement == 0.0) if hi == 0.0 else \
+            np.flatnonzero((agreement >= lo) & (agreement < hi))
+        if len(rows):
+            m = evaluation.compute_metrics([refs[i] for i in rows], [preds[i] for i in rows], task)
+            out[name] = {"rows": int(len(rows)), "macro_f1": float(m["macro_f1"]),
+                         "accuracy": float(m["accuracy"])}
+    return out
+
+
+def score(clf, test, task, batch_size, agreement=None) -> dict:
     ev = evaluation.evaluate_classifier(clf, test, batch_size)
-    return {"accuracy": ev.metrics["accuracy"], "macro_f1": ev.metrics["macro_f1"],
-            "predicted_share": ev.predictions["predicted"].value_counts(normalize=True)
-            .round(3).to_dict()}
+    out = {"accuracy": ev.metrics["accuracy"], "macro_f1": ev.metrics["macro_f1"],
+           "predicted_share": ev.predictions["predicted"].value_counts(normalize=True)
+           .round(3).to_dict()}
+    if agreement is not None:
+        out["by_agreement"] = by_agreement(
+            [task.encode_label(x) for x in test["label"]],
+            [task.encode_label(x) for x in ev.predictions["predicted"]], agreement, task)
+    return out
 
 
 def fit_baselines(case, task, weightings) -> dict:
@@ -333,7 +365,8 @@ def run_once(name, train_over, model_over, settings, case, task, seed,
             out["decision_bias_seconds"] = time.perf_counter() - start
         clf = modeling.Classifier(tmp, device=cfg.device)
         start = time.perf_counter()
-        out.update(score(clf, case["test"], task, settings.evaluation.batch_size))
+        out.update(score(clf, case["test"], task, settings.evaluation.batch_size,
+                         case.get("agreement")))
         out["eval_seconds"] = time.perf_counter() - start
         for split_name, test in case["extra"].items():
             out[split_name] = score(clf, test, task, settings.evaluation.batch_size)
@@ -348,6 +381,9 @@ def run_once(name, train_over, model_over, settings, case, task, seed,
     if result.validation_curve:
         scores = " ".join(format(e["macro_f1"], ".3f") for e in result.validation_curve)
         wide += f"  validation {scores} (kept step {result.kept_step})"
+    if "by_agreement" in out:
+        wide += "  by agreement: " + ", ".join(
+            f"{k} {v['macro_f1']:.3f} (n={v['rows']})" for k, v in out["by_agreement"].items())
     print(f"    macro-F1 {out['macro_f1']:.4f}  acc {out['accuracy']:.4f}{wide}  "
           f"train {out['train_seconds']:.1f}s ({out['samples_per_second']:.0f} samples/s)  "
           f"predicted {out['predicted_share']}", flush=True)
@@ -371,6 +407,9 @@ def combine(name, bundle_dirs, settings, case, task) -> list[dict]:
         for split, probs in probs_by_split.items():
             m = evaluation.compute_metrics(refs[split], list(probs.argmax(axis=1)), task)
             out[split] = {"macro_f1": float(m["macro_f1"]), "accuracy": float(m["accuracy"])}
+            if split == "test" and case.get("agreement") is not None:
+                out[split]["by_agreement"] = by_agreement(
+                    refs[split], list(probs.argmax(axis=1)), case["agreement"], task)
         return out
 
     def probs_of(clf) -> dict:
@@ -392,6 +431,8 @@ def combine(name, bundle_dirs, settings, case, task) -> list[dict]:
             results.append({"case": case["case"], "draw": case["draw"], "name": name,
                             "kind": kind, "members": k, "macro_f1": got["test"]["macro_f1"],
                             "accuracy": got["test"]["accuracy"],
+                            **({"by_agreement": got["test"]["by_agreement"]}
+                               if "by_agreement" in got["test"] else {}),
                             **{s: v for s, v in got.items() if s != "test"}})
             print(f"    {name} {kind} of {k}: macro-F1 {got['test']['macro_f1']:.4f}  "
                   f"acc {got['test']['accuracy']:.4f}", flush=True)
@@ -445,6 +486,9 @@ def main() -> int:
     ap.add_argument("--ensemble", action="store_true",
                     help="with several --seeds: also score each run's seeds together, as an "
                          "ensemble (mean probabilities) and as a soup (mean weights)")
+    ap.add_argument("--by-agreement", metavar="COLUMN",
+                    help="full case: also score each run on the test rows grouped by this "
+                         "corpus column (the annotators' agreement: confidence)")
     ap.add_argument("--json", "--out", dest="json", help="write results as JSON here (after every run)")
     args = ap.parse_args()
 

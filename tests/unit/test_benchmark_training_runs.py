@@ -124,3 +124,18 @@ def test_distillation_and_adaptation_keys():
     got = bench.with_soft_targets(weighted, {"soft_from_weight": 1}, case, task)
     assert data.WEIGHT not in got
     assert np.allclose(np.stack(got[data.SOFT_TARGETS]), [[0.6, 0.2, 0.2], [0.0, 0.0, 1.0]])
+
+
+def test_scores_by_agreement_bucket():
+    """--by-agreement: each bucket's rows scored alone; 0.0 marks rows without a value."""
+    import numpy as np
+
+    from labelloop.tasks import task_from_settings
+
+    task = task_from_settings(load_settings(None, environ={}))
+    agreement = np.array([0.0, 0.0, 0.5, 0.7, 0.7, 1.0, 1.0, 0.95])
+    refs = [0, 1, 2, 0, 1, 2, 0, 1]
+    preds = [0, 0, 2, 1, 1, 2, 0, 1]
+    got = bench.by_agreement(refs, preds, agreement, task)
+    assert {k: (v["rows"], v["accuracy"]) for k, v in got.items()} == {
+        "no value": (2, 0.5), "below 0.6": (1, 1.0), "0.6-0.8": (2, 0.5), "0.9 and up": (3, 1.0)}
