@@ -7,6 +7,11 @@ that its pretraining corpus had few of.
 The result is a plain Hugging Face encoder directory, usable as `model.base`: the adapted
 encoder weights, the base's own pooler (masked-LM training has none, and `pooling: cls` reads
 it), its tokenizer, and its sentence-transformers files (so `pooling: auto` still finds mean).
+
+Measured, it hurts the default base (docs/benchmarks.md, "Fifteenth session": -0.003 to -0.005
+macro-F1 on the full corpus, -0.03 to -0.09 on 400 labelled rows): all-MiniLM-L6-v2 was tuned
+so that the mean of its token states places texts by meaning, and masked-LM training gives that
+up. So it is a benchmark tool (benchmarks/training.py `adapt_*` keys), not a setting.
 """
 
 from __future__ import annotations
