@@ -214,9 +214,13 @@ def run_options(settings: Settings, options: dict) -> dict:
     parent = settings.stack.step_image or f"{settings.image.name}:{settings.image.variant}"
     step_settings["docker"] = DockerSettings(
         dockerfile=str(_repo_root() / STEP_DOCKERFILE),
+        # rm: the Docker SDK keeps a build's intermediate containers unless told (docker-py's
+        # old default); on podman's API each is a mounted buildah working container, left
+        # behind by every run's two builds
         parent_image_build_config=DockerBuildConfig(
-            build_options={"buildargs": {"LABELLOOP_IMAGE": parent}},
+            build_options={"buildargs": {"LABELLOOP_IMAGE": parent}, "rm": True},
             dockerignore=str(_repo_root() / DOCKERIGNORE)),
+        build_config=DockerBuildConfig(build_options={"rm": True}),
         # The containers stack's components need nothing the labelloop image lacks; a cluster
         # stack's do (kubernetes for the orchestrator pod, s3fs/boto3 for an S3 store...):
         # ZenML installs its integrations' requirements into the step image there.

@@ -75,6 +75,7 @@ def test_training_then_feedback_with_each_step_in_its_own_container(ci_image, co
     from tests.integration.test_feedback_pipeline import add_labels
 
     engine = container_engine
+    working_before = _working_containers(engine)
     root = tmp_path_factory.mktemp("containers")
     sock = root / "podman.sock"
     service_log = root / "podman-service.log"
@@ -156,6 +157,14 @@ def test_training_then_feedback_with_each_step_in_its_own_container(ci_image, co
         stop_process_group(service)
     left = engine.run("ps", "-a", "--format", "{{.Image}} {{.Command}}").stdout.decode()
     assert "zenml" not in left.lower(), left  # every step container was removed
+    # and the image builds left no intermediate (buildah working) container mounted behind
+    assert _working_containers(engine) - working_before == set()
+
+
+def _working_containers(engine) -> set[str]:
+    """The build containers podman keeps outside its own list (buildah's working containers)."""
+    out = engine.run("ps", "-a", "--external", "--format", "{{.ID}} {{.Names}}", timeout=60)
+    return {line for line in out.stdout.decode().splitlines() if "working-container" in line}
 
 
 RUNS_PROBE = r"""
