@@ -285,17 +285,15 @@ def with_soft_targets(train: pd.DataFrame, model_over: dict, case: dict, task) -
         **{data.SOFT_TARGETS: list(soft.astype(np.float32))})
 
 
+def probabilities(clf, texts, batch_size: int) -> "numpy.ndarray":
+    """The classifier's probabilities on `texts` (rows x labels)."""
+    return torch.softmax(torch.from_numpy(clf.logits(list(texts), batch_size)), dim=-1).numpy()
+
+
 def teacher_probabilities(bundle_dirs, texts, settings) -> "numpy.ndarray":
     """The mean of the bundles' probabilities on `texts` (rows x labels)."""
-    total = None
-    for d in bundle_dirs:
-        clf = modeling.Classifier(d, device=settings.training.device)
-        probs = torch.softmax(torch.from_numpy(clf.logits(list(texts),
-                                                          settings.evaluation.batch_size)),
-                              dim=-1).numpy()
-        total = probs if total is None else total + probs
-        del clf
-    return total / len(bundle_dirs)
+    return sum(probabilities(modeling.Classifier(d, device=settings.training.device), texts,
+                             settings.evaluation.batch_size) for d in bundle_dirs) / len(bundle_dirs)
 
 
 def run_once(name, train_over, model_over, settings, case, task, seed,
@@ -413,8 +411,7 @@ def combine(name, bundle_dirs, settings, case, task) -> list[dict]:
         return out
 
     def probs_of(clf) -> dict:
-        return {split: torch.softmax(torch.from_numpy(clf.logits(list(rows["text"]), batch_size)),
-                                     dim=-1).numpy() for split, rows in splits}
+        return {split: probabilities(clf, rows["text"], batch_size) for split, rows in splits}
 
     members, states = [], []
     for d in bundle_dirs:
