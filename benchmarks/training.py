@@ -49,6 +49,11 @@ and `soft_from_weight=1` on the weight column's agreement, as soft targets.
 their ensemble (mean probabilities) and their uniform soup (mean weights), for 2..N of them.
 
     python benchmarks/training.py --seeds 0 1 2 --ensemble --run default:
+
+`--blend-baseline` also scores every model and ensemble mixed with the TF-IDF baseline's
+probabilities, (1 - w) x model + w x baseline: two kinds of model whose errors differ. It reports
+each w of BLEND_WEIGHTS on the test rows and, as the figure to quote, w cross-fitted on halves of
+the test rows (chosen on one, scored on the other).
 """
 
 from __future__ import annotations
@@ -234,8 +239,49 @@ def fit_baselines(case, task, weightings) -> dict:
         for split_name, test in [("test", case["test"]), *case["extra"].items()]:
             b = baseline.fit_and_score(rows, test, task, weights)
             key = split_name if i == 0 else f"{split_name}_class_weights_{weighting}"
+            if i == 0:  # for --blend-baseline
+                case.setdefault("baseline_probs", {})[split_name] = b.probabilities
             out[key] = {**b.metrics, "seconds": b.fit_seconds, "class_weights": weighting}
     return out
+
+
+BLEND_WEIGHTS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def blend(model_probs, baseline_probs, refs: list, task) -> dict:
+    """The model's probabilities mixed with the baseline's, (1 - w) x model + w x baseline:
+    macro-F1 on the test rows for each w of BLEND_WEIGHTS (choosing the best of them on the
+    very rows it is scored on flatters it), and `cross_fitted`, the honest figure: w chosen on
+    every other test row and applied to the rows between them, both ways, macro-F1 of the
+    predictions put together (w = 0, the model alone, is a choice too)."""
+    import numpy as np
+
+    refs = np.asarray(refs)
+
+    def predicted(w):
+        return ((1 - w) * model_probs + w * baseline_probs).argmax(axis=1)
+
+    def f1(pred, rows=slice(None)):
+        return float(evaluation.compute_metrics(list(refs[rows]), list(pred[rows]), task)["macro_f1"])
+
+    preds = {w: predicted(w) for w in (0.0, *BLEND_WEIGHTS)}
+    out = {"by_weight": {str(w): f1(p) for w, p in preds.items() if w}}
+    half = np.arange(len(refs)) % 2 == 0  # every other row: both halves span the whole corpus
+    chosen, cross = [], np.empty(len(refs), dtype=np.int64)
+    for fit_rows in (half, ~half):
+        w = max(preds, key=lambda w: f1(preds[w], fit_rows))
+        chosen.append(w)
+        cross[~fit_rows] = preds[w][~fit_rows]
+    out["cross_fitted"] = {"macro_f1": f1(cross), "weights": chosen,
+                           "model_alone": f1(preds[0.0])}
+    return out
+
+
+def describe_blend(got: dict) -> str:
+    cross = got["cross_fitted"]
+    return ("blend with the baseline: " + " ".join(f"w{w} {v:.4f}" for w, v in got["by_weight"].items())
+            + f"; cross-fitted {cross['macro_f1']:.4f} (w {cross['weights']}, model alone "
+            f"{cross['model_alone']:.4f})")
 
 
 def adapted_base(model_cfg, adapt: dict, pool: list[str], device: str) -> Path:
@@ -368,6 +414,11 @@ def run_once(name, train_over, model_over, settings, case, task, seed,
         out["eval_seconds"] = time.perf_counter() - start
         for split_name, test in case["extra"].items():
             out[split_name] = score(clf, test, task, settings.evaluation.batch_size)
+        if case.get("blend"):
+            out["blend"] = blend(probabilities(clf, case["test"]["text"],
+                                               settings.evaluation.batch_size),
+                                 case["baseline_probs"]["test"],
+                                 [task.encode_label(x) for x in case["test"]["label"]], task)
         if clf.decision_bias is not None:  # the same model deciding by plain argmax
             clf.decision_bias = None
             out["raw"] = score(clf, case["test"], task, settings.evaluation.batch_size)
@@ -385,6 +436,8 @@ def run_once(name, train_over, model_over, settings, case, task, seed,
     print(f"    macro-F1 {out['macro_f1']:.4f}  acc {out['accuracy']:.4f}{wide}  "
           f"train {out['train_seconds']:.1f}s ({out['samples_per_second']:.0f} samples/s)  "
           f"predicted {out['predicted_share']}", flush=True)
+    if "blend" in out:
+        print(f"    {describe_blend(out['blend'])}", flush=True)
     del result, clf
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -408,6 +461,8 @@ def combine(name, bundle_dirs, settings, case, task) -> list[dict]:
             if split == "test" and case.get("agreement") is not None:
                 out[split]["by_agreement"] = by_agreement(
                     refs[split], list(probs.argmax(axis=1)), case["agreement"], task)
+            if split == "test" and case.get("blend"):
+                out[split]["blend"] = blend(probs, case["baseline_probs"]["test"], refs[split], task)
         return out
 
     def probs_of(clf) -> dict:
@@ -428,11 +483,13 @@ def combine(name, bundle_dirs, settings, case, task) -> list[dict]:
             results.append({"case": case["case"], "draw": case["draw"], "name": name,
                             "kind": kind, "members": k, "macro_f1": got["test"]["macro_f1"],
                             "accuracy": got["test"]["accuracy"],
-                            **({"by_agreement": got["test"]["by_agreement"]}
-                               if "by_agreement" in got["test"] else {}),
+                            **{key: got["test"][key] for key in ("by_agreement", "blend")
+                               if key in got["test"]},
                             **{s: v for s, v in got.items() if s != "test"}})
             print(f"    {name} {kind} of {k}: macro-F1 {got['test']['macro_f1']:.4f}  "
                   f"acc {got['test']['accuracy']:.4f}", flush=True)
+            if "blend" in got["test"]:
+                print(f"      {describe_blend(got['test']['blend'])}", flush=True)
         del clf
     return results
 
@@ -486,6 +543,11 @@ def main() -> int:
     ap.add_argument("--by-agreement", metavar="COLUMN",
                     help="full case: also score each run on the test rows grouped by this "
                          "corpus column (the annotators' agreement: confidence)")
+    ap.add_argument("--blend-baseline", action="store_true",
+                    help="also score each model (and ensemble) mixed with the TF-IDF baseline's "
+                         "probabilities: (1 - w) x model + w x baseline, w = "
+                         + ", ".join(map(str, BLEND_WEIGHTS)) + ", and w cross-fitted on "
+                         "halves of the test rows")
     ap.add_argument("--json", "--out", dest="json", help="write results as JSON here (after every run)")
     args = ap.parse_args()
 
@@ -496,6 +558,8 @@ def main() -> int:
                else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads")
     print(f"machine: {machine}; torch {torch.__version__}")
     cases = build_cases(args, settings, task, check_runs(args.run or ["default:"], settings))
+    for case in cases:
+        case["blend"] = args.blend_baseline
     results, baselines, combined = [], {}, []
 
     def save() -> None:

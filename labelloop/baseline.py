@@ -27,6 +27,9 @@ class BaselineResult:
     predicted: np.ndarray      # label ids per test text, in test order
     fit_seconds: float
     name: str = NAME
+    # per test text, the probability of each label (rows x labels, in task.labels order); a
+    # baseline that could not fit puts all of it on the label it predicts
+    probabilities: Optional[np.ndarray] = None
 
 
 def fit_and_score(train: pd.DataFrame, test: pd.DataFrame, task: ClassificationTask,
@@ -51,13 +54,17 @@ def fit_and_score(train: pd.DataFrame, test: pd.DataFrame, task: ClassificationT
         clf = LogisticRegression(C=4.0, max_iter=1000, tol=1e-3, class_weight=class_weight)
         sample_weight = train["weight"].to_numpy(dtype=float) if "weight" in train else None
         clf.fit(x, y, sample_weight=sample_weight)
-        pred = clf.predict(vec.transform(test["text"]))
+        x_test = vec.transform(test["text"])
+        pred = clf.predict(x_test)
+        probs = np.zeros((len(test), len(task.labels)))
+        probs[:, clf.classes_] = clf.predict_proba(x_test)  # a label absent from train: 0
     except ValueError:  # one label, or no word to learn from: the most frequent label
         pred = np.full(len(test), np.bincount(y).argmax() if len(y) else 0)
+        probs = np.eye(len(task.labels))[pred]
     fit_s = time.perf_counter() - start
     refs = np.array([task.encode_label(lab) for lab in test["label"]])
     n = len(task.labels)
     metrics = {"accuracy": promotion.score(refs, pred, n, "accuracy"),
                "macro_f1": promotion.score(refs, pred, n, "macro_f1")}
     return BaselineResult(metrics=metrics, predicted=np.asarray(pred, dtype=np.int64),
-                          fit_seconds=fit_s)
+                          fit_seconds=fit_s, probabilities=probs)

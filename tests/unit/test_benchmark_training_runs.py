@@ -139,3 +139,27 @@ def test_scores_by_agreement_bucket():
     got = bench.by_agreement(refs, preds, agreement, task)
     assert {k: (v["rows"], v["accuracy"]) for k, v in got.items()} == {
         "no value": (2, 0.5), "below 0.6": (1, 1.0), "0.6-0.8": (2, 0.5), "0.9 and up": (3, 1.0)}
+
+
+def test_blend_with_the_baseline():
+    """--blend-baseline: a baseline that is always right lifts the model once its weight is
+    half; a uniform one changes nothing; the cross-fitted weight is chosen on the other half."""
+    import numpy as np
+
+    from labelloop.tasks import task_from_settings
+
+    task = task_from_settings(load_settings(None, environ={}))
+    rng = np.random.default_rng(0)
+    refs = [i % 3 for i in range(60)]
+    model = rng.dirichlet(np.ones(3), size=60)  # a model that guesses
+    alone = bench.blend(model, np.full((60, 3), 1 / 3), refs, task)
+    plain = alone["cross_fitted"]["model_alone"]
+    assert plain < 0.7
+    assert set(alone["by_weight"].values()) == {plain}
+    assert alone["cross_fitted"]["macro_f1"] == plain
+
+    right = bench.blend(model, np.eye(3)[refs], refs, task)
+    assert right["by_weight"]["0.5"] == 1.0
+    assert right["by_weight"]["0.1"] < 1.0
+    assert right["cross_fitted"]["macro_f1"] == 1.0
+    assert all(w >= 0.5 for w in right["cross_fitted"]["weights"])

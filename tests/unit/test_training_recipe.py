@@ -298,3 +298,16 @@ def test_validation_fraction_takes_a_stable_share_of_the_training_split(tmp_path
     with pytest.raises(ValueError, match="validation or dataset.validation_fraction"):
         DatasetSettings(path=str(path), validation_fraction=0.1,
                         validation={"path": str(path)})
+
+
+def test_baseline_probabilities_follow_its_predictions():
+    """The baseline's probabilities (for blends): one row per test text, in task.labels order,
+    summing to one, their argmax its prediction; a label it never saw gets none."""
+    train = _rows([("good great fine", "positive"), ("great good", "positive"),
+                   ("bad awful", "negative"), ("awful bad worse", "negative")])
+    test = _rows([("good", "positive"), ("awful", "negative")])
+    result = baseline.fit_and_score(train, test, TASK)
+    assert result.probabilities.shape == (2, len(TASK.labels))
+    assert np.allclose(result.probabilities.sum(axis=1), 1.0)
+    assert result.probabilities.argmax(axis=1).tolist() == result.predicted.tolist()
+    assert (result.probabilities[:, TASK.encode_label("neutral")] == 0).all()
