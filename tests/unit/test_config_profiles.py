@@ -40,6 +40,6 @@ def test_cpu_serving_profile():
 
 def test_fast_gpu_training_profile():
     t = load_settings(CONFIGS / "train-fast-gpu.yaml", environ={}).training
-    # what the H200 figure (macro-F1 0.7823 in 6.8 s) was measured with
-    assert (t.method, t.epochs, t.learning_rate, t.class_weights) == ("full", 1, 1e-4, "auto")
+    # what the H100 figures (macro-F1 0.7861-0.7945 in 8.8-11.0 s, 3 seeds) were measured with
+    assert (t.method, t.epochs, t.learning_rate, t.class_weights) == ("full", 1, 1e-4, "off")
     assert (t.batch_size, t.max_steps) == (64, None)
