@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import torch
 
+from benchmarks import first_fine_tune as bench
 from labelloop import training
 from labelloop.settings import ModelSettings
-
-_spec = importlib.util.spec_from_file_location(
-    "bench_first_fine_tune",
-    Path(__file__).resolve().parents[2] / "benchmarks" / "first_fine_tune.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
 
 
 def test_spans_between_the_marks_reached():

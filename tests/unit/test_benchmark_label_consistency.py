@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_label_consistency",
-    Path(__file__).resolve().parents[2] / "benchmarks" / "label_consistency.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from benchmarks import label_consistency as bench
 
 
 def test_near_copies_and_their_labels():
