@@ -12,7 +12,10 @@ and errors of these libraries still show.
 - transformers prints a LOAD REPORT table when a new classification head is initialised: the
   expected case for a base encoder (a report with other keys or statuses still shows);
 - peft calls a transformers method deprecated in v6 (a FutureWarning nobody here can act on);
-- TRL's SFTConfig passes transformers' own deprecated `gradient_checkpointing` default.
+- TRL's SFTConfig passes transformers' own deprecated `gradient_checkpointing` default;
+- the Argilla SDK logs every API call and every resource it creates at INFO, whole (`Webhook:
+  Resource created: Webhook(... secret='...')` put the webhook's signing secret on the demo's
+  terminal).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ QUIET_LOGGERS = {
     "httpcore": logging.WARNING,
     "zenml.pipelines.pipeline_definition": logging.WARNING,
     "zenml.orchestrators.step_run_utils": logging.WARNING,
+    "argilla.sdk": logging.WARNING,
 }
 
 _HEAD_KEY = re.compile(r"^(classifier|score|pre_classifier|classification_head)\.")

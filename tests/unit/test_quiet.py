@@ -55,3 +55,19 @@ def test_zenml_archive_note_is_dropped_other_store_messages_kept(caplog):
         log.info("Model version 12 has been set to archived.")
         log.info("Creating database tables")
     assert [r.getMessage() for r in caplog.records] == ["Creating database tables"]
+
+
+def test_argilla_sdk_chatter_is_dropped_its_warnings_kept():
+    """The Argilla SDK logs each resource it creates at INFO, whole: a webhook's signing secret
+    reached the demo's terminal through the root handler ZenML installs at INFO."""
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.basicConfig(level=logging.INFO); import labelloop; "
+            "from argilla._helpers._log import log_message; "
+            "log_message(\"Webhook: Resource created: Webhook(secret='s3cret')\"); "
+            "log_message('DatasetsAPI: could not publish', 'warning')")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stderr
+    assert "s3cret" not in err
+    assert "could not publish" in err
