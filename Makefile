@@ -59,7 +59,7 @@ train: setup
 
 # One turn of the loop with the demo's settings (written by `make demo`, secrets included).
 feedback: setup
-	$(VENV)/bin/labelloop feedback --config .labelloop/$(if $(filter generation,$(TASK)),generation/)demo-settings.yaml
+	$(VENV)/bin/labelloop feedback --train --config .labelloop/$(if $(filter generation,$(TASK)),generation/)demo-settings.yaml
 
 stop:
 	$(VENV)/bin/labelloop demo --stop $(if $(TASK),--task $(TASK))

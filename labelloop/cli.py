@@ -31,7 +31,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_feedback(args: argparse.Namespace) -> int:
     from pipelines.run import run_feedback
 
-    return run_feedback(args.config, project=args.project, reason=args.reason)
+    reason = args.reason
+    if args.train:  # the trigger the decision reads (pipelines/steps/feedback_decide.py)
+        reason = "cli: asked to train" + ("" if reason == "cli" else f" ({reason})")
+    return run_feedback(args.config, project=args.project, reason=reason)
 
 
 def _cmd_studio(args: argparse.Namespace) -> int:
@@ -134,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
             "retrain and promote when needed.")
     p.add_argument("--project", type=int, default=None, help="Label Studio project id")
     p.add_argument("--reason", default="cli", help="why the run was triggered (logged)")
+    p.add_argument("--train", action="store_true",
+                   help="train now on any new labels, as Label Studio's Start training does "
+                        "(without it, a turn retrains once feedback.min_new_labels have "
+                        "arrived or the champion slips); promotion rules are unchanged")
 
     p = add("serve", _cmd_serve, "Serve the champion with BentoML (same as `bentoml serve`).")
     p.add_argument("--port", type=int, default=None, help="port (default: serving.port)")

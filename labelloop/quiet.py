@@ -15,7 +15,7 @@ and errors of these libraries still show.
 - TRL's SFTConfig passes transformers' own deprecated `gradient_checkpointing` default;
 - the Argilla SDK logs every API call and every resource it creates at INFO, whole (`Webhook:
   Resource created: Webhook(... secret='...')` put the webhook's signing secret on the demo's
-  terminal).
+  terminal), and its client says "Logged in as ..." on the root logger at every connection.
 """
 
 from __future__ import annotations
@@ -63,6 +63,12 @@ def is_zenml_archive_note(message: str) -> bool:
     return re.fullmatch(r"Model version \S+ has been set to archived\.", message) is not None
 
 
+def is_argilla_login(message: str) -> bool:
+    """The Argilla client's "Argilla: Logged in as NAME with the role ROLE", logged on the root
+    logger (not its own) at every connection."""
+    return message.startswith("Argilla: Logged in as ")
+
+
 class _DropIf(logging.Filter):
     def __init__(self, predicate):
         super().__init__()
@@ -83,6 +89,7 @@ def install() -> None:
         "zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker"
     ).addFilter(_DropIf(is_autolog_noise))
     logging.getLogger("zenml.zen_stores.sql_zen_store").addFilter(_DropIf(is_zenml_archive_note))
+    logging.getLogger().addFilter(_DropIf(is_argilla_login))  # a root logger record only
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
                             category=FutureWarning)
     # transformers' TrainingArguments (under TRL's SFTConfig) warns about its own default.

@@ -365,7 +365,7 @@ def up(config: Optional[str], tools: Optional[list[str]] = None,
     else:
         print("next           answer a few records in Argilla (keep or change the suggestion,")
         print("               Submit), then run:")
-    print("                 " + command_hint(f"feedback --config {rel}",
+    print("                 " + command_hint(f"feedback --train --config {rel}",
                                              "feedback" if default_file else None))
     print("               the new champion answers at "
           f"{service_url(settings)}/metadata once promoted")

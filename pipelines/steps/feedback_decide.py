@@ -5,7 +5,8 @@ gives the same model: the decision says so instead), unless `force_retrain` is s
 retrain when any of these holds (FeedbackSettings):
 - there is no champion yet;
 - `force_retrain` is set;
-- an annotator pressed "Start training" and there are new trainable labels;
+- someone asked for training (Label Studio's "Start training", `labelloop feedback --train`)
+  and there are new trainable labels;
 - at least `min_new_labels` human labels were written since the last retrain;
 - on the held-out human labels (at least `min_fresh_labels`), the champion is more than
   `max_drop` below what its own confidence expects on those texts, or its selection-adjusted
@@ -24,7 +25,9 @@ from labelloop.settings import FeedbackSettings
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
 
-BUTTON_PREFIX = "label-studio: start training"
+# Triggers that are a person asking for a turn now: Label Studio's "Start training" button and
+# `labelloop feedback --train` (labelloop/cli.py). Any new trainable label is then enough.
+ASKED_TO_TRAIN = ("label-studio: start training", "cli: asked to train")
 
 
 def describe_estimate(fresh_eval: dict[str, Any], metric: str) -> str:
@@ -71,9 +74,9 @@ def decide(fresh_eval: dict[str, Any], cfg: FeedbackSettings, trigger: str = "cl
                                f"the last retrain's (digest {digest}); retraining on the same "
                                f"data would give the same model"], champ, metric, fresh, test,
                        n_fresh, n_new, estimate, identical)
-    if trigger.startswith(BUTTON_PREFIX) and n_new_trainable > 0:
-        reasons.append(f"an annotator asked for training and {n_new_trainable} new trainable "
-                       "labels are there")
+    if trigger.startswith(ASKED_TO_TRAIN) and n_new_trainable > 0:
+        reasons.append(f"{'an annotator' if trigger.startswith(ASKED_TO_TRAIN[0]) else 'you'} "
+                       f"asked for training and {n_new_trainable} new trainable labels are there")
     if generation:  # chrF against final responses, preference accuracy (their own rules)
         reasons.extend(gen_feedback.fresh_reasons(fresh, cfg))
     elif fresh and n_fresh >= cfg.min_fresh_labels:

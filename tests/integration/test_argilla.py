@@ -318,13 +318,15 @@ def test_feedback_turn_retrains_on_argilla_answers_and_pushes_new_suggestions(lo
             answer(ui, r["id"], ("negative", "neutral")[i % 4 // 2])
     wait_store(s, dataset_id, lambda rows: (rows["annotator"] == name).sum() >= 2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LABELLOOP")}
-    env["LABELLOOP__FEEDBACK__FORCE_RETRAIN"] = "true"
-    r = subprocess.run([sys.executable, "-m", "labelloop.cli", "feedback", "--config",
+    # What the demo tells an Argilla user to run after a few answers (Argilla has no Start
+    # training button): a turn asked to train on them.
+    r = subprocess.run([sys.executable, "-m", "labelloop.cli", "feedback", "--train", "--config",
                         str(loop["settings_file"])], env=env, cwd=REPO, capture_output=True,
                        text=True, timeout=900)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "sync: argilla: dataset" in out and "new version" in out, out[-3000:]
+    assert "you asked for training" in out, out[-3000:]
     new = str(registry.get_champion(s).version)
     assert new != champion, out[-3000:]  # any trained model beats the constant champion
     records = A.list_records(client, dataset_id)

@@ -110,7 +110,7 @@ def test_turns_sft_then_dpo_kept_by_rule_no_retrain_on_same_data_then_promoted(w
     assert "dpo_final_loss" in run.data.metrics
 
     # The same human data again: no retrain, and the decision says why.
-    r = cli(env, "feedback", "--reason", "label-studio: start training")
+    r = cli(env, "feedback", "--train")  # asked to train: still not on the same labels
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-5000:]
     assert "decision       keep" in out and "identical to the last retrain's" in out

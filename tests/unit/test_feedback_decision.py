@@ -85,6 +85,32 @@ def test_start_training_button_retrains_on_any_new_trainable_label():
                       trigger="label-studio: start training")["retrain"]
 
 
+def test_feedback_train_flag_is_a_request_like_the_button(monkeypatch):
+    """`labelloop feedback --train`: a few new labels are enough, as with Start training; the
+    same labels as the last retrain still are not."""
+    import pipelines.run
+    from labelloop.cli import build_parser
+
+    def trigger_of(*argv):
+        seen = []
+        monkeypatch.setattr(pipelines.run, "run_feedback",
+                            lambda config, project, reason: seen.append(reason) or 0)
+        args = build_parser().parse_args(["feedback", *argv])
+        assert args.func(args) == 0
+        return seen[0]
+
+    assert trigger_of() == "cli"
+    assert trigger_of("--train") == "cli: asked to train"
+    assert trigger_of("--train", "--reason", "nightly") == "cli: asked to train (nightly)"
+    for trigger in ("cli: asked to train", "cli: asked to train (nightly)"):
+        d = decide(_eval(n_new=3, new_trainable=2), CFG, trigger=trigger)
+        assert d["retrain"] and "you asked for training and 2 new trainable" in d["reason"]
+    assert not decide(_eval(n_new=3, new_trainable=0), CFG, trigger="cli: asked to train")["retrain"]
+    same = decide(_eval(n_new=3, new_trainable=2, digest="d", last_digest="d"), CFG,
+                  trigger="cli: asked to train")
+    assert not same["retrain"] and same["identical_data"]
+
+
 def test_held_out_share_is_stable_and_about_the_fraction():
     texts = [f"text {i}" for i in range(4000)]
     df = pd.DataFrame({"text": texts, "label": ["positive"] * len(texts)})

@@ -66,8 +66,10 @@ def test_argilla_sdk_chatter_is_dropped_its_warnings_kept():
     code = ("import logging; logging.basicConfig(level=logging.INFO); import labelloop; "
             "from argilla._helpers._log import log_message; "
             "log_message(\"Webhook: Resource created: Webhook(secret='s3cret')\"); "
-            "log_message('DatasetsAPI: could not publish', 'warning')")
+            "log_message('DatasetsAPI: could not publish', 'warning'); "
+            "logging.info('Argilla: Logged in as labelloop with the role Role.owner'); "
+            "logging.info('a root message of another kind')")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stderr
-    assert "s3cret" not in err
-    assert "could not publish" in err
+    assert "s3cret" not in err and "Logged in as" not in err
+    assert "could not publish" in err and "a root message of another kind" in err
