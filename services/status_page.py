@@ -70,7 +70,8 @@ def collect(settings: Settings, serving_version: str | None = None) -> dict[str,
     return {"model_name": settings.registry.model_name,
             "champion": str(champion.version) if champion else None,
             "serving": serving_version, "versions": versions,
-            "turns": loop_status.turns(settings, limit=20), "generated_at": time.time()}
+            "turns": loop_status.turns(settings, limit=20), "generated_at": time.time(),
+            "tools": list(settings.annotation.tools)}
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -123,6 +124,14 @@ def curve_svg(versions: list[dict[str, Any]], width: int = 520, height: int = 22
             f'<polyline fill="none" stroke="#2a6" stroke-width="2" points="{path}"/>{dots}</svg>')
 
 
+def how_to_train(tools: list[str]) -> str:
+    """The empty runs table's hint: how a person starts a training run with these tools."""
+    button = ('in Label Studio, project Settings, Model, the labelloop card&#39;s "..." menu, '
+              "Start Training; or ") if "label-studio" in tools else ""
+    return (f"No training run yet: {button}run <code>labelloop feedback --train</code> after a "
+            "few " + ("annotations" if button else "answers") + ".")
+
+
 def render(data: dict[str, Any]) -> str:
     e = html.escape
     running = any(t["state"] == "running" for t in data["turns"])
@@ -161,7 +170,7 @@ td.summary {{ max-width: 48em }}
 <b>{e(str(data["champion"] or "none"))}</b>.</p>
 <h2>Training runs</h2>
 <table id="turns"><tr><th>run</th><th>trigger</th><th>state</th><th>outcome</th><th>took</th>
-<th>what happened</th><th>started</th></tr>{"".join(turns) or '<tr><td colspan="7">No training run yet: in Label Studio, project Settings, Model, the labelloop card&#39;s "..." menu, Start Training.</td></tr>'}</table>
+<th>what happened</th><th>started</th></tr>{"".join(turns) or f'<tr><td colspan="7">{how_to_train(data.get("tools", []))}</td></tr>'}</table>
 <h2>Versions</h2>
 <table id="versions"><tr><th>version</th><th>status</th><th>trained by</th><th>test macro-F1</th>
 <th>test accuracy</th><th>human labels</th><th>annotators kept its suggestion</th><th>registered</th></tr>

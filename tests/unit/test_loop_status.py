@@ -57,3 +57,16 @@ def test_status_page_shows_versions_turns_agreement_and_curve(settings):
     assert "75% of 4" in page and "&lt;worse&gt;" in page  # escaped, never raw HTML
     assert 'class="turn done"' in page and "<circle" in page
     assert 'http-equiv="refresh"' not in page  # only while a turn runs
+
+
+def test_status_page_says_how_to_start_a_run_with_the_tools_in_use(settings):
+    """No run yet: Label Studio users get the button and the command, Argilla users (no such
+    button) the command."""
+    from services import status_page
+
+    data = status_page.collect(settings)
+    assert data["tools"] == ["label-studio"] and data["turns"] == []
+    page = status_page.render(data)
+    assert "Start Training" in page and "labelloop feedback --train" in page
+    argilla = status_page.render({**data, "tools": ["argilla"]})
+    assert "Start Training" not in argilla and "labelloop feedback --train" in argilla
