@@ -20,8 +20,9 @@ to labelloop.loop_status, which the service's status page (/status) and Label St
 Never two at once for one project: `run_feedback_pipeline` holds
 `labelloop.trigger.feedback_lock(settings, project)` for the whole run.
 
-Triggers: `labelloop feedback` (CLI), Label Studio's "Start training" button and the webhook
-label threshold (both via labelloop.trigger), and a schedule:
+Triggers: `labelloop feedback` (CLI; `--train` asks for training as the button does), Label
+Studio's "Start training" button and the webhook label threshold (both via labelloop.trigger),
+and a schedule:
 - the local orchestrator runs no schedules: use cron, e.g. daily at 03:00
   `0 3 * * * cd /path/to/labelloop && .venv/bin/labelloop feedback >> .labelloop/feedback-cron.log 2>&1`
 - on a stack whose orchestrator supports schedules:
