@@ -103,7 +103,8 @@ def handle_event(settings: Settings, payload: dict) -> dict:
         raise ValueError("malformed webhook payload: no 'action'")
     if action in TRAIN:
         project_id = _project(payload)
-        started = trigger.request_feedback_run(settings, project_id, "label-studio: start training")
+        started = trigger.request_feedback_run(settings, project_id,
+                                               trigger.START_TRAINING_BUTTON)
         return {"action": action, "project": project_id,
                 "feedback_run": "started" if started else "already-running",
                 **training_answer(settings, project_id, started)}

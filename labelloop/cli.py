@@ -29,11 +29,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_feedback(args: argparse.Namespace) -> int:
+    from labelloop.trigger import CLI_ASKED_TO_TRAIN
     from pipelines.run import run_feedback
 
     reason = args.reason
     if args.train:  # the trigger the decision reads (pipelines/steps/feedback_decide.py)
-        reason = "cli: asked to train" + ("" if reason == "cli" else f" ({reason})")
+        reason = CLI_ASKED_TO_TRAIN + ("" if reason == "cli" else f" ({reason})")
     return run_feedback(args.config, project=args.project, reason=reason)
 
 

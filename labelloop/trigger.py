@@ -33,6 +33,12 @@ FEEDBACK_MODULE = "labelloop.cli"
 LOCK_FD_ENV = "LABELLOOP_FEEDBACK_LOCK_FD"
 LOCK_PATH_ENV = "LABELLOOP_FEEDBACK_LOCK_PATH"
 
+# The triggers that are a person asking for a turn now; a turn then trains on any new trainable
+# label (pipelines/steps/feedback_decide.py). A trigger may carry more after these words.
+START_TRAINING_BUTTON = "label-studio: start training"  # Label Studio's Start training
+CLI_ASKED_TO_TRAIN = "cli: asked to train"              # labelloop feedback --train
+ASKED_TO_TRAIN = (START_TRAINING_BUTTON, CLI_ASKED_TO_TRAIN)
+
 
 class FeedbackRunning(RuntimeError):
     """A feedback run for this project is already in progress."""

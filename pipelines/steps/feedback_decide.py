@@ -22,12 +22,10 @@ from typing import Annotated, Any, Optional
 from zenml import step
 
 from labelloop.settings import FeedbackSettings
+from labelloop.trigger import ASKED_TO_TRAIN, START_TRAINING_BUTTON
 from pipelines.stack import TRACKER_NAME
 from pipelines.steps.common import settings_for
 
-# Triggers that are a person asking for a turn now: Label Studio's "Start training" button and
-# `labelloop feedback --train` (labelloop/cli.py). Any new trainable label is then enough.
-ASKED_TO_TRAIN = ("label-studio: start training", "cli: asked to train")
 
 
 def describe_estimate(fresh_eval: dict[str, Any], metric: str) -> str:
@@ -75,8 +73,9 @@ def decide(fresh_eval: dict[str, Any], cfg: FeedbackSettings, trigger: str = "cl
                                f"data would give the same model"], champ, metric, fresh, test,
                        n_fresh, n_new, estimate, identical)
     if trigger.startswith(ASKED_TO_TRAIN) and n_new_trainable > 0:
-        reasons.append(f"{'an annotator' if trigger.startswith(ASKED_TO_TRAIN[0]) else 'you'} "
-                       f"asked for training and {n_new_trainable} new trainable labels are there")
+        who = "an annotator" if trigger.startswith(START_TRAINING_BUTTON) else "you"
+        reasons.append(f"{who} asked for training and {n_new_trainable} new trainable labels "
+                       "are there")
     if generation:  # chrF against final responses, preference accuracy (their own rules)
         reasons.extend(gen_feedback.fresh_reasons(fresh, cfg))
     elif fresh and n_fresh >= cfg.min_fresh_labels:
