@@ -24,17 +24,14 @@ import labelloop  # noqa: E402,F401
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from labelloop import data  # noqa: E402
+from labelloop import baseline, data  # noqa: E402
 from labelloop.settings import load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
 
 
 def nearest_neighbours(train_texts, test_texts) -> tuple[np.ndarray, np.ndarray]:
     """Per test text: the index of the closest training text and their cosine (TF-IDF)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(train_texts) >= 2000 else 1,
-                          sublinear_tf=True)
+    vec = baseline.vectorizer(len(train_texts))
     train_vectors = vec.fit_transform(train_texts)
     similarity = vec.transform(test_texts) @ train_vectors.T
     return (np.asarray(similarity.argmax(axis=1)).ravel(),

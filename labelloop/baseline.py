@@ -32,19 +32,25 @@ class BaselineResult:
     probabilities: Optional[np.ndarray] = None
 
 
+def vectorizer(train_rows: int):
+    """The baseline's TF-IDF features, unfitted: word 1-2 grams seen twice or more (on a few
+    hundred rows, once: else little is left)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=(1, 2), min_df=2 if train_rows >= 2000 else 1,
+                           sublinear_tf=True)
+
+
 def fit_and_score(train: pd.DataFrame, test: pd.DataFrame, task: ClassificationTask,
                   weights: Optional[dict[str, float]] = None) -> BaselineResult:
     """Fit on `train` (text, label), score on `test`. `weights`: per-label loss weights, as
     labelloop.training.class_weights returns them (None: unweighted). Rows with a `weight`
     column (dataset.weight_column) are weighted by it too, as the fine-tune weights them."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     start = time.perf_counter()
     y = np.array([task.encode_label(lab) for lab in train["label"]])
-    # Word 1-2 grams seen twice or more (on a few hundred rows, once: else little is left).
-    vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2 if len(train) >= 2000 else 1,
-                          sublinear_tf=True)
+    vec = vectorizer(len(train))
     class_weight = None if weights is None else {
         task.encode_label(lab): w for lab, w in weights.items()}
     try:
