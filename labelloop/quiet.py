@@ -10,7 +10,9 @@ and errors of these libraries still show.
 - ZenML's MLflow tracker warns, after every step, that it could not switch off MLflow
   autologging for fastai, which is not installed (the project never turns autologging on);
 - transformers prints a LOAD REPORT table when a new classification head is initialised: the
-  expected case for a base encoder (a report with other keys or statuses still shows);
+  expected case for a base encoder, as is the base checkpoint's pretraining head left unused
+  (MPNet's and RoBERTa's pooler, a masked-LM head); a report with other keys or statuses still
+  shows;
 - peft calls a transformers method deprecated in v6 (a FutureWarning nobody here can act on);
 - TRL's SFTConfig passes transformers' own deprecated `gradient_checkpointing` default;
 - the Argilla SDK logs every API call and every resource it creates at INFO, whole (`Webhook:
@@ -34,17 +36,22 @@ QUIET_LOGGERS = {
 }
 
 _HEAD_KEY = re.compile(r"^(classifier|score|pre_classifier|classification_head)\.")
+# What a base checkpoint brings that a sequence classifier does not use: the pooler of
+# architectures whose head reads the first token itself (MPNet, RoBERTa), a pretraining head.
+_UNUSED_BASE_KEY = re.compile(r"^((\w+\.)?pooler|lm_head|cls|mask_predictions|lm_predictions)\.")
 _REPORT_ROW = re.compile(r"^\s*(\S+)\s*\|\s*([A-Z_]+)\s*\|")
 
 
 def is_new_head_report(message: str) -> bool:
-    """A transformers LOAD REPORT listing only MISSING classification-head keys."""
+    """A transformers LOAD REPORT listing only MISSING classification-head keys and, maybe,
+    UNEXPECTED keys of the base's own pretraining head."""
     if "LOAD REPORT" not in message:
         return False
     rows = [m.groups() for m in map(_REPORT_ROW.match, message.splitlines()) if m]
     rows = [(key, status) for key, status in rows if key != "Key"]  # the table's header
-    return bool(rows) and all(status == "MISSING" and _HEAD_KEY.match(key)
-                              for key, status in rows)
+    expected = {"MISSING": _HEAD_KEY, "UNEXPECTED": _UNUSED_BASE_KEY}
+    return any(status == "MISSING" for _, status in rows) and all(
+        status in expected and expected[status].match(key) for key, status in rows)
 
 
 def is_autolog_noise(message: str) -> bool:

@@ -25,6 +25,36 @@ def test_new_head_report_is_dropped_other_reports_kept():
     assert not quiet.is_new_head_report("some other warning")
 
 
+# transformers 5 loading all-mpnet-base-v2 (a sentence-transformers base saved with its pooler)
+# into MPNetForSequenceClassification, whose head reads the first token itself.
+MPNET_HEAD = """\x1b[1mMPNetForSequenceClassification LOAD REPORT\x1b[0m from: /x/mpnet
+Key                        | Status     | 
+---------------------------+------------+-
+pooler.dense.weight        | UNEXPECTED | 
+pooler.dense.bias          | UNEXPECTED | 
+classifier.dense.bias      | MISSING    | 
+classifier.dense.weight    | MISSING    | 
+classifier.out_proj.bias   | MISSING    | 
+classifier.out_proj.weight | MISSING    | 
+
+Notes:
+- UNEXPECTED:\tcan be ignored when loading from different task/architecture; not ok if you expect identical arch.
+- MISSING:\tthose params were newly initialized because missing from the checkpoint."""
+
+
+def test_new_head_report_with_the_bases_unused_pooler_is_dropped():
+    assert quiet.is_new_head_report(MPNET_HEAD)
+    # a real problem in the same table still shows: an encoder weight missing, or only
+    # unexpected keys (no new head: the checkpoint does not fit the architecture)
+    assert not quiet.is_new_head_report(MPNET_HEAD.replace(
+        "classifier.dense.bias      | MISSING", "encoder.layer.0.attn.q  | MISSING"))
+    assert not quiet.is_new_head_report(MPNET_HEAD.replace(
+        "pooler.dense.bias          | UNEXPECTED", "encoder.layer.0.attn.q  | UNEXPECTED"))
+    only_unexpected = "\n".join(line for line in MPNET_HEAD.splitlines()
+                                 if "| MISSING" not in line)
+    assert not quiet.is_new_head_report(only_unexpected)
+
+
 def test_autolog_noise_only_for_frameworks_not_installed():
     assert quiet.is_autolog_noise("Failed to disable MLflow autologging for the following "
                                   "frameworks: ['fastai_not_installed_here'].")
