@@ -78,6 +78,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from labelloop import (adaptation, baseline, data, decision, distributed, evaluation, modeling,  # noqa: E402
                        training)
+from labelloop.cleaning import Cleaning  # noqa: E402
 from labelloop.settings import Settings, _format_validation_error, load_settings  # noqa: E402
 from labelloop.tasks import task_from_settings  # noqa: E402
 
@@ -86,6 +87,10 @@ MODEL_KEYS = {"base", "max_length", "pooling"}
 # dataset.validation_fraction carves it (for training.keep_best, early stopping, decision_bias);
 # weight_column=C / missing_weight=M / min_weight=W: those dataset.* keys on the training rows
 DATA_KEYS = {"validation_fraction", "weight_column", "missing_weight", "min_weight"}
+# urls=token|remove, mentions=token: those dataset.cleaning keys for this run, applied to its
+# training rows and recorded in its bundle (so scoring cleans the test texts the same way);
+# the split stays the case's (made before this cleaning), so runs stay paired
+CLEAN_KEYS = {"urls", "mentions"}
 # adapt_epochs=E (adapt_lr, adapt_batch): task-adaptive pretraining of the base first
 # (labelloop/adaptation.py): masked-LM passes over the full corpus's training-split texts,
 # unlabelled, never a test text; once per call and setting, shared by the runs that ask for it
@@ -105,7 +110,7 @@ def parse_run(spec: str) -> tuple[str, dict, dict]:
     train_over, model_over = {}, {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        target = model_over if key in MODEL_KEYS | DATA_KEYS | set(ADAPT_KEYS) | SOFT_KEYS \
+        target = model_over if key in MODEL_KEYS | DATA_KEYS | CLEAN_KEYS | set(ADAPT_KEYS) | SOFT_KEYS \
             else train_over
         try:
             target[key] = json.loads(value)
@@ -142,6 +147,7 @@ def check_runs(specs: list[str], settings) -> tuple[Optional[str], Optional[floa
         raw["training"].update(train_over)
         raw["model"].update(model)
         raw["dataset"].update(dataset)
+        raw["dataset"]["cleaning"].update({k: v for k, v in model_over.items() if k in CLEAN_KEYS})
         try:
             Settings.model_validate(raw)
         except ValidationError as exc:
@@ -365,6 +371,12 @@ def run_once(name, train_over, model_over, settings, case, task, seed,
         train = train.drop(columns=[data.WEIGHT], errors="ignore")
     if model_over.get("teacher") or model_over.get("soft_from_weight"):
         train = with_soft_targets(train, model_over, case, task)
+    cleaning = Cleaning.from_settings(settings.dataset.cleaning.model_copy(
+        update={k: v for k, v in model_over.items() if k in CLEAN_KEYS}))
+    if set(CLEAN_KEYS) & set(model_over):
+        train = train.assign(text=cleaning.series(train["text"]))
+        if validation is not None:
+            validation = validation.assign(text=cleaning.series(validation["text"]))
     cfg = training.resolve(cfg, len(train))
     sched = training.plan(cfg, len(train))
     print(f"\n--- {case['case']}#{case['draw']} {name} seed {cfg.seed}: {cfg.method} "
@@ -377,7 +389,7 @@ def run_once(name, train_over, model_over, settings, case, task, seed,
                 if model_over.get("min_weight") is not None else "") + ")"
              if data.WEIGHT in train else "")
           + (f" decision_bias={cfg.decision_bias}" if cfg.decision_bias != "off" else "")
-          + "".join(f" {k}={model_over[k]}" for k in sorted(set(ADAPT_KEYS) | SOFT_KEYS)
+          + "".join(f" {k}={model_over[k]}" for k in sorted(set(ADAPT_KEYS) | SOFT_KEYS | CLEAN_KEYS)
                     if k in model_over),
           flush=True)
     # num_processes=N: N data-parallel processes (labelloop/distributed.py); 1: this process
@@ -400,7 +412,7 @@ def run_once(name, train_over, model_over, settings, case, task, seed,
     with (contextlib.nullcontext(str(keep_dir)) if keep_dir else tempfile.TemporaryDirectory()) as tmp:
         modeling.save_bundle(result.model, result.tokenizer, Path(tmp), {
             "task": task.to_dict(), "max_length": model_cfg.max_length,
-            "base_model": model_cfg.base})
+            "base_model": model_cfg.base, **modeling.text_meta(cleaning, model_cfg.truncation)})
         if cfg.decision_bias != "off":  # as the pipeline's fine-tune step: into the bundle
             start = time.perf_counter()
             out["decision_bias_fit"] = decision.fit_for_bundle(

@@ -22,6 +22,13 @@ from typing import Any, Mapping, Optional
 import pandas as pd
 
 _SPACES = re.compile(r"\s+")
+# A link: a scheme or www. up to the next space (social-media text: t.co short links).
+_URL = re.compile(r"(?i)\b(?:https?://|www\.)\S+")
+# A user handle: @ and a word not glued to a preceding word character (an e-mail keeps its @).
+_MENTION = re.compile(r"(?<![\w@])@\w+")
+# What `token` puts in place of each: a real word for the tokenizer, plain to annotators.
+URL_TOKEN = "URL"
+MENTION_TOKEN = "@user"
 # Wrapping quote pairs: straight, typographic and guillemets.
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb",
            "\u201e": "\u201c"}
@@ -45,12 +52,15 @@ class Cleaning:
     strip_quotes: bool = False
     whitespace: str = "keep"  # keep | strip | collapse
     unicode_form: Optional[str] = None  # NFC | NFKC | NFD | NFKD
+    urls: str = "keep"  # keep | token (each link becomes URL) | remove
+    mentions: str = "keep"  # keep | token (each @handle becomes @user)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "Cleaning":
         """From a CleaningSettings (or anything with its fields)."""
         return cls(html_entities=settings.html_entities, strip_quotes=settings.strip_quotes,
-                   whitespace=settings.whitespace, unicode_form=settings.unicode_form)
+                   whitespace=settings.whitespace, unicode_form=settings.unicode_form,
+                   urls=settings.urls, mentions=settings.mentions)
 
     @classmethod
     def from_meta(cls, meta: Optional[Mapping[str, Any]]) -> "Cleaning":
@@ -58,7 +68,7 @@ class Cleaning:
         if not meta:
             return cls()
         return cls(**{k: meta[k] for k in ("html_entities", "strip_quotes", "whitespace",
-                                           "unicode_form") if k in meta})
+                                           "unicode_form", "urls", "mentions") if k in meta})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +82,10 @@ class Cleaning:
             text = html.unescape(text)
         if self.unicode_form and not text.isascii():
             text = unicodedata.normalize(self.unicode_form, text)
+        if self.urls != "keep":
+            text = _URL.sub(URL_TOKEN if self.urls == "token" else "", text)
+        if self.mentions == "token" and "@" in text:
+            text = _MENTION.sub(MENTION_TOKEN, text)
         if self.whitespace == "collapse":
             text = _SPACES.sub(" ", text).strip()
         elif self.whitespace == "strip" or self.strip_quotes:
@@ -112,4 +126,8 @@ class Cleaning:
             bits.append(f"whitespace {'collapsed' if self.whitespace == 'collapse' else 'stripped'}")
         if self.unicode_form:
             bits.append(f"Unicode {self.unicode_form}")
+        if self.urls != "keep":
+            bits.append(f"links {'as ' + URL_TOKEN if self.urls == 'token' else 'removed'}")
+        if self.mentions == "token":
+            bits.append(f"@handles as {MENTION_TOKEN}")
         return ", ".join(bits) or "none"

@@ -93,6 +93,8 @@ class CleaningSettings(_Section):
     strip_quotes: bool = False
     whitespace: Literal["keep", "strip", "collapse"] = "strip"
     unicode_form: Optional[Literal["NFC", "NFKC", "NFD", "NFKD"]] = None
+    urls: Literal["keep", "token", "remove"] = "keep"
+    mentions: Literal["keep", "token"] = "keep"
 
 
 DataFormat = Literal["auto", "csv", "tsv", "jsonl", "parquet", "txt", "chatterbot"]

@@ -287,6 +287,14 @@ def test_source_digest_follows_the_bytes(tmp_path):
     ({"unicode_form": "NFKC"}, "\ufb01ne \u2460", "fine 1"),
     ({"unicode_form": "NFC"}, "cafe\u0301", "caf\u00e9"),
     ({"html_entities": True, "whitespace": "collapse"}, "a&nbsp;&nbsp;b", "a b"),
+    ({"urls": "token"}, "late again http://t.co/8Hh0c63TIe and www.x.com/a?b=1",
+     "late again URL and URL"),
+    ({"urls": "remove", "whitespace": "collapse"}, "late http://t.co/x again HTTPS://a.b",
+     "late again"),
+    ({"urls": "keep"}, "see http://t.co/x", "see http://t.co/x"),
+    ({"mentions": "token"}, "@united thanks @Delta_2! mail me@home.com or @@x",
+     "@user thanks @user! mail me@home.com or @@x"),
+    ({"mentions": "keep", "urls": "token"}, "@united http://t.co/x", "@united URL"),
 ])
 def test_cleaning_options_and_idempotence(cfg, raw, clean):
     cleaning = Cleaning(**{"whitespace": "keep", **cfg})
