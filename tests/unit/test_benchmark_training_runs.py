@@ -25,6 +25,15 @@ def test_run_keys_go_to_training_model_or_dataset():
                      "validation_fraction": 0.1, "max_length": 128}
 
 
+def test_cleaning_keys_go_to_the_run_and_are_checked():
+    name, train, other = bench.parse_run("u:urls=token,mentions=token,epochs=2")
+    assert train == {"epochs": 2} and other == {"urls": "token", "mentions": "token"}
+    settings = load_settings(None, environ={})
+    assert bench.check_runs(["u:urls=remove"], settings) == (None, None)
+    with pytest.raises(SystemExit, match="dataset.cleaning.urls"):
+        bench.check_runs(["u:urls=tok"], settings)
+
+
 def test_runs_are_checked_before_the_first_one():
     settings = load_settings(None, environ={})
     specs = ["default:", "full/w:weight_column=confidence,missing_weight=1.0",
