@@ -138,7 +138,8 @@ def apply_pooling(model, pooling: str):
 
     Mean pooling keeps the architecture's weights and names (a bundle is still a plain HF
     directory) and replaces only what feeds the classifier: the attention-masked mean of the
-    last hidden states, through the model's dropout, into its linear `classifier`. The
+    last hidden states, through the model's dropout, into its linear `classifier` (or, for a
+    head that reads the first token itself, in that token's place). The
     encoder's own pooler (BERT's dense layer over the first token) is then unused, so it is
     frozen: it keeps the base's weights and takes no gradient (data-parallel runs need every
     trained weight used)."""
@@ -149,19 +150,37 @@ def apply_pooling(model, pooling: str):
     if not supports_mean_pooling(model):
         raise ModelError(
             f"model.pooling mean needs a model whose head is one linear layer over a pooled "
-            f"vector (BERT-style); {type(model).__name__} has another head: use pooling: cls")
+            f"vector (BERT-style) or reads the first token (RoBERTa-style); "
+            f"{type(model).__name__} has another head: use pooling: cls")
     pooler = getattr(model.base_model, "pooler", None)
     if isinstance(pooler, torch.nn.Module):
         pooler.requires_grad_(False)
+    # decided here: PEFT later wraps the head (modules_to_save), hiding what kind it is
+    setattr(model, _FIRST_TOKEN_HEAD, not _linear_head(model))
     model.forward = types.MethodType(_mean_pooled_forward, model)
     setattr(model.config, POOLING_KEY, "mean")
     return model
 
 
+_FIRST_TOKEN_HEAD = "_labelloop_first_token_head"
+
+
 def supports_mean_pooling(model) -> bool:
-    """A head that is one linear layer (after dropout) over a pooled vector: BERT and kin."""
+    """A head that is one linear layer (after dropout) over a pooled vector (BERT and kin), or
+    one that reads the first token's state itself through `dense` and `out_proj` (RoBERTa,
+    MPNet and kin: it is given the mean in that token's place)."""
+    return _linear_head(model) or _first_token_head(model)
+
+
+def _linear_head(model) -> bool:
     return isinstance(getattr(model, "classifier", None), torch.nn.Linear) and \
         isinstance(getattr(model, "dropout", None), torch.nn.Module)
+
+
+def _first_token_head(model) -> bool:
+    head = getattr(model, "classifier", None)
+    return isinstance(head, torch.nn.Module) and all(
+        isinstance(getattr(head, name, None), torch.nn.Linear) for name in ("dense", "out_proj"))
 
 
 def _mean_pooled_forward(self, input_ids=None, attention_mask=None, output_hidden_states=None,
@@ -176,7 +195,10 @@ def _mean_pooled_forward(self, input_ids=None, attention_mask=None, output_hidde
     else:
         mask = attention_mask.unsqueeze(-1).to(states.dtype)
         pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-    logits = self.classifier(self.dropout(pooled))
+    if getattr(self, _FIRST_TOKEN_HEAD, False):  # it reads the first token (own dropout)
+        logits = self.classifier(pooled.unsqueeze(1))
+    else:
+        logits = self.classifier(self.dropout(pooled))
     return SequenceClassifierOutput(logits=logits, hidden_states=out.hidden_states)
 
 

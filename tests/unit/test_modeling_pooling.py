@@ -84,6 +84,29 @@ def test_mean_refused_for_a_head_it_cannot_feed_and_auto_falls_back(base):
     assert not hasattr(scratch.config, "labelloop_pooling")  # untrained: nothing to follow
 
 
+@pytest.mark.parametrize("model_type", ["mpnet", "roberta"])
+def test_mean_for_a_head_that_reads_the_first_token(base, model_type):
+    """RoBERTa-style heads (dense, tanh, out_proj over the first token's state) get the mean
+    in that token's place: all-mpnet-base-v2 is a sentence-transformers base like MiniLM."""
+    tok = modeling.load_tokenizer(base)
+    config = {"model_type": model_type, "num_hidden_layers": 1, "hidden_size": 32,
+              "num_attention_heads": 2, "intermediate_size": 64}
+    model = modeling.load_base_classifier(base, TASK, init="scratch", tokenizer=tok,
+                                          scratch_config=config, pooling="mean")
+    assert model.config.labelloop_pooling == "mean" and modeling.supports_mean_pooling(model)
+    batch = logits(model, tok, TEXTS, padding=True)
+    for i, text in enumerate(TEXTS):
+        torch.testing.assert_close(logits(model, tok, [text]), batch[i:i + 1], atol=1e-5, rtol=0)
+    enc = tok(TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        states = model.base_model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        pooled = (states * m).sum(1) / m.sum(1)
+        head = model.classifier
+        want = head.out_proj(torch.tanh(head.dense(pooled)))
+    torch.testing.assert_close(batch, want, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_trained_model_bundle_and_served_classifier_agree(base, tmp_path, method):
     cfg = TrainingSettings(method=method, max_steps=4, batch_size=8, min_steps=0)
