@@ -35,6 +35,20 @@ def logits(model, tok, texts, **pad):
         return model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
 
 
+def check_mean_pooled(model, tok, head):
+    """The model's logits are `head` over the masked mean of its encoder's token states, by
+    hand, and a text alone gets the same logits as in a padded batch (padding is skipped)."""
+    batch = logits(model, tok, TEXTS, padding=True)
+    for i, text in enumerate(TEXTS):
+        torch.testing.assert_close(logits(model, tok, [text]), batch[i:i + 1], atol=1e-5, rtol=0)
+    enc = tok(TEXTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        states = model.base_model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).float()
+        want = head((states * m).sum(1) / m.sum(1))
+    torch.testing.assert_close(batch, want, atol=1e-5, rtol=0)
+
+
 def test_auto_reads_the_sentence_transformers_pooling_config(base, tmp_path):
     assert modeling.resolve_pooling("auto", base) == "mean"  # MiniLM: 1_Pooling says mean
     assert modeling.resolve_pooling("auto", str(tmp_path)) == "cls"  # no such config
@@ -58,17 +72,7 @@ def test_mean_reads_every_token_and_ignores_padding(base):
     assert not hasattr(cls.config, "labelloop_pooling")
     # Same weights (same seed for the new head), different reading: the outputs differ.
     assert not torch.allclose(logits(mean, tok, TEXTS[:1]), logits(cls, tok, TEXTS[:1]))
-    # A text alone and in a padded batch: the same logits (the mean skips padding).
-    batch = logits(mean, tok, TEXTS, padding=True)
-    for i, text in enumerate(TEXTS):
-        torch.testing.assert_close(logits(mean, tok, [text]), batch[i:i + 1], atol=1e-5, rtol=0)
-    # The mean by hand: the encoder's token states, masked, averaged, through the head.
-    enc = tok(TEXTS, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        states = mean.bert(**enc).last_hidden_state
-        m = enc["attention_mask"].unsqueeze(-1).float()
-        want = mean.classifier((states * m).sum(1) / m.sum(1))
-    torch.testing.assert_close(batch, want, atol=1e-5, rtol=0)
+    check_mean_pooled(mean, tok, mean.classifier)
 
 
 def test_mean_refused_for_a_head_it_cannot_feed_and_auto_falls_back(base):
@@ -94,17 +98,8 @@ def test_mean_for_a_head_that_reads_the_first_token(base, model_type):
     model = modeling.load_base_classifier(base, TASK, init="scratch", tokenizer=tok,
                                           scratch_config=config, pooling="mean")
     assert model.config.labelloop_pooling == "mean" and modeling.supports_mean_pooling(model)
-    batch = logits(model, tok, TEXTS, padding=True)
-    for i, text in enumerate(TEXTS):
-        torch.testing.assert_close(logits(model, tok, [text]), batch[i:i + 1], atol=1e-5, rtol=0)
-    enc = tok(TEXTS, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        states = model.base_model(**enc).last_hidden_state
-        m = enc["attention_mask"].unsqueeze(-1).float()
-        pooled = (states * m).sum(1) / m.sum(1)
-        head = model.classifier
-        want = head.out_proj(torch.tanh(head.dense(pooled)))
-    torch.testing.assert_close(batch, want, atol=1e-5, rtol=0)
+    head = model.classifier
+    check_mean_pooled(model, tok, lambda pooled: head.out_proj(torch.tanh(head.dense(pooled))))
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
