@@ -22,8 +22,9 @@ from typing import Any, Mapping, Optional
 import pandas as pd
 
 _SPACES = re.compile(r"\s+")
-# A link: a scheme or www. up to the next space (social-media text: t.co short links).
-_URL = re.compile(r"(?i)\b(?:https?://|www\.)\S+")
+# A link: a scheme or www. up to the next space (social-media text: t.co short links), less
+# the punctuation or closing quote that ends the sentence around it ("see http://x.io/a").
+_URL = re.compile(r"(?i)\b(?:https?://|www\.)\S+?(?=[\"'\u201d\u2019\u00bb)\]}>.,;:!?]*(?:\s|$))")
 # A user handle: @ and a word not glued to a preceding word character (an e-mail keeps its @).
 _MENTION = re.compile(r"(?<![\w@])@\w+")
 # What `token` puts in place of each: a real word for the tokenizer, plain to annotators.

@@ -56,7 +56,8 @@ def workspace(tmp_path_factory):
                     "label_map": {1: "negative", 3: "neutral", 5: "positive"},
                     "weight_column": "agreement", "missing_weight": 1.0, "min_weight": 0.35,
                     "cleaning": {"html_entities": True, "strip_quotes": True,
-                                 "whitespace": "collapse", "unicode_form": "NFC"}},
+                                 "whitespace": "collapse", "unicode_form": "NFC",
+                                 "urls": "token"}},
         "model": {"max_length": 32, "truncation": "head_tail"},
         "training": {"method": "full", "learning_rate": 1e-4, "batch_size": 16, "max_steps": 12,
                      "validation_every_steps": 4, "decision_bias": "macro_f1"},
@@ -115,7 +116,8 @@ def test_train_on_a_mapped_cleaned_two_file_dataset(workspace):
     assert [e["step"] for e in curve] == [4, 8, 12]
     assert meta["validation"]["kept_step"] == max(curve, key=lambda e: e["macro_f1"])["step"]
     assert meta["cleaning"] == {"html_entities": True, "strip_quotes": True,
-                                "whitespace": "collapse", "unicode_form": "NFC"}
+                                "whitespace": "collapse", "unicode_form": "NFC",
+                                "urls": "token", "mentions": "keep"}
     assert meta["truncation"] == "head_tail" and meta["human_digest"] == "none"
     assert champion.tags["labelloop.source_digest"] == meta["source_digest"]
     assert champion.tags["test_digest"] == meta["test_digest"]
@@ -166,7 +168,7 @@ def test_train_on_a_mapped_cleaned_two_file_dataset(workspace):
     assert clf.decision_bias is not None or not any(bias["offsets"].values())
     assert evaluation.evaluate_classifier(clf, test_rows).metrics["macro_f1"] == pytest.approx(
         float(champion.tags["test_macro_f1"]), abs=1e-9)
-    raw = ['"I&#039;m  not sure &amp; undecided"', "  It&#039;s  great  "]
-    cleaned = ["I'm not sure & undecided", "It's great"]
+    raw = ['"I&#039;m  not sure &amp; undecided http://t.co/8Hh0c63TIe"', "  It&#039;s  great  "]
+    cleaned = ["I'm not sure & undecided URL", "It's great"]
     assert clf.encode(raw) == clf.encode(cleaned)
     assert [p.to_dict() for p in clf.predict(raw)] == [p.to_dict() for p in clf.predict(cleaned)]

@@ -292,6 +292,8 @@ def test_source_digest_follows_the_bytes(tmp_path):
     ({"urls": "remove", "whitespace": "collapse"}, "late http://t.co/x again HTTPS://a.b",
      "late again"),
     ({"urls": "keep"}, "see http://t.co/x", "see http://t.co/x"),
+    ({"urls": "token", "strip_quotes": True}, '"late (http://t.co/x), see www.a.io/b?c=1."',
+     "late (URL), see URL."),
     ({"mentions": "token"}, "@united thanks @Delta_2! mail me@home.com or @@x",
      "@user thanks @user! mail me@home.com or @@x"),
     ({"mentions": "keep", "urls": "token"}, "@united http://t.co/x", "@united URL"),
