@@ -102,6 +102,26 @@ def test_mean_for_a_head_that_reads_the_first_token(base, model_type):
     check_mean_pooled(model, tok, lambda pooled: head.out_proj(torch.tanh(head.dense(pooled))))
 
 
+def test_auto_keeps_the_first_token_for_such_heads(base, tmp_path):
+    """A sentence-transformers MPNet (1_Pooling says mean) keeps its own head under auto: mean
+    into that head measured worse for all-mpnet-base-v2 (docs/training.md)."""
+    tok = modeling.load_tokenizer(base)
+    config = {"model_type": "mpnet", "num_hidden_layers": 1, "hidden_size": 32,
+              "num_attention_heads": 2, "intermediate_size": 64}
+    scratch = modeling.load_base_classifier(base, TASK, init="scratch", tokenizer=tok,
+                                            scratch_config=config)
+    scratch.base_model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_mean_tokens": True}))
+    assert modeling.resolve_pooling("auto", str(tmp_path)) == "mean"
+    assert not hasattr(modeling.load_base_classifier(str(tmp_path), TASK).config,
+                       "labelloop_pooling")
+    asked = modeling.load_base_classifier(str(tmp_path), TASK, pooling="mean")
+    assert asked.config.labelloop_pooling == "mean"
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_trained_model_bundle_and_served_classifier_agree(base, tmp_path, method):
     cfg = TrainingSettings(method=method, max_steps=4, batch_size=8, min_steps=0)
