@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Optional
 
 import pandas as pd
@@ -59,17 +59,14 @@ class Cleaning:
     @classmethod
     def from_settings(cls, settings: Any) -> "Cleaning":
         """From a CleaningSettings (or anything with its fields)."""
-        return cls(html_entities=settings.html_entities, strip_quotes=settings.strip_quotes,
-                   whitespace=settings.whitespace, unicode_form=settings.unicode_form,
-                   urls=settings.urls, mentions=settings.mentions)
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
     @classmethod
     def from_meta(cls, meta: Optional[Mapping[str, Any]]) -> "Cleaning":
         """From a bundle's recorded `cleaning`; none recorded means none applied."""
         if not meta:
             return cls()
-        return cls(**{k: meta[k] for k in ("html_entities", "strip_quotes", "whitespace",
-                                           "unicode_form", "urls", "mentions") if k in meta})
+        return cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
