@@ -45,6 +45,14 @@ and `soft_from_weight=1` on the weight column's agreement, as soft targets.
     python benchmarks/training.py --seeds 0 1 2 --run full2:method=full,epochs=2 \
         --run kd:teacher=full2,method=full,epochs=2 --run t3:adapt_epochs=3,adapt_lr=5e-5
 
+`crossfit=K` makes a run a cross-fitted teacher: per seed, K fine-tunes, each without one fold
+of the training rows, whose probabilities on the fold they did not see are what `teacher=NAME`
+distils (out-of-fold, so not the near one-hot a model has on its own training rows);
+`nseeds=N` gives a run only the first N of `--seeds`.
+
+    python benchmarks/training.py --seeds 0 1 2 --run mpcf:base=DIR,crossfit=5,nseeds=1 \
+        --run kd:teacher=mpcf,method=full,epochs=2
+
 `--ensemble` with several `--seeds` also scores each run's seeds together, on the same test rows:
 their ensemble (mean probabilities) and their uniform soup (mean weights), for 2..N of them.
 
@@ -103,6 +111,11 @@ ADAPTED: dict[tuple, Path] = {}
 # over the others; rows without a value one-hot)
 SOFT_KEYS = {"teacher", "distill_alpha", "soft_from_weight"}
 TEACHERS: dict[tuple, "numpy.ndarray"] = {}  # (case, draw, run name) -> train rows x labels
+# crossfit=K: the run is fitted K times per seed, each time without one of K folds of the
+# training rows (by a salted text hash), and predicts the fold it did not see. As a teacher it
+# then gives out-of-fold probabilities: a model's view of rows it was not trained on, not the
+# near one-hot it has for its own training rows. nseeds=N: the run uses the first N of --seeds.
+RUN_KEYS = {"crossfit", "nseeds"}
 
 
 def parse_run(spec: str) -> tuple[str, dict, dict]:
@@ -110,8 +123,8 @@ def parse_run(spec: str) -> tuple[str, dict, dict]:
     train_over, model_over = {}, {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        target = model_over if key in MODEL_KEYS | DATA_KEYS | CLEAN_KEYS | set(ADAPT_KEYS) | SOFT_KEYS \
-            else train_over
+        target = model_over if key in MODEL_KEYS | DATA_KEYS | CLEAN_KEYS | set(ADAPT_KEYS) \
+            | SOFT_KEYS | RUN_KEYS else train_over
         try:
             target[key] = json.loads(value)
         except ValueError:
@@ -155,6 +168,13 @@ def check_runs(specs: list[str], settings) -> tuple[Optional[str], Optional[floa
         for key in set(ADAPT_KEYS) & set(model_over):
             if not isinstance(model_over[key], (int, float)) or model_over[key] <= 0:
                 raise SystemExit(f"--run {spec}: {key} must be a number above 0")
+        for key, least in (("crossfit", 2), ("nseeds", 1)):
+            if key in model_over and (not isinstance(model_over[key], int)
+                                      or model_over[key] < least):
+                raise SystemExit(f"--run {spec}: {key} must be a whole number, at least {least}")
+        if model_over.get("crossfit") and (model_over.get("teacher") or set(DATA_KEYS) & set(model_over)):
+            raise SystemExit(f"--run {spec}: crossfit fits the case's training rows as they are "
+                             "(no teacher, validation or weight keys)")
         if dataset.get("weight_column"):
             columns.add((dataset["weight_column"], dataset.get("missing_weight")))
     if len(columns) > 1:
@@ -346,6 +366,41 @@ def teacher_probabilities(bundle_dirs, texts, settings) -> "numpy.ndarray":
     """The mean of the bundles' probabilities on `texts` (rows x labels)."""
     return sum(probabilities(modeling.Classifier(d, device=settings.training.device), texts,
                              settings.evaluation.batch_size) for d in bundle_dirs) / len(bundle_dirs)
+
+
+def fold_of(texts, folds: int) -> "numpy.ndarray":
+    """Each text's fold in 0..folds-1, by a salted hash: stable, and independent of the test
+    split's hash (the training rows all have a low unsalted bucket)."""
+    import numpy as np
+
+    return np.array([int(data.text_bucket("crossfit:" + t) * folds) for t in texts])
+
+
+def crossfit(spec, settings, case, task, seed, folds: int, root: Path, results: list) -> "numpy.ndarray":
+    """Out-of-fold probabilities of run `spec` on the case's training rows (rows x labels), for
+    one seed: `folds` fine-tunes, each without one fold, each predicting that fold. Each fold
+    model is also scored on the test rows (a row in `results`, named NAME/foldK)."""
+    import numpy as np
+
+    name, train_over, model_over = parse_run(spec)
+    model_over = {k: v for k, v in model_over.items() if k not in RUN_KEYS}
+    train = case["train"]
+    fold = fold_of(train["text"], folds)
+    oof = np.zeros((len(train), len(task.labels)), dtype=np.float32)
+    for k in range(folds):
+        held = fold == k
+        bundle = root / f"seed{seed}-fold{k}"
+        results.append(run_once(f"{name}/fold{k}", train_over, model_over, settings,
+                                {**case, "train": train[~held].reset_index(drop=True)}, task,
+                                seed, keep_dir=bundle))
+        clf = modeling.Classifier(bundle, device=settings.training.device)
+        oof[held] = probabilities(clf, train["text"][held], settings.evaluation.batch_size)
+        del clf
+    refs = [task.encode_label(x) for x in train["label"]]
+    m = evaluation.compute_metrics(refs, list(oof.argmax(axis=1)), task)
+    print(f"    {name} seed {seed or settings.training.seed}: out-of-fold macro-F1 on the {len(train)} training rows "
+          f"{m['macro_f1']:.4f}  acc {m['accuracy']:.4f}", flush=True)
+    return oof
 
 
 def run_once(name, train_over, model_over, settings, case, task, seed,
@@ -599,11 +654,22 @@ def main() -> int:
             if only and case["case"] != only:
                 continue
             is_teacher = any(parse_run(other)[2].get("teacher") == name for other in args.run)
-            keep = (tempfile.TemporaryDirectory() if args.ensemble and len(args.seeds) > 1
+            over = parse_run(spec)[2]
+            seeds = args.seeds[:over.get("nseeds", len(args.seeds))]
+            if over.get("crossfit"):
+                with tempfile.TemporaryDirectory() as root:
+                    oofs = []
+                    for seed in seeds:
+                        oofs.append(crossfit(spec, settings, case, task, seed, over["crossfit"],
+                                             Path(root), results))
+                        save()
+                    TEACHERS[(case["case"], case["draw"], name)] = sum(oofs) / len(oofs)
+                continue
+            keep = (tempfile.TemporaryDirectory() if args.ensemble and len(seeds) > 1
                     or is_teacher else contextlib.nullcontext(None))
             with keep as root:
-                dirs = [Path(root) / f"seed{seed}" for seed in args.seeds] if root else []
-                for i, seed in enumerate(args.seeds):
+                dirs = [Path(root) / f"seed{seed}" for seed in seeds] if root else []
+                for i, seed in enumerate(seeds):
                     results.append(run_once(*parse_run(spec), settings=settings, case=case,
                                             task=task, seed=seed,
                                             keep_dir=dirs[i] if dirs else None))
@@ -611,7 +677,7 @@ def main() -> int:
                 if is_teacher:
                     TEACHERS[(case["case"], case["draw"], name)] = teacher_probabilities(
                         dirs, case["train"]["text"], settings)
-                if dirs and args.ensemble and len(args.seeds) > 1:
+                if dirs and args.ensemble and len(seeds) > 1:
                     combined.extend(combine(parse_run(spec)[0], dirs, settings, case, task))
                     save()
     report(results, baselines)

@@ -172,3 +172,51 @@ def test_blend_with_the_baseline():
     assert right["by_weight"]["0.1"] < 1.0
     assert right["cross_fitted"]["macro_f1"] == 1.0
     assert all(w >= 0.5 for w in right["cross_fitted"]["weights"])
+
+
+def test_crossfit_teacher_predicts_only_rows_it_did_not_train_on(monkeypatch, tmp_path):
+    """crossfit=K: K fits per seed, each without one fold of the training rows; the teacher's
+    probabilities for a row come from the one fit that never saw it."""
+    import numpy as np
+    import pandas as pd
+
+    from labelloop.tasks import task_from_settings
+
+    settings = load_settings(None, environ={})
+    task = task_from_settings(settings)
+    texts = [f"tweet {i}" for i in range(60)]
+    rows = pd.DataFrame({"text": texts, "label": [task.labels[i % 3] for i in range(60)]})
+    case = {"case": "full", "draw": 0, "train": rows}
+    trained_on = {}
+
+    def fake_run_once(name, train_over, model_over, settings, case, task, seed, keep_dir=None):
+        assert "crossfit" not in model_over and model_over == {"base": "b"}
+        trained_on[keep_dir.name] = set(case["train"]["text"])
+        return {"name": name, "seed": seed}
+
+    class FakeClassifier:  # predicts its fold's number as the label index, for every text
+        def __init__(self, bundle, device):
+            self.fold = int(Path(bundle).name.rpartition("fold")[2])
+
+    monkeypatch.setattr(bench, "run_once", fake_run_once)
+    monkeypatch.setattr(bench.modeling, "Classifier", FakeClassifier)
+    monkeypatch.setattr(bench, "probabilities", lambda clf, texts, batch_size: np.eye(3)[
+        [clf.fold % 3] * len(texts)])
+    results = []
+    oof = bench.crossfit("t:base=b,crossfit=3,nseeds=1", settings, case, task, 7, 3, tmp_path,
+                         results)
+
+    fold = bench.fold_of(texts, 3)
+    assert sorted(set(fold)) == [0, 1, 2] and min(np.bincount(fold)) >= 10
+    assert [r["name"] for r in results] == ["t/fold0", "t/fold1", "t/fold2"]
+    for k in range(3):
+        assert trained_on[f"seed7-fold{k}"] == {t for t, f in zip(texts, fold) if f != k}
+    assert list(oof.argmax(axis=1)) == list(fold)  # each row from the fit that held it out
+    assert list(fold) == list(bench.fold_of(texts, 3))  # the same folds every call
+
+    settings = load_settings(None, environ={})
+    for bad, says in [("t:crossfit=1", "crossfit must be a whole number, at least 2"),
+                      ("t:nseeds=0", "nseeds must be a whole number, at least 1"),
+                      ("t:crossfit=5,teacher=u", "crossfit fits the case's training rows")]:
+        with pytest.raises(SystemExit, match=says):
+            bench.check_runs([bad], settings)
