@@ -376,13 +376,15 @@ def fold_of(texts, folds: int) -> "numpy.ndarray":
     return np.array([int(data.text_bucket("crossfit:" + t) * folds) for t in texts])
 
 
-def crossfit(spec, settings, case, task, seed, folds: int, root: Path, results: list) -> "numpy.ndarray":
-    """Out-of-fold probabilities of run `spec` on the case's training rows (rows x labels), for
-    one seed: `folds` fine-tunes, each without one fold, each predicting that fold. Each fold
-    model is also scored on the test rows (a row in `results`, named NAME/foldK)."""
+def crossfit(run: tuple, settings, case, task, seed, root: Path, results: list) -> "numpy.ndarray":
+    """Out-of-fold probabilities of `run` (parse_run's name, training and other overrides, with
+    crossfit=K) on the case's training rows (rows x labels), for one seed: K fine-tunes, each
+    without one fold, each predicting that fold. Each fold model is also scored on the test
+    rows (a row in `results`, named NAME/foldK)."""
     import numpy as np
 
-    name, train_over, model_over = parse_run(spec)
+    name, train_over, model_over = run
+    folds = model_over["crossfit"]
     model_over = {k: v for k, v in model_over.items() if k not in RUN_KEYS}
     train = case["train"]
     fold = fold_of(train["text"], folds)
@@ -654,14 +656,13 @@ def main() -> int:
             if only and case["case"] != only:
                 continue
             is_teacher = any(parse_run(other)[2].get("teacher") == name for other in args.run)
-            over = parse_run(spec)[2]
-            seeds = args.seeds[:over.get("nseeds", len(args.seeds))]
-            if over.get("crossfit"):
+            run = parse_run(spec)
+            seeds = args.seeds[:run[2].get("nseeds", len(args.seeds))]
+            if run[2].get("crossfit"):
                 with tempfile.TemporaryDirectory() as root:
                     oofs = []
                     for seed in seeds:
-                        oofs.append(crossfit(spec, settings, case, task, seed, over["crossfit"],
-                                             Path(root), results))
+                        oofs.append(crossfit(run, settings, case, task, seed, Path(root), results))
                         save()
                     TEACHERS[(case["case"], case["draw"], name)] = sum(oofs) / len(oofs)
                 continue
@@ -670,7 +671,7 @@ def main() -> int:
             with keep as root:
                 dirs = [Path(root) / f"seed{seed}" for seed in seeds] if root else []
                 for i, seed in enumerate(seeds):
-                    results.append(run_once(*parse_run(spec), settings=settings, case=case,
+                    results.append(run_once(*run, settings=settings, case=case,
                                             task=task, seed=seed,
                                             keep_dir=dirs[i] if dirs else None))
                     save()
@@ -678,7 +679,7 @@ def main() -> int:
                     TEACHERS[(case["case"], case["draw"], name)] = teacher_probabilities(
                         dirs, case["train"]["text"], settings)
                 if dirs and args.ensemble and len(seeds) > 1:
-                    combined.extend(combine(parse_run(spec)[0], dirs, settings, case, task))
+                    combined.extend(combine(run[0], dirs, settings, case, task))
                     save()
     report(results, baselines)
     return 0

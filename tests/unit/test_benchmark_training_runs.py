@@ -203,8 +203,8 @@ def test_crossfit_teacher_predicts_only_rows_it_did_not_train_on(monkeypatch, tm
     monkeypatch.setattr(bench, "probabilities", lambda clf, texts, batch_size: np.eye(3)[
         [clf.fold % 3] * len(texts)])
     results = []
-    oof = bench.crossfit("t:base=b,crossfit=3,nseeds=1", settings, case, task, 7, 3, tmp_path,
-                         results)
+    oof = bench.crossfit(bench.parse_run("t:base=b,crossfit=3,nseeds=1"), settings, case, task, 7,
+                         tmp_path, results)
 
     fold = bench.fold_of(texts, 3)
     assert sorted(set(fold)) == [0, 1, 2] and min(np.bincount(fold)) >= 10
