@@ -109,13 +109,20 @@ ADAPTED: dict[tuple, Path] = {}
 # on the training rows + (1 - distill_alpha) x the one-hot label. soft_from_weight=1: the soft
 # target is the weight column's agreement instead (that share on the label, the rest spread
 # over the others; rows without a value one-hot)
-SOFT_KEYS = {"teacher", "distill_alpha", "soft_from_weight"}
+# augmented=1 (with teacher=NAME, a crossfit teacher with augment=N): also train on the
+# teacher's augmented copies of the training rows, their soft target the teacher's alone
+SOFT_KEYS = {"teacher", "distill_alpha", "soft_from_weight", "augmented"}
 TEACHERS: dict[tuple, "numpy.ndarray"] = {}  # (case, draw, run name) -> train rows x labels
+# (case, draw, run name) -> (augmented texts, their teacher probabilities: texts x labels)
+AUGMENTED: dict[tuple, tuple[list, "numpy.ndarray"]] = {}
 # crossfit=K: the run is fitted K times per seed, each time without one of K folds of the
 # training rows (by a salted text hash), and predicts the fold it did not see. As a teacher it
 # then gives out-of-fold probabilities: a model's view of rows it was not trained on, not the
 # near one-hot it has for its own training rows. nseeds=N: the run uses the first N of --seeds.
-RUN_KEYS = {"crossfit", "nseeds"}
+# augment=N (with crossfit): the teacher also labels N augmented copies of each training row
+# (augment()), each by the fit that did not see the row it came from: more texts for a student
+# to learn the teacher from (Tang et al., 2019, "Distilling task-specific knowledge from BERT").
+RUN_KEYS = {"crossfit", "nseeds", "augment"}
 
 
 def parse_run(spec: str) -> tuple[str, dict, dict]:
@@ -168,13 +175,19 @@ def check_runs(specs: list[str], settings) -> tuple[Optional[str], Optional[floa
         for key in set(ADAPT_KEYS) & set(model_over):
             if not isinstance(model_over[key], (int, float)) or model_over[key] <= 0:
                 raise SystemExit(f"--run {spec}: {key} must be a number above 0")
-        for key, least in (("crossfit", 2), ("nseeds", 1)):
+        for key, least in (("crossfit", 2), ("nseeds", 1), ("augment", 1)):
             if key in model_over and (not isinstance(model_over[key], int)
                                       or model_over[key] < least):
                 raise SystemExit(f"--run {spec}: {key} must be a whole number, at least {least}")
         if model_over.get("crossfit") and (model_over.get("teacher") or set(DATA_KEYS) & set(model_over)):
             raise SystemExit(f"--run {spec}: crossfit fits the case's training rows as they are "
                              "(no teacher, validation or weight keys)")
+        if model_over.get("augment") and not model_over.get("crossfit"):
+            raise SystemExit(f"--run {spec}: augment labels copies with a crossfit teacher's "
+                             "fits: it needs crossfit=K")
+        if model_over.get("augmented") and not model_over.get("teacher"):
+            raise SystemExit(f"--run {spec}: augmented=1 trains on a teacher's augmented copies: "
+                             "it needs teacher=NAME")
         if dataset.get("weight_column"):
             columns.add((dataset["weight_column"], dataset.get("missing_weight")))
     if len(columns) > 1:
@@ -353,8 +366,18 @@ def with_soft_targets(train: pd.DataFrame, model_over: dict, case: dict, task) -
         agreement = np.where(known, agreement, 1.0)
         soft = agreement * onehot + (1 - agreement) * (1 - onehot) / (k - 1)
     soft = soft / soft.sum(axis=1, keepdims=True)
-    return train.drop(columns=[data.WEIGHT], errors="ignore").assign(
+    train = train.drop(columns=[data.WEIGHT], errors="ignore").assign(
         **{data.SOFT_TARGETS: list(soft.astype(np.float32))})
+    if model_over.get("augmented"):
+        key = (case["case"], case["draw"], model_over["teacher"])
+        if key not in AUGMENTED:
+            raise SystemExit(f"augmented=1: teacher {model_over['teacher']!r} made no augmented "
+                             "copies (give it augment=N)")
+        texts, probs = AUGMENTED[key]
+        train = pd.concat([train, pd.DataFrame({
+            "text": texts, "label": [task.labels[i] for i in probs.argmax(axis=1)],
+            data.SOFT_TARGETS: list(probs.astype(np.float32))})], ignore_index=True)
+    return train
 
 
 def probabilities(clf, texts, batch_size: int) -> "numpy.ndarray":
@@ -376,19 +399,54 @@ def fold_of(texts, folds: int) -> "numpy.ndarray":
     return np.array([int(data.text_bucket("crossfit:" + t) * folds) for t in texts])
 
 
-def crossfit(run: tuple, settings, case, task, seed, root: Path, results: list) -> "numpy.ndarray":
+def augment(texts, copies: int, rate: float = 0.1, crop: float = 0.25) -> tuple[list, list]:
+    """`copies` altered copies of each text (Tang et al., 2019): each word dropped with
+    probability `rate` or swapped for a word of another text with probability `rate`, and with
+    probability `crop` only a random run of at least half the words kept. Returns (the source
+    text's index, the copy) lists. Stable: the same copies on every machine and every seed."""
+    import random
+
+    words = [t.split() for t in texts]
+    vocabulary = [w for ws in words for w in ws]
+    sources, out = [], []
+    for i, ws in enumerate(words):
+        for c in range(copies):
+            rng = random.Random(f"augment:{c}:{texts[i]}")
+            kept = []
+            for w in ws:
+                roll = rng.random()
+                if roll < rate:
+                    continue
+                kept.append(rng.choice(vocabulary) if roll < 2 * rate else w)
+            kept = kept or ws[:1]
+            if len(kept) > 1 and rng.random() < crop:
+                span = rng.randint((len(kept) + 1) // 2, len(kept))
+                start = rng.randint(0, len(kept) - span)
+                kept = kept[start:start + span]
+            sources.append(i)
+            out.append(" ".join(kept))
+    return sources, out
+
+
+def crossfit(run: tuple, settings, case, task, seed, root: Path, results: list) -> tuple:
     """Out-of-fold probabilities of `run` (parse_run's name, training and other overrides, with
     crossfit=K) on the case's training rows (rows x labels), for one seed: K fine-tunes, each
     without one fold, each predicting that fold. Each fold model is also scored on the test
-    rows (a row in `results`, named NAME/foldK)."""
+    rows (a row in `results`, named NAME/foldK). With augment=N, also each fit's probabilities
+    on the augmented copies of its fold's rows: returns (out-of-fold, copies, their
+    probabilities or None)."""
     import numpy as np
 
     name, train_over, model_over = run
     folds = model_over["crossfit"]
+    copies = model_over.get("augment", 0)
     model_over = {k: v for k, v in model_over.items() if k not in RUN_KEYS}
     train = case["train"]
     fold = fold_of(train["text"], folds)
     oof = np.zeros((len(train), len(task.labels)), dtype=np.float32)
+    sources, extra = augment(list(train["text"]), copies) if copies else ([], [])
+    extra_fold = fold[sources] if copies else np.zeros(0, dtype=int)
+    extra_probs = np.zeros((len(extra), len(task.labels)), dtype=np.float32)
     for k in range(folds):
         held = fold == k
         bundle = root / f"seed{seed}-fold{k}"
@@ -397,12 +455,40 @@ def crossfit(run: tuple, settings, case, task, seed, root: Path, results: list) 
                                 seed, keep_dir=bundle))
         clf = modeling.Classifier(bundle, device=settings.training.device)
         oof[held] = probabilities(clf, train["text"][held], settings.evaluation.batch_size)
+        if copies:
+            extra_probs[extra_fold == k] = probabilities(
+                clf, [t for t, f in zip(extra, extra_fold) if f == k],
+                settings.evaluation.batch_size)
         del clf
     refs = [task.encode_label(x) for x in train["label"]]
     m = evaluation.compute_metrics(refs, list(oof.argmax(axis=1)), task)
     print(f"    {name} seed {seed or settings.training.seed}: out-of-fold macro-F1 on the {len(train)} training rows "
-          f"{m['macro_f1']:.4f}  acc {m['accuracy']:.4f}", flush=True)
-    return oof
+          f"{m['macro_f1']:.4f}  acc {m['accuracy']:.4f}"
+          + (f"; {len(extra)} augmented copies labelled" if copies else ""), flush=True)
+    return oof, extra, extra_probs if copies else None
+
+
+def save_teachers(path: Path, cases: list) -> None:
+    """TEACHERS and AUGMENTED as a pickle, each with the digest of its case's training rows."""
+    import pickle
+
+    digests = {(c["case"], c["draw"]): data.digest(c["train"]) for c in cases}
+    path.write_bytes(pickle.dumps({"teachers": {k: (digests[k[:2]], v) for k, v in TEACHERS.items()},
+                                   "augmented": AUGMENTED}))
+
+
+def load_teachers(path: Path, cases: list) -> None:
+    """What save_teachers wrote, for the cases whose training rows are the same."""
+    import pickle
+
+    saved = pickle.loads(path.read_bytes())
+    digests = {(c["case"], c["draw"]): data.digest(c["train"]) for c in cases}
+    for key, (digest, probs) in saved["teachers"].items():
+        if digests.get(key[:2]) == digest:
+            TEACHERS[key] = probs
+            if key in saved["augmented"]:
+                AUGMENTED[key] = saved["augmented"][key]
+            print(f"teacher {key[2]} on {key[0]}#{key[1]}: read from {path}")
 
 
 def run_once(name, train_over, model_over, settings, case, task, seed,
@@ -617,6 +703,9 @@ def main() -> int:
                          "probabilities: (1 - w) x model + w x baseline, w = "
                          + ", ".join(map(str, BLEND_WEIGHTS)) + ", and w cross-fitted on "
                          "halves of the test rows")
+    ap.add_argument("--teachers", metavar="FILE",
+                    help="keep crossfit teachers' probabilities in this file: written after each "
+                         "one, read at the start, so a later call reuses them instead of refitting")
     ap.add_argument("--json", "--out", dest="json", help="write results as JSON here (after every run)")
     args = ap.parse_args()
 
@@ -630,6 +719,8 @@ def main() -> int:
     for case in cases:
         case["blend"] = args.blend_baseline
     results, baselines, combined = [], {}, []
+    if args.teachers and Path(args.teachers).exists():
+        load_teachers(Path(args.teachers), cases)
 
     def save() -> None:
         if args.json:
@@ -659,12 +750,20 @@ def main() -> int:
             run = parse_run(spec)
             seeds = args.seeds[:run[2].get("nseeds", len(args.seeds))]
             if run[2].get("crossfit"):
+                key = (case["case"], case["draw"], name)
+                if key in TEACHERS:
+                    print(f"\n--- {name}: its teacher probabilities come from {args.teachers}")
+                    continue
                 with tempfile.TemporaryDirectory() as root:
-                    oofs = []
+                    fits = []
                     for seed in seeds:
-                        oofs.append(crossfit(run, settings, case, task, seed, Path(root), results))
+                        fits.append(crossfit(run, settings, case, task, seed, Path(root), results))
                         save()
-                    TEACHERS[(case["case"], case["draw"], name)] = sum(oofs) / len(oofs)
+                TEACHERS[key] = sum(f[0] for f in fits) / len(fits)
+                if run[2].get("augment"):
+                    AUGMENTED[key] = fits[0][1], sum(f[2] for f in fits) / len(fits)
+                if args.teachers:
+                    save_teachers(Path(args.teachers), cases)
                 continue
             keep = (tempfile.TemporaryDirectory() if args.ensemble and len(seeds) > 1
                     or is_teacher else contextlib.nullcontext(None))

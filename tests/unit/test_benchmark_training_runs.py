@@ -190,7 +190,7 @@ def test_crossfit_teacher_predicts_only_rows_it_did_not_train_on(monkeypatch, tm
     trained_on = {}
 
     def fake_run_once(name, train_over, model_over, settings, case, task, seed, keep_dir=None):
-        assert "crossfit" not in model_over and model_over == {"base": "b"}
+        assert model_over == {"base": "b"}  # no crossfit, nseeds or augment
         trained_on[keep_dir.name] = set(case["train"]["text"])
         return {"name": name, "seed": seed}
 
@@ -203,8 +203,9 @@ def test_crossfit_teacher_predicts_only_rows_it_did_not_train_on(monkeypatch, tm
     monkeypatch.setattr(bench, "probabilities", lambda clf, texts, batch_size: np.eye(3)[
         [clf.fold % 3] * len(texts)])
     results = []
-    oof = bench.crossfit(bench.parse_run("t:base=b,crossfit=3,nseeds=1"), settings, case, task, 7,
-                         tmp_path, results)
+    oof, copies, copy_probs = bench.crossfit(bench.parse_run("t:base=b,crossfit=3,nseeds=1"),
+                                             settings, case, task, 7, tmp_path, results)
+    assert copies == [] and copy_probs is None
 
     fold = bench.fold_of(texts, 3)
     assert sorted(set(fold)) == [0, 1, 2] and min(np.bincount(fold)) >= 10
@@ -217,6 +218,73 @@ def test_crossfit_teacher_predicts_only_rows_it_did_not_train_on(monkeypatch, tm
     settings = load_settings(None, environ={})
     for bad, says in [("t:crossfit=1", "crossfit must be a whole number, at least 2"),
                       ("t:nseeds=0", "nseeds must be a whole number, at least 1"),
-                      ("t:crossfit=5,teacher=u", "crossfit fits the case's training rows")]:
+                      ("t:crossfit=5,teacher=u", "crossfit fits the case's training rows"),
+                      ("t:augment=2", "augment labels copies .* it needs crossfit=K"),
+                      ("t:crossfit=5,augment=0", "augment must be a whole number, at least 1"),
+                      ("t:augmented=1", "augmented=1 .* it needs teacher=NAME")]:
         with pytest.raises(SystemExit, match=says):
             bench.check_runs([bad], settings)
+
+    # augment=N: the same fits also label N copies of each row, by the fit that held the row out
+    results.clear()
+    oof, copies, copy_probs = bench.crossfit(
+        bench.parse_run("t:base=b,crossfit=3,augment=2"), settings, case, task, 7, tmp_path, results)
+    sources, again = bench.augment(texts, 2)
+    assert copies == again and len(copies) == 2 * len(texts) == len(copy_probs)
+    assert list(copy_probs.argmax(axis=1)) == [fold[i] for i in sources]
+
+
+def test_augment_alters_copies_stably():
+    texts = [" ".join(f"w{i}x{j}" for j in range(12)) for i in range(200)]
+    sources, copies = bench.augment(texts, 3)
+    assert sources == [i for i in range(200) for _ in range(3)]
+    assert (sources, copies) == bench.augment(texts, 3)  # the same copies every call
+    changed = [c != texts[i] for i, c in zip(sources, copies)]
+    assert sum(changed) > 0.9 * len(copies)
+    assert len(set(copies)) > 0.95 * len(copies)  # the copies of one text differ
+    lengths = [len(c.split()) for c in copies]
+    assert min(lengths) >= 1 and max(lengths) <= 12
+    assert sum(length < 9 for length in lengths) > 0.1 * len(copies)  # some were cropped
+    foreign = sum(w not in texts[i].split() for i, c in zip(sources, copies) for w in c.split())
+    assert foreign > 0.05 * sum(lengths)  # words swapped in from other texts
+
+
+def test_augmented_copies_join_the_students_rows_and_teachers_keep(tmp_path):
+    """augmented=1: the student trains on its rows (teacher and label mixed) plus the teacher's
+    copies (the teacher's probabilities alone); --teachers keeps both across calls."""
+    import numpy as np
+    import pandas as pd
+
+    from labelloop import data
+    from labelloop.tasks import task_from_settings
+
+    task = task_from_settings(load_settings(None, environ={}))
+    rows = pd.DataFrame({"text": ["a b", "c d"], "label": [task.labels[0], task.labels[1]]})
+    case = {"case": "full", "draw": 0, "train": rows}
+    key = ("full", 0, "mp")
+    bench.TEACHERS[key] = np.array([[0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    bench.AUGMENTED[key] = (["a", "d"], np.array([[0.2, 0.7, 0.1], [0.1, 0.1, 0.8]], np.float32))
+    try:
+        got = bench.with_soft_targets(rows, {"teacher": "mp", "distill_alpha": 0.5,
+                                             "augmented": 1}, case, task)
+        assert list(got["text"]) == ["a b", "c d", "a", "d"]
+        assert list(got["label"]) == [task.labels[0], task.labels[1], task.labels[1], task.labels[2]]
+        soft = np.stack(got[data.SOFT_TARGETS])
+        np.testing.assert_allclose(soft, [[0.5, 0.5, 0], [0, 0.5, 0.5],
+                                          [0.2, 0.7, 0.1], [0.1, 0.1, 0.8]], atol=1e-6)
+        plain = bench.with_soft_targets(rows, {"teacher": "mp"}, case, task)
+        assert len(plain) == 2
+
+        bench.save_teachers(tmp_path / "t.pkl", [case])
+        bench.TEACHERS.clear(), bench.AUGMENTED.clear()
+        other = {**case, "draw": 0, "train": rows.assign(text=["x", "y"])}
+        bench.load_teachers(tmp_path / "t.pkl", [other])  # other training rows: not taken
+        assert key not in bench.TEACHERS
+        bench.load_teachers(tmp_path / "t.pkl", [case])
+        np.testing.assert_array_equal(bench.TEACHERS[key][1], [0, 0, 1])
+        assert bench.AUGMENTED[key][0] == ["a", "d"]
+        with pytest.raises(SystemExit, match="made no augmented copies"):
+            bench.AUGMENTED.clear()
+            bench.with_soft_targets(rows, {"teacher": "mp", "augmented": 1}, case, task)
+    finally:
+        bench.TEACHERS.clear(), bench.AUGMENTED.clear()
