@@ -53,6 +53,14 @@ distils (out-of-fold, so not the near one-hot a model has on its own training ro
     python benchmarks/training.py --seeds 0 1 2 --run mpcf:base=DIR,crossfit=5,nseeds=1 \
         --run kd:teacher=mpcf,method=full,epochs=2
 
+`augment=N` on a crossfit run also has each fit label N altered copies (words dropped or swapped,
+some cropped: augment()) of the rows it did not see; `augmented=1` on a student adds those
+copies to its rows, their target the teacher's probabilities alone. `--teachers FILE` keeps the
+crossfit teachers' probabilities (and copies) in FILE, so a later call reuses them.
+
+    python benchmarks/training.py --seeds 0 1 --teachers /tmp/teachers.pkl \
+        --run cf:crossfit=5,nseeds=1,augment=3 --run kda:teacher=cf,distill_alpha=0.5,augmented=1
+
 `--ensemble` with several `--seeds` also scores each run's seeds together, on the same test rows:
 their ensemble (mean probabilities) and their uniform soup (mean weights), for 2..N of them.
 
