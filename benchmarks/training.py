@@ -123,6 +123,7 @@ SOFT_KEYS = {"teacher", "distill_alpha", "soft_from_weight", "augmented"}
 TEACHERS: dict[tuple, "numpy.ndarray"] = {}  # (case, draw, run name) -> train rows x labels
 # (case, draw, run name) -> (augmented texts, their teacher probabilities: texts x labels)
 AUGMENTED: dict[tuple, tuple[list, "numpy.ndarray"]] = {}
+TEACHER_RECIPES: dict[tuple, str] = {}  # (case, draw, run name) -> its --run and --config
 # crossfit=K: the run is fitted K times per seed, each time without one of K folds of the
 # training rows (by a salted text hash), and predicts the fold it did not see. As a teacher it
 # then gives out-of-fold probabilities: a model's view of rows it was not trained on, not the
@@ -482,11 +483,12 @@ def save_teachers(path: Path, cases: list) -> None:
 
     digests = {(c["case"], c["draw"]): data.digest(c["train"]) for c in cases}
     path.write_bytes(pickle.dumps({"teachers": {k: (digests[k[:2]], v) for k, v in TEACHERS.items()},
-                                   "augmented": AUGMENTED}))
+                                   "augmented": AUGMENTED, "recipes": TEACHER_RECIPES}))
 
 
 def load_teachers(path: Path, cases: list) -> None:
-    """What save_teachers wrote, for the cases whose training rows are the same."""
+    """What save_teachers wrote, for the cases whose training rows are the same (main refits a
+    teacher whose recipe differs)."""
     import pickle
 
     saved = pickle.loads(path.read_bytes())
@@ -494,6 +496,7 @@ def load_teachers(path: Path, cases: list) -> None:
     for key, (digest, probs) in saved["teachers"].items():
         if digests.get(key[:2]) == digest:
             TEACHERS[key] = probs
+            TEACHER_RECIPES[key] = saved.get("recipes", {}).get(key, "")
             if key in saved["augmented"]:
                 AUGMENTED[key] = saved["augmented"][key]
             print(f"teacher {key[2]} on {key[0]}#{key[1]}: read from {path}")
@@ -759,15 +762,21 @@ def main() -> int:
             seeds = args.seeds[:run[2].get("nseeds", len(args.seeds))]
             if run[2].get("crossfit"):
                 key = (case["case"], case["draw"], name)
-                if key in TEACHERS:
+                recipe = f"--run {spec} --config {args.config}"
+                if key in TEACHERS and TEACHER_RECIPES.get(key) == recipe:
                     print(f"\n--- {name}: its teacher probabilities come from {args.teachers}")
                     continue
+                if key in TEACHERS:  # another recipe under that name: fit it again
+                    print(f"\n--- {name}: its recipe differs from the one in {args.teachers}; "
+                          "fitting it again")
+                    TEACHERS.pop(key), AUGMENTED.pop(key, None)
                 with tempfile.TemporaryDirectory() as root:
                     fits = []
                     for seed in seeds:
                         fits.append(crossfit(run, settings, case, task, seed, Path(root), results))
                         save()
                 TEACHERS[key] = sum(f[0] for f in fits) / len(fits)
+                TEACHER_RECIPES[key] = recipe
                 if run[2].get("augment"):
                     AUGMENTED[key] = fits[0][1], sum(f[2] for f in fits) / len(fits)
                 if args.teachers:

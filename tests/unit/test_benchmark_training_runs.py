@@ -264,6 +264,7 @@ def test_augmented_copies_join_the_students_rows_and_teachers_keep(tmp_path):
     key = ("full", 0, "mp")
     bench.TEACHERS[key] = np.array([[0, 1, 0], [0, 0, 1]], dtype=np.float32)
     bench.AUGMENTED[key] = (["a", "d"], np.array([[0.2, 0.7, 0.1], [0.1, 0.1, 0.8]], np.float32))
+    bench.TEACHER_RECIPES[key] = "--run mp:crossfit=5,augment=1 --config None"
     try:
         got = bench.with_soft_targets(rows, {"teacher": "mp", "distill_alpha": 0.5,
                                              "augmented": 1}, case, task)
@@ -276,15 +277,16 @@ def test_augmented_copies_join_the_students_rows_and_teachers_keep(tmp_path):
         assert len(plain) == 2
 
         bench.save_teachers(tmp_path / "t.pkl", [case])
-        bench.TEACHERS.clear(), bench.AUGMENTED.clear()
+        bench.TEACHERS.clear(), bench.AUGMENTED.clear(), bench.TEACHER_RECIPES.clear()
         other = {**case, "draw": 0, "train": rows.assign(text=["x", "y"])}
         bench.load_teachers(tmp_path / "t.pkl", [other])  # other training rows: not taken
         assert key not in bench.TEACHERS
         bench.load_teachers(tmp_path / "t.pkl", [case])
         np.testing.assert_array_equal(bench.TEACHERS[key][1], [0, 0, 1])
         assert bench.AUGMENTED[key][0] == ["a", "d"]
+        assert bench.TEACHER_RECIPES[key] == "--run mp:crossfit=5,augment=1 --config None"
         with pytest.raises(SystemExit, match="made no augmented copies"):
             bench.AUGMENTED.clear()
             bench.with_soft_targets(rows, {"teacher": "mp", "augmented": 1}, case, task)
     finally:
-        bench.TEACHERS.clear(), bench.AUGMENTED.clear()
+        bench.TEACHERS.clear(), bench.AUGMENTED.clear(), bench.TEACHER_RECIPES.clear()
