@@ -453,8 +453,8 @@ def crossfit(run: tuple, settings, case, task, seed, root: Path, results: list) 
     train = case["train"]
     fold = fold_of(train["text"], folds)
     oof = np.zeros((len(train), len(task.labels)), dtype=np.float32)
-    sources, extra = augment(list(train["text"]), copies) if copies else ([], [])
-    extra_fold = fold[sources] if copies else np.zeros(0, dtype=int)
+    sources, extra = augment(list(train["text"]), copies)  # ([], []) without augment
+    extra, extra_fold = np.array(extra, dtype=object), fold[np.array(sources, dtype=int)]
     extra_probs = np.zeros((len(extra), len(task.labels)), dtype=np.float32)
     for k in range(folds):
         held = fold == k
@@ -466,15 +466,14 @@ def crossfit(run: tuple, settings, case, task, seed, root: Path, results: list) 
         oof[held] = probabilities(clf, train["text"][held], settings.evaluation.batch_size)
         if copies:
             extra_probs[extra_fold == k] = probabilities(
-                clf, [t for t, f in zip(extra, extra_fold) if f == k],
-                settings.evaluation.batch_size)
+                clf, extra[extra_fold == k].tolist(), settings.evaluation.batch_size)
         del clf
     refs = [task.encode_label(x) for x in train["label"]]
     m = evaluation.compute_metrics(refs, list(oof.argmax(axis=1)), task)
     print(f"    {name} seed {seed or settings.training.seed}: out-of-fold macro-F1 on the {len(train)} training rows "
           f"{m['macro_f1']:.4f}  acc {m['accuracy']:.4f}"
           + (f"; {len(extra)} augmented copies labelled" if copies else ""), flush=True)
-    return oof, extra, extra_probs if copies else None
+    return oof, extra.tolist(), extra_probs if copies else None
 
 
 def save_teachers(path: Path, cases: list) -> None:
