@@ -477,20 +477,25 @@ def crossfit(run: tuple, settings, case, task, seed, root: Path, results: list) 
 
 
 def save_teachers(path: Path, cases: list) -> None:
-    """TEACHERS and AUGMENTED as a pickle, each with the digest of its case's training rows."""
+    """TEACHERS and AUGMENTED as a pickle, each with the digest of its case's training rows;
+    xz-compressed when the name ends in .xz (a teacher kept in the repository: 3 MB, not 10)."""
+    import lzma
     import pickle
 
     digests = {(c["case"], c["draw"]): data.digest(c["train"]) for c in cases}
-    path.write_bytes(pickle.dumps({"teachers": {k: (digests[k[:2]], v) for k, v in TEACHERS.items()},
-                                   "augmented": AUGMENTED, "recipes": TEACHER_RECIPES}))
+    blob = pickle.dumps({"teachers": {k: (digests[k[:2]], v) for k, v in TEACHERS.items()},
+                         "augmented": AUGMENTED, "recipes": TEACHER_RECIPES})
+    path.write_bytes(lzma.compress(blob) if path.suffix == ".xz" else blob)
 
 
 def load_teachers(path: Path, cases: list) -> None:
     """What save_teachers wrote, for the cases whose training rows are the same (main refits a
     teacher whose recipe differs)."""
+    import lzma
     import pickle
 
-    saved = pickle.loads(path.read_bytes())
+    blob = path.read_bytes()
+    saved = pickle.loads(lzma.decompress(blob) if path.suffix == ".xz" else blob)
     digests = {(c["case"], c["draw"]): data.digest(c["train"]) for c in cases}
     for key, (digest, probs) in saved["teachers"].items():
         if digests.get(key[:2]) == digest:

@@ -249,7 +249,8 @@ def test_augment_alters_copies_stably():
     assert foreign > 0.05 * sum(lengths)  # words swapped in from other texts
 
 
-def test_augmented_copies_join_the_students_rows_and_teachers_keep(tmp_path):
+@pytest.mark.parametrize("kept_as", ["t.pkl", "t.pkl.xz"])
+def test_augmented_copies_join_the_students_rows_and_teachers_keep(tmp_path, kept_as):
     """augmented=1: the student trains on its rows (teacher and label mixed) plus the teacher's
     copies (the teacher's probabilities alone); --teachers keeps both across calls."""
     import numpy as np
@@ -276,12 +277,13 @@ def test_augmented_copies_join_the_students_rows_and_teachers_keep(tmp_path):
         plain = bench.with_soft_targets(rows, {"teacher": "mp"}, case, task)
         assert len(plain) == 2
 
-        bench.save_teachers(tmp_path / "t.pkl", [case])
+        bench.save_teachers(tmp_path / kept_as, [case])
+        assert (tmp_path / kept_as).read_bytes().startswith(b"\xfd7zXZ") == kept_as.endswith(".xz")
         bench.TEACHERS.clear(), bench.AUGMENTED.clear(), bench.TEACHER_RECIPES.clear()
         other = {**case, "draw": 0, "train": rows.assign(text=["x", "y"])}
-        bench.load_teachers(tmp_path / "t.pkl", [other])  # other training rows: not taken
+        bench.load_teachers(tmp_path / kept_as, [other])  # other training rows: not taken
         assert key not in bench.TEACHERS
-        bench.load_teachers(tmp_path / "t.pkl", [case])
+        bench.load_teachers(tmp_path / kept_as, [case])
         np.testing.assert_array_equal(bench.TEACHERS[key][1], [0, 0, 1])
         assert bench.AUGMENTED[key][0] == ["a", "d"]
         assert bench.TEACHER_RECIPES[key] == "--run mp:crossfit=5,augment=1 --config None"
