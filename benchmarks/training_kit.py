@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mpnet_base import save_in_bf16  # benchmarks/, the script's own folder
+
 # What the box lacks, pinned to the versions the sessions' figures were measured with.
 WHEELS = ["pydantic==2.12.5", "pydantic_core==2.41.5", "annotated-types==0.7.0",
           "typing-inspection==0.4.5", "typing_extensions==4.16.0", "evaluate==0.4.6",
@@ -52,17 +54,12 @@ def download_wheels(into: Path) -> None:
 
 
 def copy_base_in_bf16(source: Path, target: Path) -> None:
-    import torch
-    from safetensors.torch import load_file, save_file
-
     target.mkdir(parents=True, exist_ok=True)
     for item in source.iterdir():
         if item.name in ("model.safetensors", "README.md", ".gitattributes", "data_config.json"):
             continue
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, target / item.name)
-    weights = load_file(str(source / "model.safetensors"))
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()},
-              str(target / "model.safetensors"), metadata={"format": "pt"})
+    save_in_bf16(source / "model.safetensors", target / "model.safetensors")
 
 
 def main() -> int:
