@@ -81,18 +81,10 @@ def build_kit(kit: Path) -> None:
     import importlib.util
     import tarfile
 
-    pins = {}
-    for line in (REPO / "configs" / "pip-constraints.txt").read_text().splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, _, version = line.strip().partition("==")
-            pins[re.sub(r"[-_.]+", "-", name).lower()] = f"{name}=={version}"
-    reqs = [pins[re.sub(r"[-_.]+", "-", n).lower()] for n in KIT]
+    from box_wheels import download  # benchmarks/, the script's own folder
+
     work = Path(tempfile.mkdtemp(prefix="gpukit-"))
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-                    *[a for n in (28, 27, 24, 17) for a in ("--platform", f"manylinux_2_{n}_x86_64")],
-                    "--platform", "manylinux2014_x86_64", "-d", str(work / "whl"), *reqs],
-                   check=True)
+    reqs = download(KIT, work / "whl")
     site = work / "site"
     import zipfile
 

