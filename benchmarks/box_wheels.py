@@ -2,7 +2,8 @@
 
 The versions come from one place, configs/pip-constraints.txt (what `make setup` installs here),
 so a kit carries what this machine's tests ran with. benchmarks/training_kit.py and
-benchmarks/loop_turn.py --build-kit both download through `download`.
+benchmarks/loop_turn.py, generation.py and generation_loop.py (--build-kit) all download
+through `download`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 CONSTRAINTS = Path(__file__).resolve().parents[1] / "configs" / "pip-constraints.txt"
 BOX_PYTHON = "3.12"  # the device machine's Python
@@ -23,9 +25,10 @@ def normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def pinned(names: list[str], constraints: Path = CONSTRAINTS) -> list[str]:
-    """`name==version` for each of `names`, the version the constraints file pins; one line
-    naming every name it does not pin."""
+def pinned(names: list[str], constraints: Optional[Path] = None) -> list[str]:
+    """`name==version` for each of `names`, the version the constraints file (default
+    CONSTRAINTS) pins; one line naming every name it does not pin."""
+    constraints = constraints or CONSTRAINTS
     pins = {}
     for line in constraints.read_text().splitlines():
         if "==" in line and not line.lstrip().startswith("#"):

@@ -140,21 +140,13 @@ PART_A_BYTES = 38 * 2**20  # with the wheels (21 MiB) and the repository, call 1
 
 def build_kit(kit: Path) -> None:
     import importlib.util
-    import re
     import shutil
-    import subprocess
 
-    pins = {}
-    for line in (REPO / "configs" / "pip-constraints.txt").read_text().splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, _, version = line.strip().partition("==")
-            pins[re.sub(r"[-_.]+", "-", name).lower()] = f"{name}=={version}"
-    reqs = [pins[re.sub(r"[-_.]+", "-", n).lower()] for n in KIT_WHEELS]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from box_wheels import download
+
     shutil.rmtree(kit, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-                    *[a for n in (28, 27, 24, 17) for a in ("--platform", f"manylinux_2_{n}_x86_64")],
-                    "--platform", "manylinux2014_x86_64", "-d", str(kit / "whl"), *reqs], check=True)
+    download(KIT_WHEELS, kit / "whl")
     def pkg(name: str) -> Path:
         return Path(list(importlib.util.find_spec(name).submodule_search_locations)[0])
 

@@ -359,22 +359,13 @@ def build_kit(kit: Path) -> None:
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     import generation as gen_bench
+    from box_wheels import download
 
     gen_bench.build_kit(kit)
     # chrF (sacrebleu) and ROUGE-L's absl are not in that kit's wheel list: add them, pinned;
     # sacrebleu's lxml (5 MB) goes with call 2 (`lxml/`), call 1 being near the 64 MiB limit.
-    pins = {line.split("==")[0].lower(): line.strip() for line in
-            (REPO / "configs" / "pip-constraints.txt").read_text().splitlines() if "==" in line}
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-                    *[a for n in (28, 27, 24, 17) for a in ("--platform", f"manylinux_2_{n}_x86_64")],
-                    "--platform", "manylinux2014_x86_64", "-d", str(kit / "whl"),
-                    *[pins[n] for n in ("sacrebleu", "portalocker", "tabulate", "colorama",
-                                        "absl-py")]], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
-                    "--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp",
-                    "--platform", "manylinux_2_28_x86_64", "-d", str(kit / "lxml"), pins["lxml"]],
-                   check=True)
+    download(["sacrebleu", "portalocker", "tabulate", "colorama", "absl-py"], kit / "whl")
+    download(["lxml"], kit / "lxml")
     shutil.copy(Path(__file__), kit / "code" / "benchmarks")
     (kit / "extra" / "loop.sh").write_text(BENCH_SH)
     print(f"call 1 (carry {kit}/whl, partA, extra, code): bash {kit}/extra/setup.sh\n"

@@ -52,7 +52,6 @@ def test_download_asks_pip_for_cpython_312_manylinux_wheels_only(tmp_path, monke
     constraints = tmp_path / "c.txt"
     constraints.write_text("xxhash==4.1.0\n")
     monkeypatch.setattr(box_wheels, "CONSTRAINTS", constraints)
-    monkeypatch.setattr(box_wheels.pinned, "__defaults__", (constraints,))
     assert box_wheels.download(["xxhash"], tmp_path / "whl") == ["xxhash==4.1.0"]
     (args, check), = calls
     assert check and (tmp_path / "whl").is_dir()
