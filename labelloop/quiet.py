@@ -17,7 +17,9 @@ and errors of these libraries still show.
 - TRL's SFTConfig passes transformers' own deprecated `gradient_checkpointing` default;
 - the Argilla SDK logs every API call and every resource it creates at INFO, whole (`Webhook:
   Resource created: Webhook(... secret='...')` put the webhook's signing secret on the demo's
-  terminal), and its client says "Logged in as ..." on the root logger at every connection.
+  terminal), and its client says "Logged in as ..." on the root logger at every connection;
+- matplotlib says "generated new fontManager" at INFO the first time a machine plots (the
+  evaluation's confusion matrix), in the middle of a fresh machine's first training run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ QUIET_LOGGERS = {
     "zenml.pipelines.pipeline_definition": logging.WARNING,
     "zenml.orchestrators.step_run_utils": logging.WARNING,
     "argilla.sdk": logging.WARNING,
+    "matplotlib.font_manager": logging.WARNING,
 }
 
 _HEAD_KEY = re.compile(r"^(classifier|score|pre_classifier|classification_head)\.")

@@ -85,7 +85,13 @@ def parse_table(raw: bytes, name: str, fmt: str, encoding: str) -> pd.DataFrame:
         raise DataError(f"could not read {name} as {fmt}: {type(exc).__name__}: {exc}") from exc
 
 
-def expand_paths(spec: str | list[str]) -> list[Path]:
+# What a missing file is called in the error, by the source's role: a pool file is not the
+# dataset, and a user with a train and a test source needs to know which one is missing.
+_MISSING_FILE = {"train": "dataset file", "test": "test source file",
+                 "validation": "validation source file", "pool": "pool file"}
+
+
+def expand_paths(spec: str | list[str], role: str = "train") -> list[Path]:
     """Files named by a path, a list of paths, or globs, in a stable (sorted) order."""
     specs = [spec] if isinstance(spec, str) else list(spec)
     out: list[Path] = []
@@ -97,10 +103,10 @@ def expand_paths(spec: str | list[str]) -> list[Path]:
         if glob.has_magic(str(path)):
             found = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
             if not found:
-                raise DataError(f"no file matches {one!r}")
+                raise DataError(f"no file matches {one!r} (the {role} source)")
             out.extend(found)
         elif not path.exists():
-            raise DataError(f"dataset file not found: {path}")
+            raise DataError(f"{_MISSING_FILE.get(role, 'file')} not found: {path}")
         else:
             out.append(path)
     return out
@@ -221,7 +227,7 @@ def read_source(src: SourceSettings, role: str, encoding: str) -> tuple[pd.DataF
         what = src.table if src.table is not None else src.query
         return df, SourceInfo(role, f"{uri} ({what})", "sql", digest, len(df))
     frames, parts, kinds = [], [], set()
-    paths = expand_paths(src.path)
+    paths = expand_paths(src.path, role)
     for path in paths:
         if _is_hf_dir(path):
             df = _read_hf(path, src.split)

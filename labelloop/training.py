@@ -17,13 +17,13 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from labelloop import modeling
 from labelloop.data import SOFT_TARGETS, WEIGHT
 from labelloop.evaluation import compute_metrics
 from labelloop.modeling import ModelError
+from labelloop.progress import step_bar
 from labelloop.settings import ModelSettings, TrainingSettings
 from labelloop.tasks import ClassificationTask
 
@@ -334,8 +334,7 @@ def fine_tune(
 
     model.train()
     step, seen, loss_value, running = 0, 0, float("nan"), []
-    bar = tqdm(total=total_steps, desc=f"fine-tune ({cfg.method}, {device.type})",
-               unit="step", disable=not progress)
+    bar = step_bar(total_steps, f"fine-tune ({cfg.method}, {device.type})", enabled=progress)
     start = time.perf_counter()
     while step < total_steps:
         for batch_idx in torch.randperm(n, generator=generator).split(schedule.batch_size):

@@ -44,8 +44,9 @@ def quiet_progress(trainer, desc: str, enabled: bool) -> None:
     the HF Trainer's console output: its ProgressCallback prints every log dict under the bar
     (`{'loss': '3.075', 'grad_norm': ..., 'entropy': ...}` per step, then a `train_runtime`
     summary), which buried the pipeline's own lines in `make demo TASK=generation`."""
-    from tqdm.auto import tqdm
     from transformers import TrainerCallback
+
+    from labelloop.progress import step_bar
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(ProgressCallback)
@@ -58,7 +59,7 @@ def quiet_progress(trainer, desc: str, enabled: bool) -> None:
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                self.bar = tqdm(total=state.max_steps, desc=desc, unit="step", dynamic_ncols=True)
+                self.bar = step_bar(state.max_steps, desc)
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None:

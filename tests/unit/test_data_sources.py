@@ -117,8 +117,11 @@ def test_source_settings_forms_and_mistakes():
 
 def test_missing_and_unreadable_files_are_named(tmp_path):
     frame().to_csv(tmp_path / "a.csv", index=False)
-    with pytest.raises(data.DataError, match="dataset file not found: .*nope.csv"):
+    # the error says which source is missing: with a train and a test file, which one
+    with pytest.raises(data.DataError, match="test source file not found: .*nope.csv"):
         splits(path=str(tmp_path / "a.csv"), test=str(tmp_path / "nope.csv"))
+    with pytest.raises(data.DataError, match="^dataset file not found: .*nope.csv"):
+        splits(path=str(tmp_path / "nope.csv"), test=str(tmp_path / "a.csv"))
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(data.DataError, match="could not read .*broken.parquet as parquet"):
         data.load_labelled(ds(path=str(tmp_path / "broken.parquet")), TASK)

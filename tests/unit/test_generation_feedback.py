@@ -274,5 +274,6 @@ def test_sft_and_dpo_show_one_progress_bar_not_the_trainers_log_dicts(tmp_path, 
     text = out.out + out.err
     assert sft.steps == 2 and dpo.steps == 1
     assert "fine-tune (SFT, full, cpu)" in text and "DPO (lora, cpu)" in text, text[-2000:]
+    assert "\r" not in text  # whole lines in a log, not tqdm's redraws
     assert "'loss'" not in text and "train_runtime" not in text and "grad_norm" not in text, \
         text[-2000:]

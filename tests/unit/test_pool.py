@@ -63,7 +63,7 @@ def test_a_pool_of_only_labelled_or_empty_texts_is_an_error(tmp_path):
     with pytest.raises(pool.PoolError, match="no texts to import: 3 read, 1 empty, 0 repeated, "
                                              "2 already in the labelled data"):
         pool.build_pool(s, Cleaning(whitespace="strip"), file=str(tmp_path / "p.txt"))
-    with pytest.raises(pool.DataError, match="dataset file not found"):
+    with pytest.raises(pool.DataError, match="pool file not found: .*missing.txt"):
         pool.build_pool(s, Cleaning(), file=str(tmp_path / "missing.txt"))
 
 
@@ -91,7 +91,7 @@ def test_annotate_import_file_error_is_one_line(tmp_path, capsys):
     cfg.write_text(yaml.safe_dump(s.model_dump(mode="json")))
     code = cli.main(["annotate", "import", "-c", str(cfg), "--file", str(tmp_path / "no.txt")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "dataset file not found" in err[0] and "no.txt" in err[0]
+    assert code == 2 and len(err) == 1 and "pool file not found" in err[0] and "no.txt" in err[0]
     code = cli.main(["annotate", "import", "-c", str(cfg)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "no unlabelled pool" in err[0]

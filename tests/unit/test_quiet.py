@@ -103,3 +103,19 @@ def test_argilla_sdk_chatter_is_dropped_its_warnings_kept():
                          check=True).stderr
     assert "s3cret" not in err and "Logged in as" not in err
     assert "could not publish" in err and "a root message of another kind" in err
+
+
+def test_matplotlib_font_cache_note_is_quiet_its_warnings_are_not():
+    """matplotlib's "generated new fontManager" (INFO, the first plot on a machine) showed in
+    the middle of a fresh machine's first `labelloop train`, between the evaluation's lines."""
+    import labelloop  # noqa: F401 - installs the switches
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)  # as ZenML sets it for a pipeline run
+    try:
+        log = logging.getLogger("matplotlib.font_manager")
+        assert not log.isEnabledFor(logging.INFO)
+        assert log.isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(level)

@@ -1,0 +1,75 @@
+"""labelloop/progress.py: a live bar in a terminal, whole lines in a log."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+
+from labelloop.progress import LineProgress, step_bar
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_line_progress_writes_a_line_per_tenth_and_a_last_one():
+    out = io.StringIO()
+    bar = LineProgress(200, "fine-tune (full, cpu)", out)
+    for step in range(200):
+        bar.set_postfix(loss=f"{1.0 / (step + 1):.4f}")
+        bar.update(1)
+    bar.close()
+    bar.close()  # twice is once
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert len(lines) == 10, lines
+    assert lines[0].startswith("fine-tune (full, cpu): 20/200 steps (10%)")
+    assert "loss=0.0500" in lines[0]
+    assert lines[-1].startswith("fine-tune (full, cpu): 200/200 steps (100%) in ")
+    assert lines[-1].endswith("loss=0.0050") and "step/s" in lines[-1]
+
+
+def test_line_progress_with_fewer_steps_than_lines_and_jumps():
+    out = io.StringIO()
+    bar = LineProgress(3, "DPO (lora, cpu)", out)
+    bar.update(2)  # the HF callback updates by the difference since its last call
+    bar.update(1)
+    bar.close()
+    assert [line.split(" steps")[0] for line in out.getvalue().splitlines()] == [
+        "DPO (lora, cpu): 2/3", "DPO (lora, cpu): 3/3"]
+
+
+def test_step_bar_is_tqdm_in_a_terminal_lines_elsewhere_and_silent_when_off():
+    from tqdm.auto import tqdm
+
+    assert isinstance(step_bar(10, "x", stream=_Terminal()), tqdm)
+    assert isinstance(step_bar(10, "x", stream=io.StringIO()), LineProgress)
+    quiet = io.StringIO()
+    off = step_bar(10, "x", enabled=False, stream=quiet)
+    off.update(10)
+    off.close()
+    assert quiet.getvalue() == ""
+
+
+def test_fine_tune_progress_in_a_log_is_lines_not_carriage_returns(tiny_base, one_thread, capsys):
+    """Regression: the classifier's fine-tune wrote tqdm's carriage-return redraws to a log (a
+    pipe, CI, `kubectl logs`), one line of thousands of characters."""
+    from labelloop import training
+    from labelloop.settings import Settings, TrainingSettings
+    from labelloop.tasks import ClassificationTask
+
+    task = ClassificationTask("s", ("negative", "positive"))
+    train = pd.DataFrame({"text": [f"text {i}" for i in range(40)],
+                          "label": ["negative", "positive"] * 20})
+    cfg = TrainingSettings(method="full", learning_rate=1e-3, max_steps=20, batch_size=8,
+                           device="cpu", log_every_steps=5)
+    training.fine_tune(train, task, Settings().model.model_copy(
+        update={"base": tiny_base, "max_length": 16}), cfg, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("fine-tune (full, cpu): ")]
+    assert len(lines) == 10, err[-2000:]
+    assert lines[-1].startswith("fine-tune (full, cpu): 20/20 steps (100%) in ") \
+        and "loss=" in lines[-1]
