@@ -8,8 +8,9 @@ as one line naming the problem, with exit code 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from typing import Callable
+from typing import Callable, Optional
 
 import labelloop  # noqa: F401  (switches telemetry off before anything else is imported)
 
@@ -217,6 +218,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
                           ArgillaConnectionError, DatasetMismatch, ArgillaServerError)
 
 
+# What ZenML's local orchestrator raises after a step failed (the step's own error and traceback
+# were logged above it): one more traceback of the orchestrator's frames says nothing new.
+_FAILED_STEPS = re.compile(r"Pipeline run has failed due to failure in step\(s\): (.+)")
+
+
+def failed_steps(exc: BaseException) -> Optional[str]:
+    """The steps named by ZenML's "a step failed" error, or None for any other error."""
+    match = _FAILED_STEPS.fullmatch(str(exc).strip()) if isinstance(exc, RuntimeError) else None
+    return match.group(1) if match else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -227,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"labelloop {args.command}: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        steps = failed_steps(exc)
+        if steps is None:
+            raise
+        print(f"labelloop {args.command}: error: step {steps} failed (its error is above); the "
+              f"steps that depend on it were skipped", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

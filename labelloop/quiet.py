@@ -18,6 +18,9 @@ and errors of these libraries still show.
 - the Argilla SDK logs every API call and every resource it creates at INFO, whole (`Webhook:
   Resource created: Webhook(... secret='...')` put the webhook's signing secret on the demo's
   terminal), and its client says "Logged in as ..." on the root logger at every connection;
+- ZenML's local orchestrator logs a step stopped from outside (SIGTERM, or SIGINT to a process
+  started in the background) with the step's whole traceback (the lines "Failed to run step
+  fine_tune: The execution was interrupted." and "Step fine_tune failed." stay);
 - matplotlib says "generated new fontManager" at INFO the first time a machine plots (the
   evaluation's confusion matrix), in the middle of a fresh machine's first training run.
 """
@@ -43,6 +46,8 @@ _HEAD_KEY = re.compile(r"^(classifier|score|pre_classifier|classification_head)\
 # architectures whose head reads the first token itself (MPNet, RoBERTa), a pretraining head.
 _UNUSED_BASE_KEY = re.compile(r"^((\w+\.)?pooler|lm_head|cls|mask_predictions|lm_predictions)\.")
 _REPORT_ROW = re.compile(r"^\s*(\S+)\s*\|\s*([A-Z_]+)\s*\|")
+# transformers colours the report's statuses when its stream is a terminal (`\x1b[31mMISSING\x1b[0m`)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def is_new_head_report(message: str) -> bool:
@@ -50,6 +55,7 @@ def is_new_head_report(message: str) -> bool:
     UNEXPECTED keys of the base's own pretraining head."""
     if "LOAD REPORT" not in message:
         return False
+    message = _ANSI.sub("", message)
     rows = [m.groups() for m in map(_REPORT_ROW.match, message.splitlines()) if m]
     rows = [(key, status) for key, status in rows if key != "Key"]  # the table's header
     expected = {"MISSING": _HEAD_KEY, "UNEXPECTED": _UNUSED_BASE_KEY}
@@ -79,6 +85,25 @@ def is_argilla_login(message: str) -> bool:
     return message.startswith("Argilla: Logged in as ")
 
 
+# Exceptions that mean "stopped from outside" (a signal, a stop from the dashboard), not
+# a fault in the step: ZenML's local orchestrator logs each with the step runner's whole traceback.
+_STOPS = ("KeyboardInterrupt", "RunInterruptedException", "RunStoppedException")
+
+
+def is_stop(exc_info) -> bool:
+    return bool(exc_info) and exc_info[0] is not None and exc_info[0].__name__ in _STOPS
+
+
+class _NoTracebackForStops(logging.Filter):
+    """Keeps the record ("Step fine_tune failed."), drops its traceback when the "failure" was
+    an interruption: forty lines of ZenML's and torch's frames for a `kill`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if is_stop(record.exc_info):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 class _DropIf(logging.Filter):
     def __init__(self, predicate):
         super().__init__()
@@ -99,6 +124,8 @@ def install() -> None:
         "zenml.integrations.mlflow.experiment_trackers.mlflow_experiment_tracker"
     ).addFilter(_DropIf(is_autolog_noise))
     logging.getLogger("zenml.zen_stores.sql_zen_store").addFilter(_DropIf(is_zenml_archive_note))
+    logging.getLogger("zenml.orchestrators.local.local_orchestrator").addFilter(
+        _NoTracebackForStops())
     logging.getLogger().addFilter(_DropIf(is_argilla_login))  # a root logger record only
     warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated",
                             category=FutureWarning)

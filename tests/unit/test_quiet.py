@@ -119,3 +119,15 @@ def test_matplotlib_font_cache_note_is_quiet_its_warnings_are_not():
         assert log.isEnabledFor(logging.WARNING)
     finally:
         root.setLevel(level)
+
+
+def test_new_head_report_in_a_terminal_with_colours_is_dropped_too():
+    """Regression: in a terminal transformers colours the statuses, and the report showed in
+    every `labelloop train` and `make demo` run there (a pipe or a log dropped it)."""
+    coloured = NEW_HEAD.replace("| MISSING |", "| \x1b[31mMISSING\x1b[0m |").replace(
+        "BertForSequenceClassification LOAD REPORT",
+        "\x1b[1mBertForSequenceClassification LOAD REPORT\x1b[0m")
+    assert "\x1b[31mMISSING" in coloured
+    assert quiet.is_new_head_report(coloured)
+    assert not quiet.is_new_head_report(coloured.replace(
+        "classifier.bias   | \x1b[31mMISSING\x1b[0m", "bert.pooler.dense | \x1b[31mMISSING\x1b[0m"))
