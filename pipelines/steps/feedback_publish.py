@@ -105,9 +105,13 @@ def publish_all(settings: Settings, project: Optional[int]) -> dict[str, Any]:
         out["pushed"] += int(got.get("pushed", 0))
         if got.get("model_version"):
             out["model_version"] = got["model_version"]
-        print(f"predictions: {tool.name}: {got.get('pushed', 0)} pending item(s) got version "
-              f"{got.get('model_version', '?')}'s prediction"
-              + (f" ({got['note']})" if got.get("note") else ""))
+        if got.get("model_version"):
+            print(f"predictions: {tool.name}: {got.get('pushed', 0)} pending item(s) got version "
+                  f"{got['model_version']}'s prediction"
+                  + (f" ({got['note']})" if got.get("note") else ""))
+        else:  # nothing was pushed and no version was read: "version ?" said nothing
+            print(f"predictions: {tool.name}: none pushed"
+                  + (f" ({got['note']})" if got.get("note") else ""))
     return out
 
 
