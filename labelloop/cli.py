@@ -2,7 +2,9 @@
 
 Every subcommand takes `--config FILE` (a YAML like configs/default.yaml); environment variables
 `LABELLOOP__SECTION__KEY` override single keys. Errors in config, data or model paths are printed
-as one line naming the problem, with exit code 2.
+as one line naming the problem, with exit code 2; a pipeline step that fails at run time ends the
+command with one line naming the step, after the step's own error, with exit code 1; Ctrl-C with
+"interrupted" and exit code 130.
 """
 
 from __future__ import annotations

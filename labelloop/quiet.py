@@ -21,6 +21,8 @@ and errors of these libraries still show.
 - ZenML's local orchestrator logs a step stopped from outside (SIGTERM, or SIGINT to a process
   started in the background) with the step's whole traceback (the lines "Failed to run step
   fine_tune: The execution was interrupted." and "Step fine_tune failed." stay);
+- rouge_score (the generation evaluation's ROUGE-L) says "Using default tokenizer." at INFO
+  through absl's logger each time it is built;
 - matplotlib says "generated new fontManager" at INFO the first time a machine plots (the
   evaluation's confusion matrix), in the middle of a fresh machine's first training run.
 """
@@ -39,6 +41,7 @@ QUIET_LOGGERS = {
     "zenml.orchestrators.step_run_utils": logging.WARNING,
     "argilla.sdk": logging.WARNING,
     "matplotlib.font_manager": logging.WARNING,
+    "absl": logging.WARNING,
 }
 
 _HEAD_KEY = re.compile(r"^(classifier|score|pre_classifier|classification_head)\.")

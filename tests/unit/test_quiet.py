@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from labelloop import quiet
 
 NEW_HEAD = """BertForSequenceClassification LOAD REPORT from: /x/model
@@ -105,16 +107,19 @@ def test_argilla_sdk_chatter_is_dropped_its_warnings_kept():
     assert "could not publish" in err and "a root message of another kind" in err
 
 
-def test_matplotlib_font_cache_note_is_quiet_its_warnings_are_not():
+@pytest.mark.parametrize("name", ["matplotlib.font_manager", "absl"])
+def test_info_chatter_is_quiet_warnings_are_not(name):
     """matplotlib's "generated new fontManager" (INFO, the first plot on a machine) showed in
-    the middle of a fresh machine's first `labelloop train`, between the evaluation's lines."""
+    the middle of a fresh machine's first `labelloop train`, between the evaluation's lines;
+    rouge_score's "Using default tokenizer." (absl, INFO) twice in every generation
+    evaluation."""
     import labelloop  # noqa: F401 - installs the switches
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.INFO)  # as ZenML sets it for a pipeline run
     try:
-        log = logging.getLogger("matplotlib.font_manager")
+        log = logging.getLogger(name)
         assert not log.isEnabledFor(logging.INFO)
         assert log.isEnabledFor(logging.WARNING)
     finally:
