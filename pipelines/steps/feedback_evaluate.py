@@ -8,8 +8,9 @@ score there is low by construction (it would always look degraded). So:
   by a hash of the text, never trained on by any version);
 - it is compared with what the champion itself expects on exactly those texts: the mean of its
   top-class probability. Hard texts lower both alike; a champion doing worse than its own
-  confidence says has degraded. `adjusted` = test accuracy + (held-out accuracy - expected) is
-  the selection-adjusted estimate the absolute rule (`feedback.min_fresh_score`) is checked on.
+  confidence says has degraded. `adjusted` = test accuracy + (held-out accuracy - expected),
+  kept within [0, 1], is the selection-adjusted estimate the absolute rule
+  (`feedback.min_fresh_score`) is checked on.
 
 A model version trained by the feedback loop carries the tag `labelloop.labels_seq`: the labels
 store's sequence number when its training data was read; labels written after it are "new".
@@ -97,7 +98,7 @@ def evaluate_on_fresh(settings: Settings, project: Optional[int] = None) -> dict
     f1 = evaluation.compute_metrics([task.encode_label(r) for r in refs],
                                     [task.encode_label(p.label) for p in probs], task)["macro_f1"]
     test_acc = champ["test"].get("accuracy")
-    adjusted = (test_acc + accuracy - expected) if test_acc is not None else None
+    adjusted = selection_adjusted(test_acc, accuracy, expected)
     out["fresh"] = {"accuracy": accuracy, "macro_f1": float(f1), "expected_accuracy": expected,
                     "adjusted_accuracy": adjusted}
     print(f"fresh evaluation: champion v{champ['version']} on {len(heldout)} held-out human "
@@ -105,6 +106,15 @@ def evaluate_on_fresh(settings: Settings, project: Optional[int] = None) -> dict
           + (f" (selection-adjusted {adjusted:.4f}; test accuracy {test_acc:.4f})"
              if adjusted is not None else ""))
     return out
+
+
+def selection_adjusted(test_accuracy: Optional[float], accuracy: float,
+                       expected: float) -> Optional[float]:
+    """The test accuracy moved by how far the held-out labels beat (or miss) the champion's own
+    confidence: an accuracy, so within [0, 1] (on 5 lucky labels the raw sum said 1.11)."""
+    if test_accuracy is None:
+        return None
+    return min(1.0, max(0.0, test_accuracy + accuracy - expected))
 
 
 @step(enable_cache=False)

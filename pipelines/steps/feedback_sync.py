@@ -59,7 +59,10 @@ def _describe(out: dict[str, Any]) -> str:
              if "project" in out else
              f"dataset {out.get('dataset')}: {out.get('responses')} responses in "
              f"{out.get('records')} records")
-    return (f"{where}, {out.get('outcomes')}, {out.get('deleted')} deleted, "
+    outcomes = out.get("outcomes") or {}
+    # "22 unchanged, 3 updated" rather than the dict's repr ("{'unchanged': 22, 'updated': 3}")
+    changes = ", ".join(f"{n} {what}" for what, n in sorted(outcomes.items())) or "no changes"
+    return (f"{where}: {changes}, {out.get('deleted')} deleted, "
             f"{len(out.get('skipped') or [])} skipped (not trainable)")
 
 

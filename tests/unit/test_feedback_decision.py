@@ -193,3 +193,14 @@ def test_warm_start_from_a_model_with_other_labels_is_refused(tmp_path):
         {"task": {"type": "classification", "name": "x", "labels": ["spam", "ham"]}}))
     with pytest.raises(ModelError, match="cannot warm-start"):
         training.check_warm_start(tmp_path, ClassificationTask("s", ("negative", "positive")))
+
+
+def test_selection_adjusted_accuracy_stays_an_accuracy():
+    """Regression: 5 held-out labels all right, where the champion expected 0.61, printed
+    "selection-adjusted 1.1098" (test accuracy 0.7230 + 1.0 - 0.6132)."""
+    from pipelines.steps.feedback_evaluate import selection_adjusted
+
+    assert selection_adjusted(0.7230, 1.0, 0.6132) == 1.0
+    assert selection_adjusted(0.30, 0.0, 0.9) == 0.0
+    assert selection_adjusted(0.80, 0.70, 0.75) == pytest.approx(0.75)
+    assert selection_adjusted(None, 0.7, 0.7) is None

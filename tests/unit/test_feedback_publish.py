@@ -1,4 +1,5 @@
-"""pipelines/steps/feedback_publish.py: what a feedback turn says about pushed predictions."""
+"""pipelines/steps/feedback_publish.py and feedback_sync.py: what a feedback turn says about its
+annotation tools."""
 
 from __future__ import annotations
 
@@ -39,3 +40,17 @@ def test_a_tool_that_is_down_is_reported_without_a_made_up_version(monkeypatch, 
     assert out["pushed"] == 3 and out["model_version"] == "2"
     assert out["tools"]["label-studio"] == {"pushed": 0, "note": "label-studio unavailable: "
                                                                  "connection refused"}
+
+
+def test_sync_line_reads_as_words_not_a_dict():
+    """Regression: "22 responses in 200 records, {'unchanged': 22}, 0 deleted"."""
+    from pipelines.steps.feedback_sync import _describe
+
+    line = _describe({"dataset": "d1", "responses": 22, "records": 200,
+                      "outcomes": {"unchanged": 19, "inserted": 3}, "deleted": 0,
+                      "skipped": ["x"]})
+    assert line == ("dataset d1: 22 responses in 200 records: 3 inserted, 19 unchanged, "
+                    "0 deleted, 1 skipped (not trainable)")
+    assert _describe({"project": 1, "annotations": 0, "tasks": 5, "outcomes": {},
+                      "deleted": 0}) == ("project 1: 0 annotations in 5 tasks: no changes, "
+                                         "0 deleted, 0 skipped (not trainable)")
