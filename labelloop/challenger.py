@@ -216,15 +216,20 @@ def test_predictions(settings: Settings, version: str, test: pd.DataFrame) -> np
 
 
 def accuracy_pair(champion, challenger, rows: pd.DataFrame, batch_size: int) -> dict[str, Any]:
-    """{"n", "champion", "challenger"}: both models' accuracy on labelled rows."""
+    """{"n", "champion", "challenger"}: both models' accuracy on labelled rows, and
+    "champion_only" / "challenger_only": how many rows only that one gets right (what the
+    promotion's sign test weighs)."""
     if rows.empty:
         return {"n": 0}
     task = champion.task
     refs = np.array([task.encode_label(lab) for lab in rows["label"]])
     texts = list(rows["text"])
-    return {"n": int(len(rows)),
-            "champion": float((label_ids(champion, texts, batch_size) == refs).mean()),
-            "challenger": float((label_ids(challenger, texts, batch_size) == refs).mean())}
+    champ_right = label_ids(champion, texts, batch_size) == refs
+    chal_right = label_ids(challenger, texts, batch_size) == refs
+    return {"n": int(len(rows)), "champion": float(champ_right.mean()),
+            "challenger": float(chal_right.mean()),
+            "champion_only": int((champ_right & ~chal_right).sum()),
+            "challenger_only": int((chal_right & ~champ_right).sum())}
 
 
 def judge(settings: Settings, challenger_version: str, challenger_ids: np.ndarray,

@@ -6,8 +6,11 @@ Both models are scored on the same frozen test split. Two rules (`promotion.rule
   bootstrap over the same test texts (both models' predictions on one resample each time, so
   the texts' own difficulty cancels out). A challenger worse beyond chance is kept out; one
   better beyond chance (and by at least `margin`) goes in; in between, the human labels decide:
-  better on the held-out human labels, or, where those tie or are missing, it learned more of
-  the corrections it was trained on than the champion knew.
+  better (or worse) beyond chance on the held-out human labels, by an exact sign test on the
+  texts only one of the two gets right; where those are within noise or missing, it learned
+  more of the corrections it was trained on than the champion knew. (The held-out labels are
+  few in the first turns: one text of four apart used to veto a challenger that was better on
+  the test split and had learned every correction.)
 - `margin`: the challenger must beat the champion by at least `margin`, nothing else.
 
 Kept free of I/O so it is trivially testable; `reason` is one line a person can read.
@@ -148,6 +151,27 @@ def _fmt_human(name: str, h: Optional[dict]) -> str:
     return f"{name} {h['challenger']:.2f} vs {h['champion']:.2f} on {h['n']}"
 
 
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: how likely a split at least this uneven is between two equally
+    good models, counting only the texts exactly one of them gets right."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1))
+    return min(1.0, 2 * tail / 2 ** n)
+
+
+def heldout_verdict(h: Optional[dict], confidence: float) -> int:
+    """+1 / -1: the challenger better / worse beyond chance on held-out human labels
+    (`challenger_only` / `champion_only`: texts only it / only the champion gets right); 0:
+    within noise, or none."""
+    h = h or {}
+    wins, losses = int(h.get("challenger_only", 0)), int(h.get("champion_only", 0))
+    if not h.get("n") or wins == losses or sign_test_p(wins, losses) >= 1.0 - confidence:
+        return 0
+    return 1 if wins > losses else -1
+
+
 def decide_paired(
     metric: str,
     challenger_version: str,
@@ -179,19 +203,22 @@ def decide_paired(
     gain = challenger_score - champion_score
     test = (f"test {metric} {challenger_score:.4f} vs {champion_score:.4f} ({gain:+.4f}, paired "
             f"bootstrap {confidence:.0%} interval [{low:+.4f}, {high:+.4f}])")
-    evidence = f"{_fmt_human('held-out human labels', heldout)}; " \
-               f"{_fmt_human('corrections', corrections)}"
+    verdict = heldout_verdict(heldout, confidence)
+    held = _fmt_human("held-out human labels", heldout)
+    if verdict == 0 and (heldout or {}).get("n") and heldout["challenger"] != heldout["champion"]:
+        held += ", within noise"
+    evidence = f"{held}; {_fmt_human('corrections', corrections)}"
     if high < 0:
         return make(False, f"kept the champion: worse beyond chance on the {test}")
     if low > 0 and gain >= margin:
         return make(True, f"promoted: better beyond chance on the {test}")
-    h, c = heldout or {}, corrections or {}
-    if h.get("n") and h["challenger"] > h["champion"]:
-        return make(True, f"promoted: within noise on the {test}, better on held-out human "
-                          f"labels ({evidence})")
-    if h.get("n") and h["challenger"] < h["champion"]:
-        return make(False, f"kept the champion: within noise on the {test}, worse on held-out "
-                           f"human labels ({evidence})")
+    c = corrections or {}
+    if verdict > 0:
+        return make(True, f"promoted: within noise on the {test}, better beyond chance on "
+                          f"held-out human labels ({evidence})")
+    if verdict < 0:
+        return make(False, f"kept the champion: within noise on the {test}, worse beyond chance "
+                           f"on held-out human labels ({evidence})")
     if c.get("n") and c["challenger"] > c["champion"]:
         return make(True, f"promoted: within noise on the {test}, learned the corrections "
                           f"({evidence})")

@@ -82,16 +82,50 @@ def test_paired_rule():
     better = _paired(0.002, 0.02, gain=0.01)
     assert better.promote and "better beyond chance" in better.reason
     assert "paired bootstrap 95% interval [+0.0020, +0.0200]" in better.reason
-    # Within noise: the human labels decide.
-    h = _paired(-0.004, 0.004, heldout={"n": 4, "challenger": 0.75, "champion": 0.5})
-    assert h.promote and "better on held-out human labels" in h.reason
-    h = _paired(-0.004, 0.004, heldout={"n": 4, "challenger": 0.25, "champion": 0.5},
+    # Within noise: the human labels decide, the held-out ones when they differ beyond chance.
+    h = _paired(-0.004, 0.004, heldout={"n": 40, "challenger": 0.9, "champion": 0.6,
+                                        "challenger_only": 12, "champion_only": 0})
+    assert h.promote and "better beyond chance on held-out human labels" in h.reason
+    h = _paired(-0.004, 0.004, heldout={"n": 40, "challenger": 0.6, "champion": 0.9,
+                                        "challenger_only": 1, "champion_only": 13},
                 corrections={"n": 16, "challenger": 1.0, "champion": 0.2})
-    assert not h.promote and "worse on held-out" in h.reason
-    c = _paired(-0.004, 0.004, heldout={"n": 4, "challenger": 0.5, "champion": 0.5},
+    assert not h.promote and "worse beyond chance on held-out" in h.reason
+    c = _paired(-0.004, 0.004, heldout={"n": 4, "challenger": 0.5, "champion": 0.5,
+                                        "challenger_only": 1, "champion_only": 1},
                 corrections={"n": 16, "challenger": 0.9, "champion": 0.2})
     assert c.promote and "learned the corrections" in c.reason
     none = _paired(-0.004, 0.004)
     assert not none.promote and "no better on human labels" in none.reason
     d = none.to_dict()
     assert d["rule"] == "paired" and d["interval"] == (-0.004, 0.004)
+
+
+def test_a_few_held_out_labels_apart_are_noise_not_a_veto():
+    """Regression (the demo walk, twenty-second session): 20 annotations, 11 of them corrections;
+    the challenger scored +0.0063 on the test split (within noise), learned all 16 trainable
+    corrections, and was kept out because it got 0 of 4 held-out labels right where the
+    champion got 1: one text apart."""
+    one_apart = {"n": 4, "challenger": 0.0, "champion": 0.25, "challenger_only": 0,
+                 "champion_only": 1}
+    d = _paired(-0.0114, 0.0225, gain=0.0063, heldout=one_apart,
+                corrections={"n": 16, "challenger": 1.0, "champion": 0.5})
+    assert d.promote and "learned the corrections" in d.reason
+    assert "held-out human labels 0.00 vs 0.25 on 4, within noise" in d.reason
+    # the same split the other way does not promote on its own either
+    up = _paired(-0.004, 0.004, heldout={"n": 4, "challenger": 0.5, "champion": 0.25,
+                                         "challenger_only": 1, "champion_only": 0})
+    assert not up.promote and "no better on human labels" in up.reason
+
+
+def test_sign_test():
+    from labelloop.promotion import heldout_verdict, sign_test_p
+
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(1, 0) == 1.0
+    assert sign_test_p(5, 0) == pytest.approx(2 / 32)   # 5 of 5 one way: not yet at 95%
+    assert sign_test_p(6, 0) == pytest.approx(2 / 64)   # 6 of 6: beyond chance
+    assert sign_test_p(3, 7) == sign_test_p(7, 3) == pytest.approx(2 * 176 / 1024)
+    assert heldout_verdict({"n": 10, "challenger_only": 6, "champion_only": 0}, 0.95) == 1
+    assert heldout_verdict({"n": 10, "challenger_only": 0, "champion_only": 6}, 0.95) == -1
+    assert heldout_verdict({"n": 10, "challenger_only": 5, "champion_only": 0}, 0.95) == 0
+    assert heldout_verdict({"n": 10, "challenger_only": 5, "champion_only": 0}, 0.90) == 1
+    assert heldout_verdict(None, 0.95) == 0 and heldout_verdict({"n": 0}, 0.95) == 0
