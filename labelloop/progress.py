@@ -3,8 +3,10 @@
 tqdm redraws its bar with carriage returns. In a terminal that is one line updating in place;
 written to a file or a pipe (CI, `kubectl logs`, `make demo > demo.log`, a ZenML orchestrator's
 step logs) the redraws pile up into one line of thousands of characters that shows only at the
-end. So when the stream is not a terminal, `step_bar` prints one line per tenth of the steps
-instead, each with the rate and the latest postfix (the loss), and a last line at the end.
+end. So when the stream is not a terminal, `step_bar` prints whole lines instead: one when the
+fine-tune starts (a log shows that it did, and how many steps it has), one per tenth of the
+steps or per minute, whichever comes first (a 6-hour CPU run would otherwise be silent for 36
+minutes), each with the rate and the latest postfix (the loss), and a last one at the end.
 """
 
 from __future__ import annotations
@@ -19,18 +21,23 @@ class LineProgress:
     """tqdm's interface as the training loops use it (`n`, `update`, `set_postfix`, `close`),
     written as whole lines: `desc: 40/200 steps (20%), 2.6 step/s, loss=0.8186`."""
 
-    def __init__(self, total: int, desc: str, stream: TextIO, lines: int = 10, unit: str = "step"):
+    def __init__(self, total: int, desc: str, stream: TextIO, lines: int = 10, unit: str = "step",
+                 every_seconds: float = 60.0):
         self.total, self.desc, self.stream, self.unit = max(0, int(total)), desc, stream, unit
         self.every = max(1, math.ceil(self.total / max(1, lines))) if self.total else 1
+        self.every_seconds = every_seconds
         self.n = 0
         self._next = self.every
         self._postfix: dict[str, str] = {}
-        self._start = time.perf_counter()
+        self._start = self._last = time.perf_counter()
         self._closed = False
+        self._write()
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self.n >= self._next and self.n < self.total:
+        if self.n >= self.total:
+            return  # the last line is close()'s
+        if self.n >= self._next or time.perf_counter() - self._last >= self.every_seconds:
             self._write()
             self._next = (self.n // self.every + 1) * self.every
 
@@ -43,7 +50,8 @@ class LineProgress:
             self._write(final=True)
 
     def _write(self, final: bool = False) -> None:
-        elapsed = time.perf_counter() - self._start
+        self._last = time.perf_counter()
+        elapsed = self._last - self._start
         share = f" ({100 * self.n // self.total}%)" if self.total else ""
         rate = f", {self.n / elapsed:.1f} {self.unit}/s" if elapsed > 0 and self.n else ""
         took = f" in {elapsed:.1f}s" if final else ""

@@ -24,9 +24,11 @@ def test_line_progress_writes_a_line_per_tenth_and_a_last_one():
     bar.close()  # twice is once
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
-    assert len(lines) == 10, lines
-    assert lines[0].startswith("fine-tune (full, cpu): 20/200 steps (10%)")
-    assert "loss=0.0500" in lines[0]
+    assert len(lines) == 11, lines
+    # a line at the start: a log shows the fine-tune began (a test waits for it, and people do)
+    assert lines[0] == "fine-tune (full, cpu): 0/200 steps (0%)"
+    assert lines[1].startswith("fine-tune (full, cpu): 20/200 steps (10%)")
+    assert "loss=0.0500" in lines[1]
     assert lines[-1].startswith("fine-tune (full, cpu): 200/200 steps (100%) in ")
     assert lines[-1].endswith("loss=0.0050") and "step/s" in lines[-1]
 
@@ -38,7 +40,22 @@ def test_line_progress_with_fewer_steps_than_lines_and_jumps():
     bar.update(1)
     bar.close()
     assert [line.split(" steps")[0] for line in out.getvalue().splitlines()] == [
-        "DPO (lora, cpu): 2/3", "DPO (lora, cpu): 3/3"]
+        "DPO (lora, cpu): 0/3", "DPO (lora, cpu): 2/3", "DPO (lora, cpu): 3/3"]
+
+
+def test_line_progress_also_writes_when_a_tenth_takes_long():
+    """A long run (the full default on a CPU takes hours) is not silent between tenths."""
+    out = io.StringIO()
+    bar = LineProgress(100_000, "fine-tune (lora, cpu)", out, every_seconds=0.0)
+    bar.update(1)
+    bar.update(1)
+    assert [line.split(" steps")[0] for line in out.getvalue().splitlines()] == [
+        "fine-tune (lora, cpu): 0/100000", "fine-tune (lora, cpu): 1/100000",
+        "fine-tune (lora, cpu): 2/100000"]
+    quiet = io.StringIO()
+    bar = LineProgress(100_000, "x", quiet)  # the default: a line a minute
+    bar.update(5)
+    assert len(quiet.getvalue().splitlines()) == 1
 
 
 def test_step_bar_is_tqdm_in_a_terminal_lines_elsewhere_and_silent_when_off():
@@ -70,6 +87,6 @@ def test_fine_tune_progress_in_a_log_is_lines_not_carriage_returns(tiny_base, on
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = [line for line in err.splitlines() if line.startswith("fine-tune (full, cpu): ")]
-    assert len(lines) == 10, err[-2000:]
+    assert len(lines) == 11, err[-2000:]
     assert lines[-1].startswith("fine-tune (full, cpu): 20/20 steps (100%) in ") \
         and "loss=" in lines[-1]
