@@ -103,15 +103,13 @@ def publish_all(settings: Settings, project: Optional[int]) -> dict[str, Any]:
             got = {"pushed": 0, "note": f"{tool.name} unavailable: {exc}"}
         out["tools"][tool.name] = got
         out["pushed"] += int(got.get("pushed", 0))
+        # without a version nothing was pushed: "none pushed" (not "got version ?'s prediction")
+        what = "none pushed"
         if got.get("model_version"):
             out["model_version"] = got["model_version"]
-        if got.get("model_version"):
-            print(f"predictions: {tool.name}: {got.get('pushed', 0)} pending item(s) got version "
-                  f"{got['model_version']}'s prediction"
-                  + (f" ({got['note']})" if got.get("note") else ""))
-        else:  # nothing was pushed and no version was read: "version ?" said nothing
-            print(f"predictions: {tool.name}: none pushed"
-                  + (f" ({got['note']})" if got.get("note") else ""))
+            what = (f"{got.get('pushed', 0)} pending item(s) got version "
+                    f"{got['model_version']}'s prediction")
+        print(f"predictions: {tool.name}: {what}" + (f" ({got['note']})" if got.get("note") else ""))
     return out
 
 
