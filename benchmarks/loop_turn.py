@@ -10,6 +10,13 @@ labels come from the store as the webhook writes them). Reported per rule:
 - frozen-test macro-F1 of the champion before and of the challenger, and the promotion decision;
 - the share of the corrected texts the served champion now predicts as corrected.
 
+`--annotators honest random` adds turns from a careless annotator (random labels, other than the
+one shown, on any pool texts) beside the honest ones: what the promotion rule must keep out
+(`promotion.max_loss`: the challenger learns its own training labels whatever they say). Each
+repeat draws other texts (`--seed`); docs/benchmarks.md "One feedback turn" has the figures:
+    .venv/bin/python benchmarks/loop_turn.py --config configs/demo.yaml --corrections 20 \
+        --rules warm --repeats 8 --annotators honest random --json docs/loop_turn_random.json
+
 The first champion is trained once (`labelloop train` with --config) and copied for each rule,
 so both start from the same model. Usage (CPU, the demo profile; a few minutes):
     .venv/bin/python benchmarks/loop_turn.py --config configs/demo.yaml --corrections 20 \
@@ -202,12 +209,15 @@ def run(cmd: list[str], env: dict[str, str]) -> str:
     return out.stdout
 
 
-def corrections(settings, n: int):
-    """n pool texts the champion gets wrong, with their corpus labels, the champion's version,
-    and where the texts came from. The pool is the training split minus the rows the champion
-    was trained on (`dataset.max_train_rows`): texts it never saw, as an annotator's tasks are.
-    At settings that train on the whole split there is no such pool (see --pool-rows): then the
-    texts are trained rows the champion still gets wrong, mostly label noise, not news."""
+def corrections(settings, n: int, annotator: str = "honest", seed: int = 7):
+    """n pool texts the champion gets wrong, with their corpus labels (`annotator` "random": n
+    pool texts, right or wrong, each given a label drawn at random among those the champion did
+    not show: the careless annotator the promotion rule must not reward), the champion's
+    version, and where the texts came from. `seed` draws the pool sample and the random labels.
+    The pool is the training split minus the rows the champion was trained on
+    (`dataset.max_train_rows`): texts it never saw, as an annotator's tasks are. At settings
+    that train on the whole split there is no such pool (see --pool-rows): then the texts are
+    trained rows the champion still gets wrong, mostly label noise, not news."""
     from labelloop import challenger, data, registry
     from labelloop.tasks import task_from_settings
 
@@ -218,13 +228,19 @@ def corrections(settings, n: int):
     source = "unseen"
     if len(unseen) < n:
         unseen, source = train, "trained rows (no unseen pool at these settings: use --pool-rows)"
-    pool = unseen.sample(n=min(len(unseen), max(20 * n, 2000)), random_state=7)
+    pool = unseen.sample(n=min(len(unseen), max(20 * n, 2000)), random_state=seed)
     champion = str(registry.get_champion(settings).version)
     clf = challenger.classifier_for(settings, champion)
     preds = clf.predict(list(pool["text"]))
     wrong = [(t, lab, p) for t, lab, p in zip(pool["text"], pool["label"], preds) if p.label != lab]
     if len(wrong) < n:
         sys.exit(f"only {len(wrong)} wrong predictions in the pool; ask for fewer corrections")
+    if annotator == "random":  # any pool text, its shown label changed at random
+        import random
+
+        rng = random.Random(seed)
+        return ([(t, rng.choice([lab for lab in task.labels if lab != p.label]), p)
+                 for t, p in zip(list(pool["text"])[:n], preds[:n])], champion, source)
     return wrong[:n], champion, source
 
 
@@ -267,7 +283,7 @@ def run_warm(argv: list[str], env: dict[str, str], folder: Path) -> tuple[float,
 
 
 def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str | None,
-             warm_launcher: bool = False) -> dict:
+             warm_launcher: bool = False, annotator: str = "honest", seed: int = 7) -> dict:
     from labelloop import challenger, registry
     from labelloop.settings import load_settings
 
@@ -277,7 +293,7 @@ def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str
            "LABELLOOP__FEEDBACK__MIN_NEW_LABELS": str(max(1, n // 2))}
     os.environ.update({k: v for k, v in env.items() if k.startswith("LABELLOOP")})
     settings = load_settings(config)
-    rows, champion, source = corrections(settings, n)
+    rows, champion, source = corrections(settings, n, annotator, seed)
     add_corrections(settings, rows, champion)
     challenger._classifiers.clear()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--probe-feedback", "feedback",
@@ -308,7 +324,8 @@ def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str
                 zip(trained, clf.predict([t for t, _, _ in trained])))
     before = registry.get_version(settings, champion).tags.get("test_macro_f1")
     shutil.rmtree(work, ignore_errors=True)
-    return {"rule": rule, "corrections": n, "launcher": warm_launcher, "wall_s": round(wall, 1),
+    return {"rule": rule, "corrections": n, "annotator": annotator, "sample_seed": seed,
+            "launcher": warm_launcher, "wall_s": round(wall, 1),
             "turn_s": round(turn_s, 1), "process_s": round(wall - turn_s, 1),
             "pre_pipeline_s": round(turn_s - pipeline_s, 1) if pipeline_s else None,
             "pipeline_s": pipeline_s, "steps": steps,
@@ -332,7 +349,14 @@ def main() -> int:
     p.add_argument("--config", help="settings profile (e.g. configs/demo.yaml)")
     p.add_argument("--corrections", type=int, default=20)
     p.add_argument("--rules", nargs="+", default=["warm", "full"], choices=["warm", "full"])
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="turns per rule (and annotator), each from the same first champion; "
+                        "repeat i draws its texts (and random labels) with seed --seed + i")
+    p.add_argument("--seed", type=int, default=7, help="the first repeat's sample seed")
+    p.add_argument("--annotators", nargs="+", default=["honest"], choices=["honest", "random"],
+                   help="honest: the corpus label of each text the champion got wrong; random: "
+                        "a random label other than the one shown (what promotion must not "
+                        "reward)")
     p.add_argument("--pool-rows", type=int, default=0,
                    help="keep this many training rows out of the first champion (and of every "
                         "retrain's base data: dataset.max_train_rows) as the unlabelled pool the "
@@ -386,13 +410,14 @@ def main() -> int:
                               if k.startswith("LABELLOOP__FEEDBACK")}
     for rule in args.rules:  # rule by rule: a run cut short still has repeats of the first
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.launcher]
-        for i, warm in ((i, w) for i in range(args.repeats) for w in modes):
-            r = one_turn(base, env, rule, args.corrections, args.config, warm)
+        for i, warm, who in ((i, w, a) for i in range(args.repeats) for w in modes
+                             for a in args.annotators):
+            r = one_turn(base, env, rule, args.corrections, args.config, warm, who, args.seed + i)
             r["repeat"] = i + 1
             r["load_after"] = os.getloadavg()
             report["results"].append(r)
             t = r["timings"]
-            print(f"{rule:>4} #{i + 1}{' (warm launcher)' if warm else ''}: turn {r['wall_s']:.1f} s wall ({r['process_s']} process, "
+            print(f"{rule:>4} #{i + 1} {who}{' (warm launcher)' if warm else ''}: turn {r['wall_s']:.1f} s wall ({r['process_s']} process, "
                   f"{r['pre_pipeline_s']} before the pipeline, steps {r['steps']}, "
                   f"{r['zenml_between_steps_s']} ZenML between steps; retrain: {t}); "
                   f"{r['train_rows']} rows; test macro-F1 "

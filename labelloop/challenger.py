@@ -262,4 +262,4 @@ def judge(settings: Settings, challenger_version: str, challenger_ids: np.ndarra
                  "corrections": accuracy_pair(champ_clf, challenger_clf, corrections, bs)}
     return promotion.decide_paired(
         p.metric, challenger_version, str(champion_version), chal_score, champ_score,
-        (low, high), p.margin, p.confidence, **human)
+        (low, high), p.margin, p.confidence, **human, max_loss=p.max_loss)

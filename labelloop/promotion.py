@@ -8,9 +8,12 @@ Both models are scored on the same frozen test split. Two rules (`promotion.rule
   better beyond chance (and by at least `margin`) goes in; in between, the human labels decide:
   better (or worse) beyond chance on the held-out human labels, by an exact sign test on the
   texts only one of the two gets right; where those are within noise or missing, it learned
-  more of the corrections it was trained on than the champion knew. (The held-out labels are
-  few in the first turns: one text of four apart used to veto a challenger that was better on
-  the test split and had learned every correction.)
+  more of the corrections it was trained on than the champion knew, and lost at most
+  `max_loss` on the test split. (The held-out labels are few in the first turns: one text of
+  four apart used to veto a challenger that was better on the test split and had learned every
+  correction. The corrections are the challenger's own training rows, so any challenger learns
+  them, one trained on random labels too; the test split's point estimate is then the only
+  check left.)
 - `margin`: the challenger must beat the champion by at least `margin`, nothing else.
 
 Kept free of I/O so it is trivially testable; `reason` is one line a person can read.
@@ -183,9 +186,11 @@ def decide_paired(
     confidence: float,
     heldout: Optional[dict] = None,
     corrections: Optional[dict] = None,
+    max_loss: float = 0.01,
 ) -> PromotionDecision:
     """The noise-aware rule. `heldout` / `corrections`: {"n", "challenger", "champion"} accuracies
-    on the held-out human labels and on the human labels the challenger trained on."""
+    on the held-out human labels and on the human labels the challenger trained on; `max_loss`:
+    the most the challenger may lose on the test split when only its corrections speak for it."""
     human = {"heldout": heldout or {}, "corrections": corrections or {}}
 
     def make(promote: bool, reason: str) -> PromotionDecision:
@@ -220,6 +225,10 @@ def decide_paired(
         return make(False, f"kept the champion: within noise on the {test}, worse beyond chance "
                            f"on held-out human labels ({evidence})")
     if c.get("n") and c["challenger"] > c["champion"]:
+        if gain < -max_loss:
+            return make(False, f"kept the champion: learned the corrections but lost "
+                               f"{-gain:.4f} on the {test}, more than promotion.max_loss "
+                               f"{max_loss} ({evidence})")
         return make(True, f"promoted: within noise on the {test}, learned the corrections "
                           f"({evidence})")
     return make(False, f"kept the champion: within noise on the {test} and no better on human "

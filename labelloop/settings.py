@@ -342,6 +342,10 @@ class PromotionSettings(_Section):
     rule: Literal["paired", "margin"] = "paired"
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     resamples: int = Field(1000, ge=100)
+    # paired: within noise on the test split, a challenger whose only evidence is the human
+    # labels it trained on (it learns them whatever they say) is promoted only if it lost at
+    # most this much of `metric` there (point estimate).
+    max_loss: float = Field(0.01, ge=0.0)
     # Promote only a model that beats the TF-IDF + logistic-regression baseline fitted on the
     # same training rows (labelloop.baseline) on the test split, by `metric`.
     require_beats_baseline: bool = False

@@ -321,11 +321,14 @@ def decide(metric: str, challenger_version: str, champion_version: Optional[str]
            challenger_score: float, champion_score: Optional[float],
            interval: Optional[tuple[float, float]], margin: float, confidence: float,
            heldout: Optional[dict] = None, preferences: Optional[dict] = None,
-           corrections: Optional[dict] = None) -> promotion.PromotionDecision:
+           corrections: Optional[dict] = None,
+           max_loss: float = 0.01) -> promotion.PromotionDecision:
     """The generation feedback rule. `heldout`: chrF of both versions' responses against the
     held-out human responses; `preferences`: their preference accuracy on held-out pairs;
     `corrections`: chrF against the human responses the challenger trained on. Each
-    {"n", "challenger", "champion"}."""
+    {"n", "challenger", "champion"}. `max_loss`: the most the challenger may lose on the test
+    split when only the responses it trained on speak for it (it learns them whatever they
+    are)."""
     human = {"heldout": heldout or {}, "preferences": preferences or {},
              "corrections": corrections or {}}
 
@@ -363,6 +366,10 @@ def decide(metric: str, challenger_version: str, champion_version: Optional[str]
         return make(True, f"promoted: better beyond chance on the {test}, no held-out human "
                           f"data ({evidence})")
     if _compare(corrections) > 0:
+        if gain < -max_loss:
+            return make(False, f"kept the champion: closer to the human responses it trained on "
+                               f"but lost {-gain:.4f} on the {test}, more than "
+                               f"promotion.max_loss {max_loss} ({evidence})")
         return make(True, f"promoted: within noise on the {test}, no held-out human data, "
                           f"closer to the human responses it trained on ({evidence})")
     return make(False, f"kept the champion: within noise on the {test} and no better on human "
@@ -401,7 +408,7 @@ def judge(settings: Settings, challenger_version: str, challenger_outputs: list[
                   gen_promotion.score_from_stats(p.metric, champ), (low, high), p.margin,
                   p.confidence, heldout=pair("chrf", len(heldout), a, b),
                   preferences=pair("preference_accuracy", len(heldout_pairs), a, b),
-                  corrections=pair("chrf", len(trained), ca, cb))
+                  corrections=pair("chrf", len(trained), ca, cb), max_loss=p.max_loss)
 
 
 # -- the retrain ------------------------------------------------------------------------------------

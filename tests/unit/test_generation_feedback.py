@@ -165,6 +165,9 @@ def test_promotion_rule_for_generation():
     d = gen_decide((-0.01, 0.02), corrections=h(6, 0.3, 0.8))
     assert d.promote and "closer to the human responses it trained on" in d.reason
     assert not gen_decide((-0.01, 0.02), corrections=h(6, 0.8, 0.3)).promote
+    # ...but the responses it trained on do not excuse a test loss beyond promotion.max_loss
+    d = gen_decide((-0.06, 0.02), corrections=h(6, 0.3, 0.8), chal=0.38)
+    assert not d.promote and "more than promotion.max_loss 0.01" in d.reason
     # the first model
     first = gf.decide("chrf", "1", None, 0.3, None, None, 0.005, 0.95)
     assert first.promote and first.human["heldout"] == {}

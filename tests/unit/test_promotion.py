@@ -129,3 +129,24 @@ def test_sign_test():
     assert heldout_verdict({"n": 10, "challenger_only": 5, "champion_only": 0}, 0.95) == 0
     assert heldout_verdict({"n": 10, "challenger_only": 5, "champion_only": 0}, 0.90) == 1
     assert heldout_verdict(None, 0.95) == 0 and heldout_verdict({"n": 0}, 0.95) == 0
+
+
+def test_corrections_alone_do_not_excuse_a_loss_on_the_test_split():
+    """Regression (the own-data walk, twenty-second session): 120 test rows, a challenger trained
+    on 20 random labels scored -0.023 macro-F1 inside a [-0.099, +0.051] interval and was
+    promoted because it "learned the corrections": its own training rows, which any challenger
+    learns."""
+    learned = {"n": 16, "challenger": 1.0, "champion": 0.0}
+    d = _paired(-0.099, 0.051, gain=-0.023, corrections=learned)
+    assert not d.promote
+    assert "lost 0.0230 on the test macro_f1" in d.reason and "promotion.max_loss 0.01" in d.reason
+    # a loss within max_loss still promotes (the demo's turns sit around zero), and the setting
+    # moves the line
+    assert _paired(-0.02, 0.01, gain=-0.008, corrections=learned).promote
+    assert decide_paired("macro_f1", "2", "1", 0.727, 0.75, (-0.099, 0.051), 0.005, 0.95,
+                         corrections=learned, max_loss=0.03).promote
+    # held-out human labels better beyond chance are evidence the challenger did not train on:
+    # they still promote within noise
+    better = {"n": 40, "challenger": 0.9, "champion": 0.6, "challenger_only": 12,
+              "champion_only": 0}
+    assert _paired(-0.099, 0.051, gain=-0.023, heldout=better, corrections=learned).promote
