@@ -183,6 +183,23 @@ def _press_start_training(s, pid):
     return backend.id
 
 
+def _press_start_training_in_the_browser(page, s, pid):
+    """The button itself, as an annotator finds it (and as `make demo` tells them): project
+    Settings > Model > the card's menu > Start Training > confirm."""
+    from annotation import labelstudio as L
+
+    url = L.studio_url(s)
+    page.goto(f"{url}/user/login/")
+    page.fill("input[name=email]", s.studio.username)
+    page.fill("input[name=password]", s.studio.password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda u: "/user/login" not in u)
+    page.goto(f"{url}/projects/{pid}/settings/ml")
+    page.get_by_role("button", name="Machine learning model options").click()
+    page.get_by_text("Start Training", exact=True).first.click()
+    page.get_by_role("button", name="Start Training").last.click()  # the confirmation
+
+
 def test_start_training_retrains_promotes_serves_and_shows_it(loop, browser_page):
     from annotation import labelstudio as L
     from labelloop import challenger
@@ -196,10 +213,13 @@ def test_start_training_retrains_promotes_serves_and_shows_it(loop, browser_page
         assert time.time() < deadline, "the warm launcher never became ready"
         time.sleep(0.5)
     t0 = time.perf_counter()
-    backend_id = _press_start_training(s, pid)
-    info = trigger.running_info(s, pid)
-    assert info and info.get("launcher") is True, info  # forked from the warm launcher
-    _press_start_training(s, pid)  # a second press while the first runs starts nothing
+    _press_start_training_in_the_browser(browser_page, s, pid)
+    deadline = time.time() + 60
+    while not (info := trigger.running_info(s, pid)):
+        assert time.time() < deadline, "Start Training in the browser started no turn"
+        time.sleep(0.2)
+    assert info.get("launcher") is True, info  # forked from the warm launcher
+    backend_id = _press_start_training(s, pid)  # a second press while it runs starts nothing
     deadline = time.time() + 600
     while True:
         turns = httpx.get(base + "/status/json", timeout=10).json()["turns"]
