@@ -186,7 +186,8 @@ def decide_paired(
     confidence: float,
     heldout: Optional[dict] = None,
     corrections: Optional[dict] = None,
-    max_loss: float = 0.01,
+    *,
+    max_loss: float,
 ) -> PromotionDecision:
     """The noise-aware rule. `heldout` / `corrections`: {"n", "challenger", "champion"} accuracies
     on the held-out human labels and on the human labels the challenger trained on; `max_loss`:

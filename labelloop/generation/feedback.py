@@ -321,8 +321,8 @@ def decide(metric: str, challenger_version: str, champion_version: Optional[str]
            challenger_score: float, champion_score: Optional[float],
            interval: Optional[tuple[float, float]], margin: float, confidence: float,
            heldout: Optional[dict] = None, preferences: Optional[dict] = None,
-           corrections: Optional[dict] = None,
-           max_loss: float = 0.01) -> promotion.PromotionDecision:
+           corrections: Optional[dict] = None, *,
+           max_loss: float) -> promotion.PromotionDecision:
     """The generation feedback rule. `heldout`: chrF of both versions' responses against the
     held-out human responses; `preferences`: their preference accuracy on held-out pairs;
     `corrections`: chrF against the human responses the challenger trained on. Each

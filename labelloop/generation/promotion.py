@@ -115,4 +115,5 @@ def judge(settings: Settings, challenger_version: str, challenger_outputs: list[
     _, low, high = paired_bootstrap(p.metric, champ, chal, p.resamples, p.confidence,
                                     seed=settings.training.seed)
     return promotion.decide_paired(p.metric, challenger_version, str(champion_version),
-                                   chal_score, champ_score, (low, high), p.margin, p.confidence)
+                                   chal_score, champ_score, (low, high), p.margin, p.confidence,
+                                   max_loss=p.max_loss)

@@ -137,7 +137,7 @@ def test_the_decision_for_generation():
 def gen_decide(interval, heldout=None, preferences=None, corrections=None, chal=0.40,
                champ=0.40):
     return gf.decide("chrf", "3", "2", chal, champ, interval, 0.005, 0.95, heldout=heldout,
-                     preferences=preferences, corrections=corrections)
+                     preferences=preferences, corrections=corrections, max_loss=0.01)
 
 
 def h(n, champion, challenger):
@@ -169,7 +169,7 @@ def test_promotion_rule_for_generation():
     d = gen_decide((-0.06, 0.02), corrections=h(6, 0.3, 0.8), chal=0.38)
     assert not d.promote and "more than promotion.max_loss 0.01" in d.reason
     # the first model
-    first = gf.decide("chrf", "1", None, 0.3, None, None, 0.005, 0.95)
+    first = gf.decide("chrf", "1", None, 0.3, None, None, 0.005, 0.95, max_loss=0.01)
     assert first.promote and first.human["heldout"] == {}
 
 

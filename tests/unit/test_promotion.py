@@ -73,7 +73,7 @@ def test_score_matches_sklearn():
 
 def _paired(low, high, gain=0.0, heldout=None, corrections=None):
     return decide_paired("macro_f1", "2", "1", 0.75 + gain, 0.75, (low, high), 0.005, 0.95,
-                         heldout=heldout, corrections=corrections)
+                         heldout=heldout, corrections=corrections, max_loss=0.01)
 
 
 def test_paired_rule():
