@@ -15,15 +15,22 @@ from starlette.routing import Route
 from benchmarks.generation_serving import _level
 
 DELAY_S = 0.3
+# streams open at the service now, and the most at once (the server's one event loop updates it)
+in_flight = {"now": 0, "most": 0}
 
 
 async def generate(request):
     await request.body()
 
     async def events():
-        await asyncio.sleep(DELAY_S)
-        yield b'data: {"text": "a"}\n\n'
-        yield b'data: {"done": true, "completion_tokens": 1}\n\n'
+        in_flight["now"] += 1
+        in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        try:
+            await asyncio.sleep(DELAY_S)
+            yield b'data: {"text": "a"}\n\n'
+            yield b'data: {"done": true, "completion_tokens": 1}\n\n'
+        finally:
+            in_flight["now"] -= 1
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
@@ -46,7 +53,12 @@ def test_open_loop_streams_are_not_capped_by_the_client():
     finally:
         server.should_exit = True
         thread.join(10)
-    assert got["errors"] == 0 and len(got["ttft"]) >= 150
+    # Every request the client sent came back (how many it sent in 2 s depends on the CPU it got:
+    # 145-160 on a quiet box, 107 in a loaded test suite; `lags` has one entry per request sent).
+    sent = len(got["lags"])
+    assert got["errors"] == 0 and sent >= 40 and len(got["ttft"]) == sent, (sent, len(got["ttft"]))
+    # No cap: at 80/s x 0.3 s about 24 streams are open at once; a pool capped at 9 per client
+    # never had more than 9 at the service, and the rest waited in the client (over 1.5 s).
+    assert in_flight["most"] >= 15, in_flight
     ttft = sorted(got["ttft"])
-    # each first event is 0.3 s away; a pool capped at 9 made the last ones wait over 1.5 s
-    assert ttft[int(0.99 * (len(ttft) - 1))] < DELAY_S + 0.25, ttft[-5:]
+    assert ttft[int(0.99 * (len(ttft) - 1))] < DELAY_S + 1.0, ttft[-5:]
