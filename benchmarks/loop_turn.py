@@ -13,9 +13,10 @@ labels come from the store as the webhook writes them). Reported per rule:
 `--annotators honest random` adds turns from a careless annotator (random labels, other than the
 one shown, on any pool texts) beside the honest ones: what the promotion rule must keep out
 (`promotion.max_loss`: the challenger learns its own training labels whatever they say). Each
-repeat draws other texts (`--seed`); docs/benchmarks.md "One feedback turn" has the figures:
+repeat draws other texts (`--seed`); docs/benchmarks.md "One feedback turn" has the figures
+and the two commands that made docs/loop_turn_random.json, e.g.
     .venv/bin/python benchmarks/loop_turn.py --config configs/demo.yaml --corrections 20 \
-        --rules warm --repeats 8 --annotators honest random --json docs/loop_turn_random.json
+        --rules warm --repeats 8 --seed 10 --annotators honest random --base /tmp/pg/base
 
 The first champion is trained once (`labelloop train` with --config) and copied for each rule,
 so both start from the same model. Usage (CPU, the demo profile; a few minutes):
