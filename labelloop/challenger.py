@@ -198,17 +198,26 @@ def store_test_predictions(settings: Settings, version: str, test_digest: str,
     return path
 
 
-def test_predictions(settings: Settings, version: str, test: pd.DataFrame) -> np.ndarray:
-    """Label ids version `version` predicts on the frozen test split (cached per test digest)."""
-    test_digest = data.digest(test)
+def cached_test_predictions(settings: Settings, version: str, test_digest: str,
+                            n: int) -> Optional[np.ndarray]:
+    """The label ids stored for `version` on the test split with this digest, or None."""
     path = _cache_path(settings, version, test_digest)
     if path.is_file():
         try:
             cached = json.loads(path.read_text())
-            if cached.get("test_digest") == test_digest and len(cached["predicted"]) == len(test):
+            if cached.get("test_digest") == test_digest and len(cached["predicted"]) == n:
                 return np.asarray(cached["predicted"], dtype=np.int64)
         except (ValueError, KeyError):
             pass
+    return None
+
+
+def test_predictions(settings: Settings, version: str, test: pd.DataFrame) -> np.ndarray:
+    """Label ids version `version` predicts on the frozen test split (cached per test digest)."""
+    test_digest = data.digest(test)
+    cached = cached_test_predictions(settings, version, test_digest, len(test))
+    if cached is not None:
+        return cached
     ids = label_ids(classifier_for(settings, version), list(test["text"]),
                     settings.evaluation.batch_size)
     store_test_predictions(settings, version, test_digest, ids)
@@ -254,6 +263,7 @@ def judge(settings: Settings, challenger_version: str, challenger_ids: np.ndarra
                                 champ_score, p.margin)
     _, low, high = promotion.paired_bootstrap(refs, champ_ids, challenger_ids, n, p.metric,
                                               p.resamples, p.confidence, seed=settings.training.seed)
+    best = best_promoted(settings, test, refs, n, challenger_version)
     bs = settings.evaluation.batch_size
     human = {"heldout": {"n": 0}, "corrections": {"n": 0}}
     if not (heldout.empty and corrections.empty):
@@ -262,4 +272,21 @@ def judge(settings: Settings, challenger_version: str, challenger_ids: np.ndarra
                  "corrections": accuracy_pair(champ_clf, challenger_clf, corrections, bs)}
     return promotion.decide_paired(
         p.metric, challenger_version, str(champion_version), chal_score, champ_score,
-        (low, high), p.margin, p.confidence, **human, max_loss=p.max_loss)
+        (low, high), p.margin, p.confidence, **human, max_loss=p.max_loss, best=best)
+
+
+def best_promoted(settings: Settings, test: pd.DataFrame, refs: np.ndarray, n_labels: int,
+                  challenger_version: str) -> Optional[tuple[str, float]]:
+    """(version, score) of the best version promoted earlier on this test split: those with
+    predictions stored for it (each version registered while it was in use has them, so a new
+    test split starts a new history and no old model is loaded)."""
+    from labelloop import registry
+
+    test_digest = data.digest(test)
+
+    def score_of(version: str) -> Optional[float]:
+        ids = cached_test_predictions(settings, version, test_digest, len(test))
+        return None if ids is None else promotion.score(refs, ids, n_labels,
+                                                         settings.promotion.metric)
+
+    return registry.best_promoted(settings, score_of, exclude=challenger_version)

@@ -9,7 +9,9 @@ Both models are scored on the same frozen test split. Two rules (`promotion.rule
   better (or worse) beyond chance on the held-out human labels, by an exact sign test on the
   texts only one of the two gets right; where those are within noise or missing, it learned
   more of the corrections it was trained on than the champion knew, and lost at most
-  `max_loss` on the test split. (The held-out labels are few in the first turns: one text of
+  `max_loss` on the test split, against the champion and against the best version promoted
+  earlier on this test split (so losses each within `max_loss` cannot add up over turns).
+  (The held-out labels are few in the first turns: one text of
   four apart used to veto a challenger that was better on the test split and had learned every
   correction. The corrections are the challenger's own training rows, so any challenger learns
   them, one trained on random labels too; the test split's point estimate is then the only
@@ -175,6 +177,21 @@ def heldout_verdict(h: Optional[dict], confidence: float) -> int:
     return 1 if wins > losses else -1
 
 
+def loss_beyond(max_loss: float, metric: str, challenger_score: float, champion_score: float,
+                 best: Optional[tuple[str, float]]) -> Optional[str]:
+    """Why a challenger backed only by what it trained on may not go in: it lost more than
+    `max_loss` of the test score against the champion, or against `best` (version, score), the
+    best version promoted earlier on this test split; None when it did not. Each turn's loss is
+    bounded by the champion, the sum of many turns' losses by `best`."""
+    loss = champion_score - challenger_score
+    if loss > max_loss:
+        return f"lost {loss:.4f}"
+    if best is not None and best[1] - challenger_score > max_loss:
+        return (f"is {best[1] - challenger_score:.4f} {metric} below v{best[0]} ({best[1]:.4f}), "
+                f"the best champion on this test split,")
+    return None
+
+
 def decide_paired(
     metric: str,
     challenger_version: str,
@@ -188,10 +205,13 @@ def decide_paired(
     corrections: Optional[dict] = None,
     *,
     max_loss: float,
+    best: Optional[tuple[str, float]] = None,
 ) -> PromotionDecision:
     """The noise-aware rule. `heldout` / `corrections`: {"n", "challenger", "champion"} accuracies
     on the held-out human labels and on the human labels the challenger trained on; `max_loss`:
-    the most the challenger may lose on the test split when only its corrections speak for it."""
+    the most the challenger may lose on the test split when only its corrections speak for it,
+    against the champion and against `best` (version, score: the best version promoted earlier
+    on this test split; None: no such version)."""
     human = {"heldout": heldout or {}, "corrections": corrections or {}}
 
     def make(promote: bool, reason: str) -> PromotionDecision:
@@ -226,10 +246,10 @@ def decide_paired(
         return make(False, f"kept the champion: within noise on the {test}, worse beyond chance "
                            f"on held-out human labels ({evidence})")
     if c.get("n") and c["challenger"] > c["champion"]:
-        if gain < -max_loss:
-            return make(False, f"kept the champion: learned the corrections but lost "
-                               f"{-gain:.4f} on the {test}, more than promotion.max_loss "
-                               f"{max_loss} ({evidence})")
+        lost = loss_beyond(max_loss, metric, challenger_score, champion_score, best)
+        if lost:
+            return make(False, f"kept the champion: learned the corrections but {lost} on the "
+                               f"{test}, more than promotion.max_loss {max_loss} ({evidence})")
         return make(True, f"promoted: within noise on the {test}, learned the corrections "
                           f"({evidence})")
     return make(False, f"kept the champion: within noise on the {test} and no better on human "

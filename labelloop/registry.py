@@ -3,7 +3,9 @@
 A version is registered in two phases: created with tag `labelloop.status=pending`, then marked
 `ready` once its bundle is verified. Only a `ready` version can become champion, and the alias is
 the only thing that says which version serves, so an interrupted run leaves at worst a pending
-version that nothing points at (`cleanup_pending` deletes those).
+version that nothing points at (`cleanup_pending` deletes those). A version that becomes champion
+is tagged `labelloop.promoted_at`: the promotion rule bounds a challenger's loss against the best
+of those (`best_promoted`), not only against the champion of the moment.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
+from datetime import datetime, timezone
+from typing import Callable, Optional
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -22,6 +25,7 @@ from labelloop.modeling import read_bundle_meta
 from labelloop.settings import Settings
 
 STATUS_TAG = "labelloop.status"
+PROMOTED_TAG = "labelloop.promoted_at"   # when the version first became champion (UTC, ISO)
 BUNDLE_ARTIFACT_PATH = "model"
 
 
@@ -99,6 +103,23 @@ def set_champion(settings: Settings, version: str | int) -> None:
     c.set_registered_model_alias(
         settings.registry.model_name, settings.registry.champion_alias, str(version)
     )
+    if PROMOTED_TAG not in mv.tags:
+        c.set_model_version_tag(settings.registry.model_name, str(version), PROMOTED_TAG,
+                                datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def best_promoted(settings: Settings, score_of: Callable[[str], Optional[float]],
+                  exclude: str) -> Optional[tuple[str, float]]:
+    """(version, score) of the best version that has been champion, other than `exclude`, by
+    `score_of` (None: no score for it, e.g. it never ran on this test split); None if none."""
+    best = None
+    for mv in list_versions(settings):
+        if PROMOTED_TAG not in mv.tags or str(mv.version) == str(exclude):
+            continue
+        s = score_of(str(mv.version))
+        if s is not None and (best is None or s > best[1]):
+            best = (str(mv.version), s)
+    return best
 
 
 def list_versions(settings: Settings) -> list[ModelVersion]:

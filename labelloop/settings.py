@@ -344,7 +344,8 @@ class PromotionSettings(_Section):
     resamples: int = Field(1000, ge=100)
     # paired: within noise on the test split, a challenger whose only evidence is the human
     # labels it trained on (it learns them whatever they say) is promoted only if it lost at
-    # most this much of `metric` there (point estimate).
+    # most this much of `metric` there (point estimate), against the champion and against the
+    # best version that has been champion on this test split (so losses cannot add up).
     max_loss: float = Field(0.01, ge=0.0)
     # Promote only a model that beats the TF-IDF + logistic-regression baseline fitted on the
     # same training rows (labelloop.baseline) on the test split, by `metric`.

@@ -322,13 +322,14 @@ def decide(metric: str, challenger_version: str, champion_version: Optional[str]
            interval: Optional[tuple[float, float]], margin: float, confidence: float,
            heldout: Optional[dict] = None, preferences: Optional[dict] = None,
            corrections: Optional[dict] = None, *,
-           max_loss: float) -> promotion.PromotionDecision:
+           max_loss: float, best: Optional[tuple[str, float]] = None) -> promotion.PromotionDecision:
     """The generation feedback rule. `heldout`: chrF of both versions' responses against the
     held-out human responses; `preferences`: their preference accuracy on held-out pairs;
     `corrections`: chrF against the human responses the challenger trained on. Each
     {"n", "challenger", "champion"}. `max_loss`: the most the challenger may lose on the test
     split when only the responses it trained on speak for it (it learns them whatever they
-    are)."""
+    are), against the champion and against `best` (version, score: the best version promoted
+    earlier on this test split)."""
     human = {"heldout": heldout or {}, "preferences": preferences or {},
              "corrections": corrections or {}}
 
@@ -366,10 +367,11 @@ def decide(metric: str, challenger_version: str, champion_version: Optional[str]
         return make(True, f"promoted: better beyond chance on the {test}, no held-out human "
                           f"data ({evidence})")
     if _compare(corrections) > 0:
-        if gain < -max_loss:
+        lost = promotion.loss_beyond(max_loss, metric, challenger_score, champion_score, best)
+        if lost:
             return make(False, f"kept the champion: closer to the human responses it trained on "
-                               f"but lost {-gain:.4f} on the {test}, more than "
-                               f"promotion.max_loss {max_loss} ({evidence})")
+                               f"but {lost} on the {test}, more than promotion.max_loss "
+                               f"{max_loss} ({evidence})")
         return make(True, f"promoted: within noise on the {test}, no held-out human data, "
                           f"closer to the human responses it trained on ({evidence})")
     return make(False, f"kept the champion: within noise on the {test} and no better on human "
@@ -408,7 +410,8 @@ def judge(settings: Settings, challenger_version: str, challenger_outputs: list[
                   gen_promotion.score_from_stats(p.metric, champ), (low, high), p.margin,
                   p.confidence, heldout=pair("chrf", len(heldout), a, b),
                   preferences=pair("preference_accuracy", len(heldout_pairs), a, b),
-                  corrections=pair("chrf", len(trained), ca, cb), max_loss=p.max_loss)
+                  corrections=pair("chrf", len(trained), ca, cb), max_loss=p.max_loss,
+                  best=gen_promotion.best_promoted(settings, test, challenger_version))
 
 
 # -- the retrain ------------------------------------------------------------------------------------

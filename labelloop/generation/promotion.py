@@ -40,8 +40,8 @@ def store_outputs(settings: Settings, version: str, test: pd.DataFrame, outputs:
     return path
 
 
-def outputs_of(settings: Settings, version: str, test: pd.DataFrame) -> list[str]:
-    """Version `version`'s greedy outputs on the test rows (cached; generated when missing)."""
+def cached_outputs(settings: Settings, version: str, test: pd.DataFrame) -> Optional[list[str]]:
+    """Version `version`'s stored outputs on these test rows, or None."""
     digest = data.digest(test)
     path = _cache_path(settings, version, digest)
     if path.is_file():
@@ -51,6 +51,14 @@ def outputs_of(settings: Settings, version: str, test: pd.DataFrame) -> list[str
                 return list(cached["outputs"])
         except (ValueError, KeyError):
             pass
+    return None
+
+
+def outputs_of(settings: Settings, version: str, test: pd.DataFrame) -> list[str]:
+    """Version `version`'s greedy outputs on the test rows (cached; generated when missing)."""
+    cached = cached_outputs(settings, version, test)
+    if cached is not None:
+        return cached
     from labelloop import registry
     from labelloop.generation.bundle import load_generation_bundle
 
@@ -95,6 +103,22 @@ def paired_bootstrap(metric: str, champion: np.ndarray, challenger: np.ndarray, 
     tail = (1.0 - confidence) / 2 * 100
     low, high = np.percentile(deltas, [tail, 100 - tail])
     return float(diff), float(low), float(high)
+
+
+def best_promoted(settings: Settings, test: pd.DataFrame,
+                  challenger_version: str) -> Optional[tuple[str, float]]:
+    """(version, score) of the best version promoted earlier on this test split (those with
+    outputs stored for it; no old model is loaded)."""
+    from labelloop import registry
+
+    metric, refs = settings.promotion.metric, list(test["response"])
+
+    def score_of(version: str) -> Optional[float]:
+        outputs = cached_outputs(settings, version, test)
+        return None if outputs is None else score_from_stats(metric,
+                                                             per_row_stats(metric, outputs, refs))
+
+    return registry.best_promoted(settings, score_of, exclude=challenger_version)
 
 
 def judge(settings: Settings, challenger_version: str, challenger_outputs: list[str],

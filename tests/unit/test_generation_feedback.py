@@ -168,6 +168,12 @@ def test_promotion_rule_for_generation():
     # ...but the responses it trained on do not excuse a test loss beyond promotion.max_loss
     d = gen_decide((-0.06, 0.02), corrections=h(6, 0.3, 0.8), chal=0.38)
     assert not d.promote and "more than promotion.max_loss 0.01" in d.reason
+    # ...nor losses that add up over turns: 0.008 below the champion, 0.015 below v1
+    d = gf.decide("chrf", "3", "2", 0.392, 0.40, (-0.03, 0.02), 0.005, 0.95,
+                  corrections=h(6, 0.3, 0.8), max_loss=0.01, best=("1", 0.407))
+    assert not d.promote and "below v1 (0.4070), the best champion on this test split" in d.reason
+    assert gf.decide("chrf", "3", "2", 0.392, 0.40, (-0.03, 0.02), 0.005, 0.95,
+                     corrections=h(6, 0.3, 0.8), max_loss=0.01, best=("1", 0.40)).promote
     # the first model
     first = gf.decide("chrf", "1", None, 0.3, None, None, 0.005, 0.95, max_loss=0.01)
     assert first.promote and first.human["heldout"] == {}

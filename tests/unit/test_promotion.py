@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from labelloop.promotion import decide, decide_paired, paired_bootstrap, score
+from labelloop.promotion import decide, decide_paired, loss_beyond, paired_bootstrap, score
 
 
 def test_first_model_is_promoted():
@@ -150,3 +150,39 @@ def test_corrections_alone_do_not_excuse_a_loss_on_the_test_split():
     better = {"n": 40, "challenger": 0.9, "champion": 0.6, "challenger_only": 12,
               "champion_only": 0}
     assert _paired(-0.099, 0.051, gain=-0.023, heldout=better, corrections=learned).promote
+
+
+def test_small_losses_cannot_add_up_over_turns():
+    """Regression: max_loss bounded one turn against the champion of the moment, so challengers
+    that each lost 0.008 on the test split (within noise, backed only by their own training rows)
+    were promoted turn after turn, 0.016 below v2 after two turns, 0.024 after three."""
+    learned = {"n": 16, "challenger": 1.0, "champion": 0.0}
+
+    def turn(champion, score, best):
+        return decide_paired("macro_f1", str(int(champion[0]) + 1), champion[0], score,
+                             champion[1], (-0.03, 0.02), 0.005, 0.95, corrections=learned,
+                             max_loss=0.01, best=best)
+
+    first = turn(("2", 0.800), 0.792, best=("2", 0.800))
+    assert first.promote                                 # -0.008: within max_loss of v2
+    second = turn(("3", 0.792), 0.784, best=("2", 0.800))
+    assert not second.promote                            # -0.008 more: 0.016 below v2
+    assert "0.0160 macro_f1 below v2 (0.8000), the best champion on this test split" in second.reason
+    assert "more than promotion.max_loss 0.01" in second.reason
+    # no earlier champion, or one the challenger is within max_loss of: the champion bounds it
+    assert turn(("3", 0.792), 0.784, best=None).promote
+    assert turn(("3", 0.792), 0.784, best=("1", 0.790)).promote
+    # held-out human labels better beyond chance still promote (it did not train on them)
+    better = {"n": 40, "challenger": 0.9, "champion": 0.6, "challenger_only": 12,
+              "champion_only": 0}
+    assert decide_paired("macro_f1", "4", "3", 0.784, 0.792, (-0.03, 0.02), 0.005, 0.95,
+                         heldout=better, corrections=learned, max_loss=0.01,
+                         best=("2", 0.800)).promote
+
+
+def test_loss_beyond():
+    assert loss_beyond(0.01, "macro_f1", 0.80, 0.805, None) is None
+    assert loss_beyond(0.01, "macro_f1", 0.78, 0.80, None) == "lost 0.0200"
+    assert loss_beyond(0.01, "macro_f1", 0.80, 0.805, ("1", 0.809)) is None
+    assert loss_beyond(0.01, "macro_f1", 0.80, 0.805, ("1", 0.815)).startswith(
+        "is 0.0150 macro_f1 below v1 (0.8150)")
