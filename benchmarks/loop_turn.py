@@ -193,6 +193,10 @@ def probe_feedback(argv: list[str]) -> int:
     for mod, attr in PROBED:
         setattr(modules[mod], attr, timed(f"{mod.split('.')[-1]}.{attr}", getattr(modules[mod], attr)))
     modeling.Classifier.__init__ = timed("Classifier(load)", modeling.Classifier.__init__)
+    if os.environ.get("LOOP_TURN_BOUND") == "champion":  # --bounds champion: the rule before
+        from labelloop import challenger               # the best-champion bound
+
+        challenger.best_promoted = lambda *a, **kw: None
 
     def dump():
         Path(os.environ["LOOP_TURN_PROBE"]).write_text(json.dumps({
@@ -284,13 +288,18 @@ def run_warm(argv: list[str], env: dict[str, str], folder: Path) -> tuple[float,
 
 
 def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str | None,
-             warm_launcher: bool = False, annotator: str = "honest", seed: int = 7) -> dict:
+             warm_launcher: bool = False, annotator: str = "honest", seed: int = 7,
+             work: Path | None = None, bound: str = "best") -> dict:
+    """One turn in a copy of `base_dir` (removed after), or in `work` (a chain's data dir,
+    kept: the next turn goes on from this one's champion and labels)."""
     from labelloop import challenger, registry
     from labelloop.settings import load_settings
 
-    work = Path(tempfile.mkdtemp(prefix=f"turn-{rule}-", dir=base_dir.parent))
-    shutil.copytree(base_dir, work, dirs_exist_ok=True)
-    env = {**env, "LABELLOOP__DATA_DIR": str(work), "LABELLOOP__FEEDBACK__TRAIN_RULE": rule,
+    chained = work is not None
+    if not chained:
+        work = Path(tempfile.mkdtemp(prefix=f"turn-{rule}-", dir=base_dir.parent))
+        shutil.copytree(base_dir, work, dirs_exist_ok=True)
+    env = {**env, "LOOP_TURN_BOUND": bound, "LABELLOOP__DATA_DIR": str(work), "LABELLOOP__FEEDBACK__TRAIN_RULE": rule,
            "LABELLOOP__FEEDBACK__MIN_NEW_LABELS": str(max(1, n // 2))}
     os.environ.update({k: v for k, v in env.items() if k.startswith("LABELLOOP")})
     settings = load_settings(config)
@@ -324,8 +333,11 @@ def one_turn(base_dir: Path, env: dict[str, str], rule: str, n: int, config: str
     fixed = sum(p.label == lab for (_, lab, _), p in
                 zip(trained, clf.predict([t for t, _, _ in trained])))
     before = registry.get_version(settings, champion).tags.get("test_macro_f1")
-    shutil.rmtree(work, ignore_errors=True)
+    after = registry.get_version(settings, new_champion).tags.get("test_macro_f1")
+    if not chained:
+        shutil.rmtree(work, ignore_errors=True)
     return {"rule": rule, "corrections": n, "annotator": annotator, "sample_seed": seed,
+            "bound": bound, "served_test_macro_f1": float(after) if after else None,
             "launcher": warm_launcher, "wall_s": round(wall, 1),
             "turn_s": round(turn_s, 1), "process_s": round(wall - turn_s, 1),
             "pre_pipeline_s": round(turn_s - pipeline_s, 1) if pipeline_s else None,
@@ -362,6 +374,14 @@ def main() -> int:
                    help="keep this many training rows out of the first champion (and of every "
                         "retrain's base data: dataset.max_train_rows) as the unlabelled pool the "
                         "corrections come from; 0: the settings' own pool, if any")
+    p.add_argument("--chain", type=int, default=0, metavar="N",
+                   help="instead of repeats from the first champion: N turns in a row per rule, "
+                        "annotator and bound, each going on from the last one's champion and "
+                        "labels (what many turns add up to)")
+    p.add_argument("--bounds", nargs="+", default=["best"], choices=["best", "champion"],
+                   help="the promotion.max_loss bound: against the champion and the best "
+                        "champion so far (best, the rule), or the champion alone (the rule "
+                        "before the twenty-fourth session)")
     p.add_argument("--json", help="write the results here")
     p.add_argument("--build-kit", metavar="DIR", help="build the GPU box's kit into DIR and exit")
     p.add_argument("--base", metavar="DIR",
@@ -372,6 +392,8 @@ def main() -> int:
                         "does), as a child of the warm launcher (on: what the service does with "
                         "feedback.warm_launcher), or both, alternating")
     args = p.parse_args()
+    if "champion" in args.bounds and args.launcher != "off":
+        p.error("--bounds champion patches the turn's process: only with --launcher off")
     if args.build_kit:
         build_kit(Path(args.build_kit))
         return 0
@@ -409,6 +431,10 @@ def main() -> int:
         print(f"  {report['first_champion_s']:.0f} s", flush=True)
     report["settings_env"] = {k: v for k, v in os.environ.items()
                               if k.startswith("LABELLOOP__FEEDBACK")}
+    if args.chain:
+        chains(args, base, root, env, report)
+        shutil.rmtree(root, ignore_errors=True)
+        return 0
     for rule in args.rules:  # rule by rule: a run cut short still has repeats of the first
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.launcher]
         for i, warm, who in ((i, w, a) for i in range(args.repeats) for w in modes
@@ -430,6 +456,29 @@ def main() -> int:
                 Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def chains(args, base: Path, root: Path, env: dict[str, str], report: dict) -> None:
+    """--chain N: N turns in a row from the first champion, per rule, annotator and bound."""
+    for rule in args.rules:
+        for who in args.annotators:
+            for bound in args.bounds:
+                work = Path(tempfile.mkdtemp(prefix=f"chain-{rule}-{who}-{bound}-", dir=root))
+                shutil.copytree(base, work, dirs_exist_ok=True)
+                for i in range(args.chain):
+                    r = one_turn(base, env, rule, args.corrections, args.config, False, who,
+                                 args.seed + i, work=work, bound=bound)
+                    r["turn_in_chain"] = i + 1
+                    report["results"].append(r)
+                    print(f"{rule} {who} bound={bound} turn {i + 1}: test macro-F1 "
+                          f"{r['champion_test_macro_f1']:.4f} -> "
+                          f"{r['challenger_test_macro_f1']:.4f}, "
+                          f"{'promoted' if r['promoted'] else 'kept'}; served "
+                          f"{r['served_test_macro_f1']:.4f} ({r['wall_s']:.0f} s)\n"
+                          f"      {r['reason']}", flush=True)
+                    if args.json:
+                        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+                shutil.rmtree(work, ignore_errors=True)
 
 
 def machine() -> str:
