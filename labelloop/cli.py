@@ -26,13 +26,19 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from labelloop.settings import load_settings
+
+    load_settings(args.config)  # a config error in a second, before torch and ZenML load
     from pipelines.run import run_training
 
     return run_training(args.config)
 
 
 def _cmd_feedback(args: argparse.Namespace) -> int:
+    from labelloop.settings import load_settings
     from labelloop.trigger import CLI_ASKED_TO_TRAIN
+
+    load_settings(args.config)  # a config error in a second, before torch and ZenML load
     from pipelines.run import run_feedback
 
     reason = args.reason

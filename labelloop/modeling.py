@@ -22,14 +22,11 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from labelloop.cleaning import Cleaning
 from labelloop.decision import offsets_from_meta
+from labelloop.errors import ModelError  # noqa: F401  (labelloop.modeling.ModelError)
 from labelloop.settings import ConfigError, resolve_path
 from labelloop.tasks import ClassificationTask, Prediction, task_from_dict
 
 BUNDLE_META = "labelloop.json"
-
-
-class ModelError(ValueError):
-    """A model path or bundle that cannot be used."""
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -21,16 +21,13 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
+from labelloop.errors import RegistryError  # noqa: F401  (labelloop.registry.RegistryError)
 from labelloop.modeling import read_bundle_meta
 from labelloop.settings import Settings
 
 STATUS_TAG = "labelloop.status"
 PROMOTED_TAG = "labelloop.promoted_at"   # when the version first became champion (UTC, ISO)
 BUNDLE_ARTIFACT_PATH = "model"
-
-
-class RegistryError(RuntimeError):
-    pass
 
 
 def client(settings: Settings) -> MlflowClient:

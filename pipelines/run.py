@@ -37,12 +37,12 @@ def _step_output(run, step: str, name: str) -> Any:
 
 def run_training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
                  include_human_labels: bool = False) -> int:
+    settings = load_settings(config, overrides=overrides)
+    validate_inputs(settings)  # before ZenML and the steps load: a bad input fails in seconds
     from pipelines.interrupted import mark_interrupted_runs, pid_tags
     from pipelines.stack import ensure_stack, run_options
     from pipelines.training import pipeline_options, training
 
-    settings = load_settings(config, overrides=overrides)
-    validate_inputs(settings)
     ensure_stack(settings)
     removed = registry.cleanup_pending(settings)
     if removed:

@@ -68,3 +68,28 @@ def test_a_stopped_step_is_logged_without_its_traceback_a_failed_one_with_it():
     assert failed.exc_info is not None and failed.exc_info[0] is ValueError
     assert quiet.is_stop((KeyboardInterrupt, KeyboardInterrupt(), None))
     assert not quiet.is_stop(None)
+
+
+HEAVY_PROBE = """
+import sys
+from labelloop import cli
+code = cli.main([sys.argv[1]])
+print(code, sorted(m for m in ("torch", "transformers", "mlflow", "zenml", "peft")
+                   if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", ["train", "feedback"])
+def test_a_config_error_is_named_before_torch_mlflow_or_zenml_load(command, tmp_path):
+    """Regression: a misspelt key took 10-13 s to report (the CLI imported the pipelines, torch,
+    transformers, peft, MLflow and ZenML first, and the error types lived beside torch and
+    MLflow); now the settings are read first and the error types are light."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "LABELLOOP__TRAINING__EPOHCS": "1",
+           "LABELLOOP__DATA_DIR": str(tmp_path / "data")}
+    r = subprocess.run([sys.executable, "-c", HEAVY_PROBE, command], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip().splitlines()[-1] == "2 []", r.stdout + r.stderr[-2000:]
+    assert f"labelloop {command}: error:" in r.stderr and "unknown key 'training.epohcs'" in r.stderr
