@@ -17,6 +17,13 @@ repeat draws other texts (`--seed`); docs/benchmarks.md "One feedback turn" has 
 and the two commands that made docs/loop_turn_random.json, e.g.
     .venv/bin/python benchmarks/loop_turn.py --config configs/demo.yaml --corrections 20 \
         --rules warm --repeats 8 --seed 10 --annotators honest random --base /tmp/pg/base
+`--chain N` runs N turns in a row instead (each from the last one's champion and labels), and
+`--bounds best champion` runs each chain twice: with `promotion.max_loss` bounding the loss
+against the best champion so far as well (the rule), and against the champion alone (the rule
+before; the turn's process is patched): docs/loop_turn_chain.json, e.g.
+    .venv/bin/python benchmarks/loop_turn.py --config configs/demo.yaml --corrections 20 \
+        --rules warm --chain 6 --seed 30 --annotators random honest --bounds best champion \
+        --base /tmp/pg/base --json docs/loop_turn_chain.json
 
 The first champion is trained once (`labelloop train` with --config) and copied for each rule,
 so both start from the same model. Usage (CPU, the demo profile; a few minutes):
