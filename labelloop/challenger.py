@@ -263,7 +263,8 @@ def judge(settings: Settings, challenger_version: str, challenger_ids: np.ndarra
                                 champ_score, p.margin)
     _, low, high = promotion.paired_bootstrap(refs, champ_ids, challenger_ids, n, p.metric,
                                               p.resamples, p.confidence, seed=settings.training.seed)
-    best = best_promoted(settings, test, refs, n, challenger_version)
+    # the bound over turns matters only where corrections speak for the challenger
+    best = None if corrections.empty else best_promoted(settings, test, refs, n, challenger_version)
     bs = settings.evaluation.batch_size
     human = {"heldout": {"n": 0}, "corrections": {"n": 0}}
     if not (heldout.empty and corrections.empty):

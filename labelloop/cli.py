@@ -25,20 +25,24 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _config_first(args: argparse.Namespace) -> None:
+    """A config error in a second, before the pipelines load torch, MLflow and ZenML."""
     from labelloop.settings import load_settings
 
-    load_settings(args.config)  # a config error in a second, before torch and ZenML load
+    load_settings(args.config)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    _config_first(args)
     from pipelines.run import run_training
 
     return run_training(args.config)
 
 
 def _cmd_feedback(args: argparse.Namespace) -> int:
-    from labelloop.settings import load_settings
     from labelloop.trigger import CLI_ASKED_TO_TRAIN
 
-    load_settings(args.config)  # a config error in a second, before torch and ZenML load
+    _config_first(args)
     from pipelines.run import run_feedback
 
     reason = args.reason

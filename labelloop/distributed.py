@@ -36,9 +36,10 @@ from labelloop.modeling import ModelError
 from labelloop.settings import ModelSettings, TrainingSettings
 from labelloop.tasks import ClassificationTask
 
-if TYPE_CHECKING:  # labelloop.training (and peft, through transformers' optimization module)
-    from labelloop import training  # is imported where a fine-tune starts: `labelloop train`
-    # with a bad input then fails in 4 s, not 13 s (pipelines/run.py validate_inputs)
+# labelloop.training (and peft, through transformers' optimization module) is imported where a
+# fine-tune starts, so `labelloop train` with a bad input fails before it loads.
+if TYPE_CHECKING:
+    from labelloop import training
 
 JOB_FILE = "job.pkl"
 RESULT_FILE = "result.json"

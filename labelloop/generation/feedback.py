@@ -411,7 +411,8 @@ def judge(settings: Settings, challenger_version: str, challenger_outputs: list[
                   p.confidence, heldout=pair("chrf", len(heldout), a, b),
                   preferences=pair("preference_accuracy", len(heldout_pairs), a, b),
                   corrections=pair("chrf", len(trained), ca, cb), max_loss=p.max_loss,
-                  best=gen_promotion.best_promoted(settings, test, challenger_version))
+                  best=gen_promotion.best_promoted(settings, test, challenger_version)
+                  if len(trained) else None)
 
 
 # -- the retrain ------------------------------------------------------------------------------------
