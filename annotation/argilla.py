@@ -109,7 +109,8 @@ def classification_settings(task) -> Any:
                     "descending, to see the texts the model is least sure of first."),
         fields=[rg.TextField(name=TEXT_FIELD, title="Text", use_markdown=False)],
         questions=[rg.LabelQuestion(name=LABEL_QUESTION, title=f"{task.name}: pick one",
-                                    labels=list(task.labels))],
+                                    # value -> what annotators see (task.display_names)
+                                    labels={lab: task.display_name(lab) for lab in task.labels})],
         metadata=[rg.FloatMetadataProperty(name="uncertainty", title="uncertainty (1 - score)"),
                   rg.IntegerMetadataProperty(name="rank", title="import rank")],
         allow_extra_metadata=True,  # model_version / suggested_label / suggested_score

@@ -54,7 +54,15 @@ def main(args) -> int:
             _print(setup(settings, progress=lambda m: print(m, file=sys.stderr)))
             return 0
         if action == "import":
-            _print(import_all(settings, getattr(args, "file", None)))
+            from annotation.pool import summary
+
+            report = import_all(settings, getattr(args, "file", None))
+            for tool, one in (report.items() if "pool_read" not in report
+                              else [(settings.annotation.tools[0], report)]):
+                line = summary(one) if isinstance(one, dict) else None
+                if line:  # for people, on stderr; the JSON report stays on stdout
+                    print(f"{tool}: {line}", file=sys.stderr)
+            _print(report)
             return 0
         if action == "sync":
             from annotation.agreement import log_agreement

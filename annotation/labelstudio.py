@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -289,21 +289,24 @@ def model_hint(label: str, score: float, model_version: str) -> str:
             "below: keep it if right, pick another if not.")
 
 
-def task_data(text: str, prediction: Any, rank: int, model_version: str) -> dict[str, Any]:
+def task_data(text: str, prediction: Any, rank: int, model_version: str,
+              shown: Callable[[str], str] = str) -> dict[str, Any]:
     """A task's data. `uncertainty`, `margin` and `rank` are JSON numbers (plain Python floats
     and ints, never strings or numpy scalars); Label Studio sorts them as numbers only in a
-    Data Manager tab that types them Number (`ensure_numeric_columns`)."""
+    Data Manager tab that types them Number (`ensure_numeric_columns`). `shown` names a label
+    the way the choices show it (task.display_names)."""
     top2 = sorted(float(v) for v in prediction.probabilities.values())[-2:]
     score = float(prediction.score)
     return {TEXT_KEY: text,
             "uncertainty": round(1.0 - score, 6),
             "margin": round(top2[-1] - top2[0], 6),
             "rank": int(rank),
-            HINT_KEY: model_hint(prediction.label, score, model_version)}
+            HINT_KEY: model_hint(shown(prediction.label), score, model_version)}
 
 
 def build_tasks(texts: Sequence[str], predictions: Sequence[Any], model_version: str,
-                ordering: str, seed: int = 0) -> list[dict[str, Any]]:
+                ordering: str, seed: int = 0,
+                shown: Callable[[str], str] = str) -> list[dict[str, Any]]:
     """Tasks {"data", "predictions"} in the requested order."""
     if not texts:
         return []
@@ -314,7 +317,7 @@ def build_tasks(texts: Sequence[str], predictions: Sequence[Any], model_version:
     for rank, i in enumerate(order):
         p = predictions[int(i)]
         tasks.append({
-            "data": task_data(texts[int(i)], p, rank, model_version),
+            "data": task_data(texts[int(i)], p, rank, model_version, shown),
             "predictions": [prediction_for(p.label, p.score, model_version)],
         })
     return tasks
@@ -456,7 +459,8 @@ def import_pool(settings: Settings, texts: Optional[Iterable[str]] = None, proje
         seen.add(t)
         pool.append(t)
     pool, preds = _select_pool(settings, classifier, pool, size)
-    tasks = build_tasks(pool, preds, version, "as_given", seed=settings.training.seed)
+    tasks = build_tasks(pool, preds, version, "as_given", seed=settings.training.seed,
+                        shown=task_from_settings(settings).display_name)
     if tasks:
         for start in range(0, len(tasks), 500):
             client.projects.import_tasks(id=project_id, request=tasks[start:start + 500])
@@ -620,6 +624,7 @@ def push_predictions(settings: Settings, project_id: Optional[int] = None, clien
         if (version not in versions or stale) and isinstance(text, str) and text.strip():
             todo.append((int(t.id), data, version not in versions))
     if todo:
+        shown = task_from_settings(settings).display_name
         preds = classifier.predict([data[TEXT_KEY] for _, data, _ in todo])
         requests = [{"task": task_id, **prediction_for(p.label, p.score, version)}
                     for (task_id, _, lacks), p in zip(todo, preds) if lacks]
@@ -630,7 +635,7 @@ def push_predictions(settings: Settings, project_id: Optional[int] = None, clien
             (task_id, data, _), p = item
             rank = data.get("rank") if isinstance(data.get("rank"), int) else 0
             client.tasks.update(id=str(task_id), data={
-                **data, **task_data(data[TEXT_KEY], p, rank, version)})
+                **data, **task_data(data[TEXT_KEY], p, rank, version, shown)})
 
         # Label Studio has no bulk update of task data: one PATCH per task, a few at once
         # (200 tasks on the 2-core box: 17.7 s one by one, 10.1 s four at once, 12-13 s with

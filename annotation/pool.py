@@ -48,6 +48,21 @@ class Pool:
                 "skipped_already_labelled": self.labelled}
 
 
+def summary(report: dict) -> Optional[str]:
+    """One line for people: where an import's texts came from and what was skipped (None when
+    the report says nothing of a pool)."""
+    if "pool_read" not in report:
+        return None
+    done = report.get("imported", report.get("logged"))
+    skipped = (f"{report['skipped_already_labelled']} already labelled, "
+               f"{report['skipped_empty']} empty, {report['skipped_repeated']} repeated")
+    in_tool = report.get("skipped_in_project")
+    return (f"pool {report['pool_source']}: {report['pool_read']} texts read, "
+            f"{report['pool_texts']} unlabelled; skipped {skipped}"
+            + (f", {in_tool} already in the project" if in_tool else "")
+            + (f"; {done} imported" if done is not None else ""))
+
+
 def source_texts(src: SourceSettings, text_column: str, role: str = "pool") -> tuple[list, str]:
     """The raw text cells of a source and its description."""
     raw, info = read_source(src, role, "utf-8")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -328,7 +329,9 @@ class EvaluationSettings(_Section):
 class RegistrySettings(_Section):
     tracking_uri: Optional[str] = None
     experiment: str = "labelloop"
-    model_name: str = "labelloop-sentiment"
+    # None: labelloop-<task.name> (Settings._names_from_the_task), so a second task beside the
+    # first never shares its registered model by accident.
+    model_name: Optional[str] = None
     champion_alias: str = "champion"
 
 
@@ -485,7 +488,7 @@ class StudioSettings(SideServerSettings):
     username: str = "admin@labelloop.local"
     password: str = Field("labelloop-admin", repr=False)
     api_token: str = Field("", repr=False)
-    project_title: str = "labelloop sentiment"
+    project_title: Optional[str] = None  # None: "labelloop <task.name>"
     # Which texts annotators see first (labelloop/selection.py; `uncertainty` is the old name
     # of least_confidence). One name for the whole pool, checked here before any work.
     ordering: Literal["random", "least_confidence", "uncertainty", "margin", "entropy",
@@ -523,7 +526,7 @@ class ArgillaSettings(SideServerSettings):
     password: str = Field("labelloop-admin", repr=False, min_length=8)
     api_key: str = Field("", repr=False)
     workspace: str = "labelloop"
-    dataset: str = "labelloop-sentiment"
+    dataset: Optional[str] = None  # None: labelloop-<task.name>
     # Start a feedback run once this many new labels arrived through Argilla's webhooks since
     # the last run (0 = never from Argilla's webhooks).
     webhook_trigger_labels: int = Field(0, ge=0)
@@ -642,6 +645,19 @@ class Settings(_Section):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     image: ImageSettings = Field(default_factory=ImageSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+
+    @model_validator(mode="after")
+    def _names_from_the_task(self) -> "Settings":
+        # One source of truth: unless set, the registered model, the Label Studio project and
+        # the Argilla dataset are named after task.name (the default task: labelloop-sentiment).
+        slug = re.sub(r"[^A-Za-z0-9_-]+", "-", self.task.name).strip("-") or "task"
+        if self.registry.model_name is None:
+            self.registry.model_name = f"labelloop-{slug}"
+        if self.studio.project_title is None:
+            self.studio.project_title = f"labelloop {self.task.name}"
+        if self.argilla.dataset is None:
+            self.argilla.dataset = f"labelloop-{slug}"
+        return self
 
     @model_validator(mode="after")
     def _metric_of_the_family(self) -> "Settings":

@@ -196,6 +196,14 @@ def stop_service(settings: Settings, timeout: float = 30.0) -> bool:
 
 
 # -- Label Studio ----------------------------------------------------------------------------------
+def _say_pool(report: dict[str, Any]) -> None:
+    from annotation.pool import summary
+
+    line = summary(report)
+    if line:
+        say(line)
+
+
 def setup_project(settings: Settings) -> dict[str, Any]:
     """Project + webhook + ML backend; tasks with predictions imported once (idempotent)."""
     from annotation.labelstudio import connect, existing_texts, import_pool, setup
@@ -209,6 +217,7 @@ def setup_project(settings: Settings) -> dict[str, Any]:
             + ("responses (edit and compare projects)" if settings.task.type == "generation"
                else f"predictions ({settings.studio.ordering} first)"))
         out["import"] = import_pool(settings, project_id=project, client=client)
+        _say_pool(out["import"])
     else:
         say(f"project already holds {have} tasks: nothing imported")
         out["import"] = {"imported": 0, "existing": have}
@@ -226,6 +235,7 @@ def setup_argilla(settings: Settings) -> dict[str, Any]:
         say(f"logging {settings.argilla.pool_size} records with the champion's suggestions "
             f"({settings.studio.ordering} first)")
         out["log"] = A.log_pool(settings, client=client)
+        _say_pool(out["log"])
     else:
         say(f"dataset already holds {have} records: nothing logged")
         out["log"] = {"logged": 0, "existing": have}
@@ -275,10 +285,7 @@ def command_hint(args: str, make_target: Optional[str] = None) -> str:
     if found and Path(found).resolve() == script.resolve():
         direct = f"labelloop {args}"
     else:
-        try:
-            direct = f"{os.path.relpath(script)} {args}"
-        except ValueError:  # another drive (Windows)
-            direct = f"{script} {args}"
+        direct = f"{_shown_path(script)} {args}"
     if make_target and Path.cwd().resolve() == REPO_ROOT:
         return f"make {make_target}   (= {direct})"
     return direct

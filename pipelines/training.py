@@ -16,7 +16,7 @@ from zenml.integrations.mlflow.flavors.mlflow_experiment_tracker_flavor import (
 )
 
 from labelloop.modeling import resolve_base_model
-from labelloop.settings import RegistrySettings, load_settings
+from labelloop.settings import RegistrySettings, Settings, load_settings
 from pipelines.steps.evaluate import evaluate_model
 from pipelines.steps.fine_tune import fine_tune
 from pipelines.steps.load_data import load_data
@@ -35,7 +35,7 @@ def pipeline_options(registry_settings: RegistrySettings) -> dict[str, Any]:
     }
 
 
-@pipeline(**pipeline_options(RegistrySettings()))
+@pipeline(**pipeline_options(Settings().registry))
 def training(config: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
              include_human_labels: bool = False,
              human_labels_max_seq: Optional[int] = None) -> None:

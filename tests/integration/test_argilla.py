@@ -73,6 +73,7 @@ def loop(argilla_server, tmp_path_factory):
         "data_dir": str(root / "data"),
         "dataset": {"path": str(root / "small.csv"), "encoding": "utf-8"},
         "model": {"max_length": 32},
+        "task": {"display_names": {"positive": "Positive :)"}},  # shown, never stored
         "training": {"method": "full", "learning_rate": 1e-4, "batch_size": 16, "max_steps": 6},
         "evaluation": {"sample_predictions": 3},
         "annotation": {"tools": ["argilla"]},
@@ -178,6 +179,11 @@ def test_argilla_answers_reach_the_store_exactly_through_webhooks_and_sync(loop,
     assert not again["webhook"]["created"]
     records = A.list_records(client, dataset_id)
     assert len(records) == POOL
+    # The label question shows task.display_names; its values stay the labels.
+    questions = client.http_client.get(f"/api/v1/datasets/{dataset_id}/questions").json()["items"]
+    (label_q,) = [q for q in questions if q["name"] == A.LABEL_QUESTION]
+    assert {o["value"]: o["text"] for o in label_q["settings"]["options"]} == {
+        "negative": "negative", "neutral": "neutral", "positive": "Positive :)"}
     # (Logging the same texts again: the pool skips them as labelled corpus texts now; that a
     # record is updated in place, never duplicated, is checked after the push below.)
     for r in records:  # the champion's suggestion, with its version as the agent

@@ -175,3 +175,16 @@ def test_record_conversion():
     assert chosen([{"type": "textarea"}]) is None
     assert project_id_of("12.1700000000") == 12 and project_id_of({"id": 3}) == 3
     assert project_id_of(True) is None and project_id_of("x") is None
+
+
+def test_the_hint_names_the_guess_as_the_choices_show_it():
+    # With task.display_names the choices read "Negative (1-2 stars)": the sentence above them
+    # must name the same thing, while the prediction (what is stored) keeps the label.
+    shown = {"negative": "Negative (1-2 stars)"}.get
+    tasks = build_tasks(["a", "b"], [_pred([0.7, 0.2, 0.1]), _pred([0.1, 0.2, 0.7])], "2",
+                        "uncertainty", shown=lambda label: shown(label, label))
+    hints = sorted(t["data"][HINT_KEY] for t in tasks)
+    assert hints[0].startswith("Model v2's guess: Negative (1-2 stars), 70% sure.")
+    assert hints[1].startswith("Model v2's guess: positive, 70% sure.")
+    assert {t["predictions"][0]["result"][0]["value"]["choices"][0] for t in tasks} \
+        == {"negative", "positive"}

@@ -18,6 +18,7 @@ def test_make_target_from_the_repo_else_the_venv_script(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # elsewhere: no Makefile target, the script by its path
     hint = demo.command_hint("feedback --config x.yaml", "feedback")
     assert Path(hint.split()[0]).resolve() == script.resolve()
+    assert not hint.startswith(".."), hint  # outside the repo: its absolute path, not ../../
     # the venv is active (its labelloop is the one on the PATH): the plain command works
     monkeypatch.setattr(demo.shutil, "which", lambda name: str(script))
     assert demo.command_hint("demo --stop") == "labelloop demo --stop"

