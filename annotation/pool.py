@@ -115,9 +115,9 @@ def labelled_texts(settings: Settings) -> set[str]:
     from labelloop.tasks import task_from_settings
 
     if settings.task.type == "generation":
-        from labelloop.generation.data import load_pairs
+        from labelloop.generation.data import labelled_prompts
 
-        return set(load_pairs(settings.dataset)["prompt"])
+        return labelled_prompts(settings.dataset)
 
     return texts_of(settings.dataset, task_from_settings(settings))
 

@@ -12,6 +12,7 @@ with the base's tokenizer and chat template either way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 import tempfile
@@ -46,6 +47,21 @@ def is_gguf(spec: str) -> bool:
 
 def cache_root(settings: Settings) -> Path:
     return settings.data_path / "base-models"
+
+
+@contextlib.contextmanager
+def _quiet_gguf_reader():
+    """transformers' GGUF reader draws its own tqdm bar over the 272 tensors (a line of redraws
+    in a log, and no switch to turn it off): our "converting ... converted in 16.5s" lines say
+    it."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def resolve_causal_base(spec: str, cache: Path, quiet: bool = False) -> str:
@@ -101,9 +117,11 @@ def convert_gguf(path: Path, cache: Path, quiet: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}-", dir=cache))
     try:
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-            loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                          dtype=torch.float32)
+            with _quiet_gguf_reader():
+                tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                loaded = AutoModelForCausalLM.from_pretrained(str(path.parent),
+                                                              gguf_file=path.name,
+                                                              dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001 - anything the GGUF reader raises
             raise ModelError(f"base model {path}: cannot read it as a GGUF causal LM ({exc})") from exc
         # The loaded model remembers it came from GGUF and refuses to save: rebuild it from a

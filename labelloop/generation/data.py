@@ -16,15 +16,19 @@ a prompt and all its answers sit on one side and the test split never changes be
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 import yaml
 
 from labelloop import data
 from labelloop.data import DataError
-from labelloop.settings import ConfigError, DatasetSettings, resolve_path
+from labelloop.settings import ConfigError, DatasetSettings, SourceSettings, resolve_path
+from labelloop.sources import SourceInfo, _is_hf_dir, combined_digest, read_source
 
 COLUMNS = ["prompt", "response"]
 CHATTERBOT_ENGLISH = "package:chatterbot_corpus/data/english"
@@ -70,8 +74,7 @@ def _messages_rows(values) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def read_user_file(path: Path, settings: DatasetSettings) -> pd.DataFrame:
-    raw = data.read_table(path, settings.format, settings.encoding)
+def _pairs_from_table(raw: pd.DataFrame, settings: DatasetSettings, where: str) -> pd.DataFrame:
     pc, rc, mc = settings.prompt_column, settings.response_column, settings.messages_column
     if pc in raw.columns and rc in raw.columns:
         return raw.rename(columns={pc: "prompt", rc: "response"})[COLUMNS]
@@ -79,33 +82,159 @@ def read_user_file(path: Path, settings: DatasetSettings) -> pd.DataFrame:
         return _messages_rows(raw[mc])
     missing = [c for c in (pc, rc) if c not in raw.columns]
     raise DataError(
-        f"{path}: missing column(s) {missing} (or a chat column {mc!r}); the file has "
-        f"{list(raw.columns)} (set dataset.prompt_column / dataset.response_column / "
+        f"{where}: missing column(s) {missing} (or a chat column {mc!r}); it has "
+        f"{list(raw.columns)[:30]} (set dataset.prompt_column / dataset.response_column / "
         "dataset.messages_column)")
 
 
-def clean(df: pd.DataFrame) -> pd.DataFrame:
-    """Strip whitespace, drop empty prompts or responses, drop duplicate pairs (first wins)."""
-    out = pd.DataFrame({c: df[c].map(lambda v: "" if v is None else str(v)).str.strip()
+def read_user_file(path: Path, settings: DatasetSettings) -> pd.DataFrame:
+    return _pairs_from_table(data.read_table(path, settings.format, settings.encoding), settings,
+                             str(path))
+
+
+def _counted_clean(df: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """`clean`, and how many pairs it dropped as empty and as repeats."""
+    out = pd.DataFrame({c: df[c].map(lambda v: "" if data._is_null(v) else str(v)).str.strip()
                         for c in COLUMNS})
-    keep = (out["prompt"] != "") & (out["response"] != "") & (out["prompt"].str.lower() != "nan") \
-        & (out["response"].str.lower() != "nan")
-    return out[keep].drop_duplicates(subset=COLUMNS, keep="first").reset_index(drop=True)
+    keep = (out["prompt"] != "") & (out["response"] != "")
+    kept = out[keep]
+    unique = kept.drop_duplicates(subset=COLUMNS, keep="first").reset_index(drop=True)
+    return unique, int((~keep).sum()), len(kept) - len(unique)
 
 
-def load_pairs(settings: DatasetSettings) -> pd.DataFrame:
-    """Load, validate and clean the configured dataset into `prompt`/`response` rows."""
+def clean(df: pd.DataFrame) -> pd.DataFrame:
+    """Strip whitespace, drop empty (or null) prompts or responses, drop duplicate pairs (first
+    wins)."""
+    return _counted_clean(df)[0]
+
+
+@dataclass
+class PairsReport:
+    """What one source gave, for the run's `data:` lines (as labelloop.data.Report does for the
+    classifier's rows)."""
+
+    source: str
+    rows_read: int       # table rows (a chat column: conversations)
+    pairs: int           # the prompt/response pairs they hold
+    empty: int           # without prompt or response
+    duplicates: int      # the same pair again
+    kept: int
+
+    def summary(self) -> str:
+        bits = [f"{n} {what}" for n, what in ((self.empty, "without prompt or response"),
+                                               (self.duplicates, "repeated pairs")) if n]
+        pairs = f", {self.pairs} prompt/response pairs" if self.pairs != self.rows_read else ""
+        return (f"{self.source}: {self.rows_read} rows read{pairs}, {self.kept} kept"
+                + ("; dropped " + ", ".join(bits) if bits else ""))
+
+
+def _is_chatterbot_source(src: SourceSettings) -> Optional[Path]:
+    """The resolved path when `src` is chatterbot YAML (a folder of .yml files, one file)."""
+    if src.url is not None or not isinstance(src.path, str) or any(c in src.path for c in "*?["):
+        return None
     try:
-        path = resolve_path(settings.path)
+        path = resolve_path(src.path)
     except ConfigError as exc:
         raise DataError(str(exc)) from exc
     if not path.exists():
         raise DataError(f"dataset not found: {path}")
-    raw = read_chatterbot(path) if _is_chatterbot(path, settings.format) else read_user_file(path, settings)
-    df = clean(raw)
-    if df.empty:
-        raise DataError(f"{path}: no usable prompt/response rows after cleaning")
-    return df
+    return path if _is_chatterbot(path, src.format) and not _is_hf_dir(path) else None
+
+
+def load_source(src: SourceSettings, role: str,
+                settings: DatasetSettings) -> tuple[pd.DataFrame, SourceInfo, PairsReport]:
+    """One source's cleaned prompt/response pairs: a chatterbot corpus, or any source
+    labelloop.sources reads (files, lists and globs, zip members, SQL, `datasets` folders)."""
+    chatterbot = _is_chatterbot_source(src)
+    if chatterbot is not None:
+        raw_pairs = read_chatterbot(chatterbot)
+        files = sorted(chatterbot.glob("*.y*ml")) if chatterbot.is_dir() else [chatterbot]
+        digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+        info = SourceInfo(role, str(chatterbot), "chatterbot", digest, len(raw_pairs))
+        rows_read = len(raw_pairs)
+    else:
+        raw, info = read_source(src, role, settings.encoding)
+        rows_read = len(raw)
+        raw_pairs = _pairs_from_table(raw, settings, f"{role} source {info.uri}")
+    pairs, empty, repeated = _counted_clean(raw_pairs)
+    where = f"{role} source {info.uri}" if role != "train" or settings.test is not None \
+        else info.uri
+    report = PairsReport(where, rows_read, len(raw_pairs), empty, repeated, len(pairs))
+    if pairs.empty:
+        raise DataError(f"{where}: no usable prompt/response rows after cleaning "
+                        f"({report.summary()})")
+    return pairs, info, report
+
+
+@dataclass
+class PairSplits:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    sources: list[SourceInfo]
+    reports: list[PairsReport]
+    test_from_source: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def source_digest(self) -> str:
+        return combined_digest(self.sources)
+
+    def summary_lines(self) -> list[str]:
+        how = "the test source" if self.test_from_source else "a hash of each prompt"
+        return [r.summary() for r in self.reports] + list(self.notes) + [
+            f"split: {len(self.train)} training, {len(self.test)} test pairs "
+            f"({self.test['prompt'].nunique()} distinct test prompts; test by {how})"]
+
+
+def load_splits(settings: DatasetSettings) -> PairSplits:
+    """The training and test pairs: the test source when there is one (a prompt in both is an
+    error, or dropped from training with dataset.test_overlap: drop), else the frozen split by
+    prompt; then the row caps. Every problem is a `DataError`, before anything is trained."""
+    if settings.validation is not None:
+        raise DataError("dataset.validation: generation has no validation rows; unset it")
+    train_all, info, report = load_source(settings.train_source(), "train", settings)
+    sources, reports, notes = [info], [report], []
+    if settings.test is not None:
+        test, tinfo, treport = load_source(settings.test, "test", settings)
+        sources.append(tinfo)
+        reports.append(treport)
+        overlap = train_all["prompt"].isin(set(test["prompt"]))
+        if overlap.any():
+            examples = list(train_all.loc[overlap, "prompt"].head(3).map(lambda t: t[:60]))
+            if settings.test_overlap == "error":
+                raise DataError(
+                    f"the test source {tinfo.uri} shares {int(overlap.sum())} prompts with the "
+                    f"training source (e.g. {examples}); remove them, or set "
+                    "dataset.test_overlap: drop to drop them from training")
+            notes.append(f"dropped {int(overlap.sum())} training pairs whose prompt is in the "
+                         "test source (dataset.test_overlap: drop)")
+        train = train_all[~overlap].reset_index(drop=True)
+    else:
+        train, test = split(train_all, settings.test_fraction)
+    for name, rows, cap in (("training", train, settings.max_train_rows),
+                            ("test", test, settings.max_test_rows)):
+        if cap is not None and len(rows) > cap:
+            notes.append(f"{name}: a stable sample of {cap} of the {len(rows)} pairs "
+                         f"(dataset.max_{'train' if name == 'training' else 'test'}_rows)")
+    train = limit_rows(train, settings.max_train_rows)
+    test = limit_rows(test, settings.max_test_rows)
+    if train.empty or test.empty:
+        raise DataError(f"split left {len(train)} training and {len(test)} test rows; need both "
+                        "non-empty (more data, another dataset.test_fraction, or a test source)")
+    return PairSplits(train, test, sources, reports, settings.test is not None, notes)
+
+
+def load_pairs(settings: DatasetSettings) -> pd.DataFrame:
+    """The training source's cleaned prompt/response pairs (before any split)."""
+    return load_source(settings.train_source(), "train", settings)[0]
+
+
+def labelled_prompts(settings: DatasetSettings) -> set[str]:
+    """Every prompt of the labelled data: the training source's and the test source's."""
+    prompts = set(load_pairs(settings)["prompt"])
+    if settings.test is not None:
+        prompts |= set(load_source(settings.test, "test", settings)[0]["prompt"])
+    return prompts
 
 
 def split(df: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -453,7 +453,9 @@ def retrain(settings: Settings, project: Optional[int] = None,
 
         train_settings = settings.model_copy(update={"training": warm_training_settings(settings)})
     else:
-        train_settings = settings
+        from labelloop.generation.training import resolve
+
+        train_settings = settings.model_copy(update={"training": resolve(settings.training)})
         rows = sft_rows(base_train, test, trainable, g.human_repeats)
         init_dir = None
     pairs = dpo_pairs(ptrain, test)

@@ -14,43 +14,50 @@ from typing import Callable, Optional
 import pandas as pd
 
 from labelloop import scratch
-from labelloop.data import DataError
 from labelloop.generation import base, bundle, data, evaluation, training
 from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
 
 
 def check_inputs(settings: Settings) -> str:
-    """Base model (converted once if it is a GGUF file) and data, or one clear error."""
-    base_dir = base.resolve_causal_base(settings.model.base, base.cache_root(settings))
-    data.load_pairs(settings.dataset)
-    return base_dir
+    """Data, then the base model (converted once if it is a GGUF file), or one clear error:
+    a data problem is named before the base's conversion, which takes a while the first time."""
+    data.load_splits(settings.dataset)
+    return base.resolve_causal_base(settings.model.base, base.cache_root(settings))
 
 
 def load(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    df = data.load_pairs(settings.dataset)
-    train, test = data.frozen_split(df, settings.dataset)
-    if train.empty or test.empty:
-        raise DataError(f"split left {len(train)} training and {len(test)} test rows; need both "
-                        "non-empty (more data, or another dataset.test_fraction)")
+    """Training and test pairs, and what the run records of them: the sources with their
+    content digests (as the classifier's provenance), the split's digests and the `data:`
+    lines that say what each source gave."""
+    splits = data.load_splits(settings.dataset)
+    train, test = splits.train, splits.test
     meta = {"train_rows": len(train), "test_rows": len(test), "train_digest": data.digest(train),
-            "test_digest": data.digest(test), "test_prompts": int(test["prompt"].nunique())}
+            "test_digest": data.digest(test), "test_prompts": int(test["prompt"].nunique()),
+            "sources": [s.to_dict() for s in splits.sources],
+            "source_digest": splits.source_digest, "test_from_source": splits.test_from_source,
+            "summary": splits.summary_lines()}
     return train, test, meta
 
 
 def train_bundle(settings: Settings, train: pd.DataFrame,
-                 on_log: Optional[Callable[[int, dict], None]] = None) -> tuple[Path, training.SFTResult]:
+                 on_log: Optional[Callable[[int, dict], None]] = None,
+                 provenance: Optional[dict] = None) -> tuple[Path, training.SFTResult]:
+    """SFT, then the bundle; `provenance` (what `load` recorded) adds the sources it read."""
     result = training.fine_tune(train, settings, on_log=on_log)
     out = scratch.make(settings, "bundle") / "bundle"
     g = settings.generation
     bundle.save_generation_bundle(result.model, result.tokenizer, out, {
         "task": task_from_settings(settings).to_dict(),
         "base_model": settings.model.base, "base_dir": result.base_dir,
-        "init": settings.model.init, "method": settings.training.method,
+        "init": settings.model.init, "method": training.resolve(settings.training).method,
         "max_length": settings.model.max_length, "max_prompt_tokens": g.max_prompt_tokens,
         "max_new_tokens": g.max_new_tokens, "system_prompt": g.system_prompt,
-        "dataset": settings.dataset.path, "dataset_digest": data.digest(train),
+        "dataset": ", ".join(src["uri"] for src in (provenance or {}).get("sources", []))
+        or settings.dataset.path, "dataset_digest": data.digest(train),
         "train_rows": len(train),
+        **{key: provenance[key] for key in ("sources", "source_digest")
+           if provenance and provenance.get(key) is not None},
     })
     return out, result
 

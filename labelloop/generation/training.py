@@ -19,9 +19,23 @@ import pandas as pd
 
 from labelloop import modeling
 from labelloop.generation import base, chat
-from labelloop.settings import Settings
+from labelloop.settings import Settings, TrainingSettings
 
 LogFn = Callable[[int, dict[str, float]], None]
+
+# `training.method: auto` and `learning_rate: auto` for this family (the classifier's are
+# labelloop.training.resolve's): LoRA at 5e-4, the recipe measured on the chatterbot corpus
+# (configs/generation.yaml; docs/benchmarks.md, "Generation"); full fine-tuning at 5e-5, a tenth
+# of it, the usual ratio for full SFT of a small causal LM (not measured here).
+AUTO_METHOD = "lora"
+AUTO_LEARNING_RATE = {"lora": 5e-4, "full": 5e-5}
+
+
+def resolve(cfg: TrainingSettings) -> TrainingSettings:
+    """`cfg` with its `auto` method and learning rate made concrete."""
+    method = AUTO_METHOD if cfg.method == "auto" else cfg.method
+    lr = AUTO_LEARNING_RATE[method] if cfg.learning_rate == "auto" else cfg.learning_rate
+    return cfg.model_copy(update={"method": method, "learning_rate": lr})
 
 
 @dataclass
@@ -99,7 +113,7 @@ def fine_tune(train: pd.DataFrame, settings: Settings, on_log: Optional[LogFn] =
 
     if train.empty:
         raise ValueError("no training rows")
-    cfg = settings.training
+    cfg = resolve(settings.training)
     device = modeling.pick_device(cfg.device)
     base_dir = base.resolve_causal_base(settings.model.base, base.cache_root(settings))
     tokenizer = base.load_tokenizer(base_dir)

@@ -27,7 +27,7 @@ def fine_tune(
     settings = settings_for(config, overrides)
     task = task_from_settings(settings)
     if task.type == "generation":
-        return _fine_tune_generation(settings, train)
+        return _fine_tune_generation(settings, train, data_provenance)
     cfg = training.resolve(settings.training, len(train))  # `auto` values for this many rows
     schedule = training.plan(cfg, len(train))
     weights = training.class_weights(cfg.class_weights, list(train["label"]), task)
@@ -108,10 +108,11 @@ def sample_weights(dataset, train: pd.DataFrame) -> dict:
             "min": float(w.min()) if len(w) else None, "max": float(w.max()) if len(w) else None}
 
 
-def _fine_tune_generation(settings, train: pd.DataFrame) -> Path:
+def _fine_tune_generation(settings, train: pd.DataFrame, provenance: dict) -> Path:
     from labelloop.generation import steps as generation
+    from labelloop.generation.training import resolve
 
-    cfg = settings.training
+    cfg = resolve(settings.training)  # the family's `auto` method and learning rate
     mlflow.log_params({
         "task_type": "generation", "base_model": settings.model.base, "init": settings.model.init,
         "method": cfg.method, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
@@ -119,10 +120,12 @@ def _fine_tune_generation(settings, train: pd.DataFrame) -> Path:
         "max_length": settings.model.max_length,
         "max_prompt_tokens": settings.generation.max_prompt_tokens,
         "lora_r": cfg.lora.r if cfg.method == "lora" else None, "train_rows": len(train),
-        "dataset": settings.dataset.path,
+        "dataset": ", ".join(src["uri"] for src in provenance.get("sources", []))[:500]
+        or settings.dataset.path,
     })
     out, result = generation.train_bundle(
-        settings, train, on_log=lambda step_no, values: mlflow.log_metrics(values, step=step_no))
+        settings, train, on_log=lambda step_no, values: mlflow.log_metrics(values, step=step_no),
+        provenance=provenance)
     mlflow.log_metrics({"train_seconds": result.train_seconds,
                         "train_samples_per_second": result.samples_per_second,
                         "final_train_loss": result.final_loss})

@@ -67,13 +67,16 @@ def load_data(
 def _generation_rows(settings, include_human_labels: bool):
     from labelloop.generation import steps as generation
 
-    generation.check_inputs(settings)  # the base (converted once if GGUF) before training
+    from labelloop.generation.base import cache_root, resolve_causal_base
+
+    resolve_causal_base(settings.model.base, cache_root(settings))  # converted once if GGUF
     train, test, meta = generation.load(settings)
     if include_human_labels:
         print("data: human responses for generation are not collected yet; base rows only")
-    log_metadata(meta)
-    print(f"data: {len(train)} prompt/response training rows, {len(test)} test rows "
-          f"({meta['test_prompts']} distinct test prompts)")
+    lines = meta.pop("summary")
+    log_metadata({k: v for k, v in meta.items() if k != "sources"})
+    for line in lines:
+        print(f"data: {line}")
     # no validation rows for generation; with its columns, so ZenML can describe the empty table
     # (a frame without columns made it warn "Failed to save artifact visualizations")
     return train, test, pd.DataFrame({"prompt": [], "response": []}), \

@@ -63,6 +63,55 @@ def test_user_files_columns_and_messages(tmp_path):
         gdata.load_pairs(DatasetSettings(path=str(tmp_path / "e.csv")))
 
 
+def test_sources_train_and_test_zip_sql_and_what_each_gave(tmp_path):
+    """Generation reads every source form the classifier does (labelloop/sources.py), takes a
+    test source as its test split, and says what each source gave and dropped."""
+    import sqlite3
+    import zipfile
+
+    chats = [{"messages": [{"role": "user", "content": f"q{i}"},
+                           {"role": "assistant", "content": None if i == 0 else f"a{i}"}]}
+             for i in range(6)] + [{"messages": [{"role": "user", "content": "q1"},
+                                                  {"role": "assistant", "content": "a1"}]}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
+    pd.DataFrame({"prompt": ["t1", "t2", "q5"], "response": ["x", "y", "z"]}).to_csv(
+        tmp_path / "test.csv", index=False)
+    cfg = {"train": {"path": str(tmp_path / "train.jsonl")}, "test": str(tmp_path / "test.csv"),
+           "encoding": "utf-8"}
+    with pytest.raises(DataError, match="shares 1 prompts with the training source"):
+        gdata.load_splits(DatasetSettings(**cfg))
+    splits = gdata.load_splits(DatasetSettings(**cfg, test_overlap="drop"))
+    assert sorted(splits.train["prompt"]) == ["q1", "q2", "q3", "q4"]  # q0 empty, q5 in test
+    assert sorted(splits.test["prompt"]) == ["q5", "t1", "t2"] and splits.test_from_source
+    lines = splits.summary_lines()
+    assert lines[0] == (f"train source {tmp_path / 'train.jsonl'}: 7 rows read, 5 kept; dropped "
+                        "1 without prompt or response, 1 repeated pairs")
+    assert lines[1].startswith("test source ") and lines[1].endswith("3 rows read, 3 kept")
+    assert "dropped 1 training pairs whose prompt is in the test source" in lines[2]
+    assert lines[3] == ("split: 4 training, 3 test pairs (3 distinct test prompts; test by the "
+                        "test source)")
+    assert [s.role for s in splits.sources] == ["train", "test"] and len(splits.source_digest) == 16
+    assert gdata.labelled_prompts(DatasetSettings(**cfg)) >= {"q1", "t1", "q5"}
+    # a zip member and an SQL query give the same pairs
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as z:
+        z.write(tmp_path / "test.csv", "inner/test.csv")
+    zipped = gdata.load_pairs(DatasetSettings(train={"path": str(tmp_path / "d.zip"),
+                                                     "member": "inner/*.csv"}, encoding="utf-8"))
+    db = tmp_path / "d.sqlite"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE qa (q TEXT, a TEXT)")
+        con.executemany("INSERT INTO qa VALUES (?, ?)", [("t1", "x"), ("t2", "y"), ("q5", "z"),
+                                                         (None, "w")])
+    sql = gdata.load_source(DatasetSettings.model_validate(
+        {"train": {"url": f"sqlite:///{db}", "query": "SELECT q AS prompt, a AS response FROM qa"}}
+    ).train, "train", DatasetSettings())
+    assert zipped.values.tolist() == sql[0].values.tolist() == [["t1", "x"], ["t2", "y"],
+                                                                ["q5", "z"]]
+    assert sql[2].empty == 1 and sql[1].kind == "sql"
+    with pytest.raises(DataError, match="generation has no validation rows"):
+        gdata.load_splits(DatasetSettings(**cfg, validation=str(tmp_path / "test.csv")))
+
+
 def test_split_is_frozen_and_by_prompt():
     df = pd.DataFrame({"prompt": [f"p{i % 50}" for i in range(200)],
                        "response": [f"r{i}" for i in range(200)]})

@@ -286,3 +286,25 @@ def test_sft_and_dpo_show_one_progress_bar_not_the_trainers_log_dicts(tmp_path, 
     assert "\r" not in text  # whole lines in a log, not tqdm's redraws
     assert "'loss'" not in text and "train_runtime" not in text and "grad_norm" not in text, \
         text[-2000:]
+
+
+def test_the_default_method_and_learning_rate_train_a_generation_model(tmp_path, capsys):
+    """Regression: `training.learning_rate: auto` (the default) reached the optimizer as the
+    string "auto" for generation (`'<=' not supported between 'float' and 'str'`), so a config
+    that set neither method nor rate crashed in fine_tune; `method: auto` meant full. Now the
+    family resolves them: LoRA at 5e-4."""
+    from labelloop.generation import training
+    from labelloop.settings import Settings
+    from tests.helpers import tiny_causal_lm
+
+    model_dir = tiny_causal_lm(tmp_path / "tiny")
+    settings = Settings(data_dir=str(tmp_path / "data"), task={"type": "generation"},
+                        model={"base": str(model_dir), "max_length": 64},
+                        training={"device": "cpu", "batch_size": 2, "epochs": 1})
+    assert (settings.training.method, settings.training.learning_rate) == ("auto", "auto")
+    rows = pd.DataFrame({"prompt": ["hello", "bye"], "response": ["hi there", "goodbye"]})
+    sft = training.fine_tune(rows, settings, progress=True)
+    assert sft.steps == 1
+    assert "fine-tune (SFT, lora, cpu)" in capsys.readouterr().err
+    resolved = training.resolve(settings.training.model_copy(update={"method": "full"}))
+    assert (resolved.method, resolved.learning_rate) == ("full", 5e-5)
