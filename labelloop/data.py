@@ -288,6 +288,24 @@ def _load(src: SourceSettings, role: str, settings: DatasetSettings, task: Class
     return df, info, report
 
 
+def drop_test_overlap(train: pd.DataFrame, test: pd.DataFrame, column: str, test_uri: str,
+                      rule: str, rows: str = "rows") -> tuple[pd.DataFrame, Optional[str]]:
+    """Training rows whose `column` (a text, a prompt) the test source also has: an error naming
+    them (`dataset.test_overlap: error`), or dropped, with the note that says so (`drop`)."""
+    overlap = train[column].isin(set(test[column]))
+    if not overlap.any():
+        return train, None
+    examples = list(train.loc[overlap, column].head(3).map(lambda t: t[:60]))
+    if rule == "error":
+        raise DataError(
+            f"the test source {test_uri} shares {int(overlap.sum())} {column}s with the "
+            f"training source (e.g. {examples}); remove them, or set "
+            "dataset.test_overlap: drop to drop them from training")
+    return train[~overlap].reset_index(drop=True), (
+        f"dropped {int(overlap.sum())} training {rows} whose {column} is in the test source "
+        "(dataset.test_overlap: drop)")
+
+
 def _check_classes(df: pd.DataFrame, where: str, settings: DatasetSettings) -> None:
     present = sorted(set(df["label"]))
     if len(present) < 2:
@@ -306,17 +324,9 @@ def load_splits(settings: DatasetSettings, task: ClassificationTask) -> Splits:
         test, tinfo, treport = _load(settings.test, "test", settings, task, cleaning)
         sources.append(tinfo)
         reports.append(treport)
-        overlap = train_all["text"].isin(set(test["text"]))
-        if overlap.any():
-            examples = list(train_all.loc[overlap, "text"].head(3).map(lambda t: t[:60]))
-            if settings.test_overlap == "error":
-                raise DataError(
-                    f"the test source {tinfo.uri} shares {int(overlap.sum())} texts with the "
-                    f"training source (e.g. {examples}); remove them, or set "
-                    "dataset.test_overlap: drop to drop them from training")
-            notes.append(f"dropped {int(overlap.sum())} training rows whose text is in the "
-                         "test source (dataset.test_overlap: drop)")
-        train = train_all[~overlap].reset_index(drop=True)
+        train, note = drop_test_overlap(train_all, test, "text", tinfo.uri,
+                                        settings.test_overlap)
+        notes.extend([note] if note else [])
     else:
         train, test = split(train_all, settings.test_fraction)
     if settings.validation is not None:

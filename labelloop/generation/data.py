@@ -198,17 +198,9 @@ def load_splits(settings: DatasetSettings) -> PairSplits:
         test, tinfo, treport = load_source(settings.test, "test", settings)
         sources.append(tinfo)
         reports.append(treport)
-        overlap = train_all["prompt"].isin(set(test["prompt"]))
-        if overlap.any():
-            examples = list(train_all.loc[overlap, "prompt"].head(3).map(lambda t: t[:60]))
-            if settings.test_overlap == "error":
-                raise DataError(
-                    f"the test source {tinfo.uri} shares {int(overlap.sum())} prompts with the "
-                    f"training source (e.g. {examples}); remove them, or set "
-                    "dataset.test_overlap: drop to drop them from training")
-            notes.append(f"dropped {int(overlap.sum())} training pairs whose prompt is in the "
-                         "test source (dataset.test_overlap: drop)")
-        train = train_all[~overlap].reset_index(drop=True)
+        train, note = data.drop_test_overlap(train_all, test, "prompt", tinfo.uri,
+                                             settings.test_overlap, rows="pairs")
+        notes.extend([note] if note else [])
     else:
         train, test = split(train_all, settings.test_fraction)
     for name, rows, cap in (("training", train, settings.max_train_rows),
