@@ -213,7 +213,7 @@ def setup_project(settings: Settings) -> dict[str, Any]:
     project = out["project"]
     have = len(existing_texts(client, project))
     if have == 0:
-        say(f"importing {settings.studio.pool_size} tasks with the champion's "
+        say(f"importing up to {settings.studio.pool_size} tasks with the champion's "
             + ("responses (edit and compare projects)" if settings.task.type == "generation"
                else f"predictions ({settings.studio.ordering} first)"))
         out["import"] = import_pool(settings, project_id=project, client=client)
@@ -232,7 +232,7 @@ def setup_argilla(settings: Settings) -> dict[str, Any]:
     out = A.setup(settings, client=client, progress=say)
     have = len(A.list_records(client, out["dataset"], include=""))
     if have == 0:
-        say(f"logging {settings.argilla.pool_size} records with the champion's suggestions "
+        say(f"logging up to {settings.argilla.pool_size} records with the champion's suggestions "
             f"({settings.studio.ordering} first)")
         out["log"] = A.log_pool(settings, client=client)
         _say_pool(out["log"])

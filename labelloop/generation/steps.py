@@ -56,7 +56,7 @@ def train_bundle(settings: Settings, train: pd.DataFrame,
         "dataset": ", ".join(src["uri"] for src in (provenance or {}).get("sources", []))
         or settings.dataset.path, "dataset_digest": data.digest(train),
         "train_rows": len(train),
-        **{key: provenance[key] for key in ("sources", "source_digest")
+        **{key: provenance[key] for key in ("sources", "source_digest", "test_digest")
            if provenance and provenance.get(key) is not None},
     })
     return out, result

