@@ -32,6 +32,12 @@ def _config_first(args: argparse.Namespace) -> None:
     load_settings(args.config)
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from labelloop.scaffold import main as init_main
+
+    return init_main(args)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     _config_first(args)
     from pipelines.run import run_training
@@ -141,6 +147,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         return p
 
+    p = sub.add_parser("init", help="Write a first config for your own data, guessed from the "
+                       "data (task, columns, labels, encoding, cleaning, class weights).",
+                       description="Write a first config for your own data: reads the file, "
+                       "guesses the task family, text and label columns, labels, encoding, HTML "
+                       "cleaning and class weights, writes a commented YAML and checks that it "
+                       "and its data load. Nothing is trained.")
+    p.set_defaults(func=_cmd_init)
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="the labelled data: a CSV/TSV/JSONL/Parquet file, a glob, a .zip or a "
+                        "datasets directory")
+    p.add_argument("--test", metavar="FILE", default=None,
+                   help="a test source (default: a frozen share of the data by hash)")
+    p.add_argument("--pool", metavar="FILE", default=None,
+                   help="unlabelled texts for annotators (one per line, or a data file)")
+    p.add_argument("--output", "-o", default="labelloop.yaml", metavar="FILE",
+                   help="the config to write (default: labelloop.yaml)")
+    p.add_argument("--force", action="store_true", help="replace --output if it exists")
+    p.add_argument("--name", default=None, help="the task's name (default: from the file name)")
+    p.add_argument("--task", choices=["classification", "generation"], default=None,
+                   help="the task family (default: generation when the data has a messages "
+                        "column or prompt and response columns, else classification)")
+    p.add_argument("--text-column", default=None, help="the text column (default: guessed)")
+    p.add_argument("--label-column", default=None, help="the label column (default: guessed)")
+    p.add_argument("--encoding", default=None,
+                   help="the file's text encoding (default: utf-8 if it decodes, else latin-1)")
+
     add("train", _cmd_train,
         "Run the ZenML `training` pipeline: load -> split -> fine-tune -> evaluate -> register "
         "-> promote. Prints the metrics and the registry entry.")
@@ -223,9 +255,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from labelloop.errors import USER_ERRORS
     from labelloop.image import ImageError
     from labelloop.labels_export import LabelsExportError
+    from labelloop.scaffold import ScaffoldError
     from labelloop.trigger import FeedbackRunning
 
-    return USER_ERRORS + (LabelConfigError, StudioConnectionError, StudioError, ExportError,
+    return USER_ERRORS + (ScaffoldError, LabelConfigError, StudioConnectionError, StudioError, ExportError,
                           FeedbackRunning, LabelsExportError, ImageError,
                           ArgillaConnectionError, DatasetMismatch, ArgillaServerError)
 
