@@ -258,8 +258,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from labelloop.scaffold import ScaffoldError
     from labelloop.trigger import FeedbackRunning
 
-    return USER_ERRORS + (ScaffoldError, LabelConfigError, StudioConnectionError, StudioError, ExportError,
-                          FeedbackRunning, LabelsExportError, ImageError,
+    return USER_ERRORS + (ScaffoldError, LabelConfigError, StudioConnectionError, StudioError,
+                          ExportError, FeedbackRunning, LabelsExportError, ImageError,
                           ArgillaConnectionError, DatasetMismatch, ArgillaServerError)
 
 

@@ -79,12 +79,16 @@ def _strings(values: pd.Series) -> pd.Series:
     return values.map(text_value).dropna()
 
 
+def _given(raw: pd.DataFrame, column: str, flag: str) -> str:
+    if column not in raw.columns:
+        raise ScaffoldError(f"{flag} {column!r} is not a column; the data has "
+                            f"{list(raw.columns)[:30]}")
+    return column
+
+
 def _pick_text_column(raw: pd.DataFrame, given: Optional[str], exclude: set[str]) -> tuple[str, str]:
     if given is not None:
-        if given not in raw.columns:
-            raise ScaffoldError(f"--text-column {given!r} is not a column; the data has "
-                                f"{list(raw.columns)[:30]}")
-        return given, "given"
+        return _given(raw, given, "--text-column"), "given"
     lengths = {}
     for col in raw.columns:
         if col in exclude:
@@ -103,10 +107,7 @@ def _pick_text_column(raw: pd.DataFrame, given: Optional[str], exclude: set[str]
 
 def _pick_label_column(raw: pd.DataFrame, given: Optional[str], text: str) -> tuple[str, str]:
     if given is not None:
-        if given not in raw.columns:
-            raise ScaffoldError(f"--label-column {given!r} is not a column; the data has "
-                                f"{list(raw.columns)[:30]}")
-        return given, "given"
+        return _given(raw, given, "--label-column"), "given"
     candidates = {}
     for col in raw.columns:
         if col == text:

@@ -4,14 +4,16 @@ Every frame leaving this module has exactly two columns, `prompt` and `response`
 - the `chatterbot-corpus` package's YAML files (`dataset.path` a folder of `.yml` files or one
   file; format `chatterbot`): each conversation `[a, b, c, ...]` gives the rows a -> b, b -> c, ...
   (each turn answered by the next). Read directly: chatterbot itself is not imported;
-- CSV/TSV/JSONL/Parquet (labelloop.data.read_table) with `dataset.prompt_column` and
-  `dataset.response_column`, or a chat column `dataset.messages_column` (a list of
+- any source labelloop.sources reads (files, lists and globs, zip members, SQL, `datasets`
+  folders; `dataset.path` or `dataset.train`, and `dataset.test`) with `dataset.prompt_column`
+  and `dataset.response_column`, or a chat column `dataset.messages_column` (a list of
   {role, content}, or its JSON text): each assistant turn becomes a row, the user message
   before it the prompt.
 
-Cleaning as for classification (strip, drop empty), duplicates are whole pairs (one prompt may
-have several good answers). The split hashes the prompt with labelloop.data's `text_bucket`, so
-a prompt and all its answers sit on one side and the test split never changes between runs.
+Cleaning as for classification (strip, drop null or empty, counted per source), duplicates are
+whole pairs (one prompt may have several good answers). The split hashes the prompt with
+labelloop.data's `text_bucket`, so a prompt and all its answers sit on one side and the test
+split never changes between runs; a test source replaces it.
 """
 
 from __future__ import annotations
@@ -85,11 +87,6 @@ def _pairs_from_table(raw: pd.DataFrame, settings: DatasetSettings, where: str) 
         f"{where}: missing column(s) {missing} (or a chat column {mc!r}); it has "
         f"{list(raw.columns)[:30]} (set dataset.prompt_column / dataset.response_column / "
         "dataset.messages_column)")
-
-
-def read_user_file(path: Path, settings: DatasetSettings) -> pd.DataFrame:
-    return _pairs_from_table(data.read_table(path, settings.format, settings.encoding), settings,
-                             str(path))
 
 
 def _counted_clean(df: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
