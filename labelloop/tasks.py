@@ -148,9 +148,11 @@ class GenerationTask:
         return "response"
 
     def messages(self, prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
-        """The chat a prompt becomes (the model's chat template renders it)."""
-        head = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        return head + [{"role": "user", "content": prompt}]
+        """The chat a prompt becomes (the model's chat template renders it): one definition,
+        labelloop.generation.chat.messages_for (a prompt may hold earlier turns)."""
+        from labelloop.generation.chat import messages_for
+
+        return messages_for(prompt, system_prompt)
 
     def row_from_answer(self, prompt: str, answer: Any) -> dict[str, str]:
         """An annotator's response (a text, or a one-element list of texts) as a training row."""

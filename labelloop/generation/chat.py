@@ -7,9 +7,15 @@ exactly the context it was trained on. A tokenizer without a chat template gets
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import json
+from typing import Any, Optional, Sequence
 
 Messages = list[dict[str, str]]
+
+# A prompt with earlier turns (a chat's later answer) travels as one string, like any prompt,
+# through splits, digests, the labels store and the annotation tools: its messages as compact
+# JSON, which starts so. `messages_for` reads it back; a plain prompt is one user message.
+CONVERSATION_START = '[{"role":'
 
 # A plain ChatML-like template for tokenizers that bring none (e.g. a raw GPT-2 tokenizer);
 # each turn ends with the tokenizer's eos token, so generation stops at the end of the answer.
@@ -29,10 +35,34 @@ def ensure_chat_template(tokenizer) -> bool:
     return had
 
 
+def conversation_prompt(messages: Sequence[dict[str, str]]) -> str:
+    """The prompt string of the chat up to an answer: the user's text when that is all there
+    is, else the messages as compact JSON (CONVERSATION_START)."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return json.dumps([{"role": m["role"], "content": m["content"]} for m in messages],
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+def conversation(prompt: str) -> Optional[Messages]:
+    """The messages of a `conversation_prompt` string, or None for a plain prompt."""
+    if not prompt.startswith(CONVERSATION_START):
+        return None
+    try:
+        value = json.loads(prompt)
+    except ValueError:
+        return None
+    ok = isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value)
+    return [{"role": m["role"], "content": m["content"]} for m in value] if ok else None
+
+
 def messages_for(prompt: str | Sequence[dict[str, str]], system_prompt: str | None = None) -> Messages:
-    """A prompt (text, or chat messages ending with a user turn) as chat messages."""
+    """A prompt (text, a `conversation_prompt` string, or chat messages ending with a user turn)
+    as chat messages."""
     if isinstance(prompt, str):
-        msgs = [{"role": "user", "content": prompt}]
+        msgs = conversation(prompt) or [{"role": "user", "content": prompt}]
     else:
         msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
     if system_prompt and not (msgs and msgs[0]["role"] == "system"):
@@ -49,10 +79,17 @@ def _ids(tokenizer, messages: Messages, add_generation_prompt: bool) -> list[int
 def fit_prompt(tokenizer, messages: Messages, max_prompt_tokens: int) -> tuple[Messages, list[int]]:
     """(messages, ids): the chat up to the assistant's turn in at most `max_prompt_tokens` ids.
 
-    A prompt that is too long loses the beginning of its last message (not the template's
-    structure around it), so the model still sees a well-formed chat ending with the question.
+    A prompt that is too long loses its oldest turns first (a system message stays), then the
+    beginning of its last message (not the template's structure around it), so the model still
+    sees a well-formed chat ending with the question.
     """
     ids = _ids(tokenizer, messages, True)
+    while len(ids) > max_prompt_tokens:
+        first = 1 if messages[0]["role"] == "system" else 0
+        if len(messages) - first < 2:
+            break
+        messages = messages[:first] + messages[first + 1:]
+        ids = _ids(tokenizer, messages, True)
     for _ in range(4):
         excess = len(ids) - max_prompt_tokens
         if excess <= 0:

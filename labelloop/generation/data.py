@@ -29,6 +29,7 @@ import yaml
 
 from labelloop import data
 from labelloop.data import DataError
+from labelloop.generation import chat
 from labelloop.settings import ConfigError, DatasetSettings, SourceSettings, resolve_path
 from labelloop.sources import SourceInfo, _is_hf_dir, combined_digest, read_source
 
@@ -70,9 +71,14 @@ def _messages_rows(values) -> pd.DataFrame:
             except ValueError:
                 raise DataError(f"a messages value is not JSON: {value[:80]!r}") from None
         msgs = [m for m in list(value) if isinstance(m, dict)] if value is not None else []
-        for prev, msg in zip(msgs, msgs[1:]):
-            if msg.get("role") == "assistant" and prev.get("role") == "user":
-                rows.append({"prompt": prev.get("content"), "response": msg.get("content")})
+        for i, msg in enumerate(msgs):
+            if i and msg.get("role") == "assistant" and msgs[i - 1].get("role") == "user":
+                # the chat so far is the prompt: earlier turns are context the answer needs
+                context = [{"role": str(m.get("role")), "content": str(m.get("content")).strip()}
+                           for m in msgs[:i] if not data._is_null(m.get("content"))
+                           and str(m.get("content")).strip()]
+                prompt = chat.conversation_prompt(context) if context else None
+                rows.append({"prompt": prompt, "response": msg.get("content")})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

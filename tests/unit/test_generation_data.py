@@ -11,6 +11,7 @@ import pytest
 
 from labelloop.data import DataError
 from labelloop.generation import data as gdata
+from labelloop.generation.chat import messages_for
 from labelloop.generation import promotion as gprom
 from labelloop.generation.evaluation import _modules, text_scores
 from labelloop.settings import DatasetSettings
@@ -49,7 +50,12 @@ def test_user_files_columns_and_messages(tmp_path):
             {"role": "assistant", "content": "6"}]
     (tmp_path / "c.jsonl").write_text(json.dumps({"messages": chat}) + "\n")
     df = gdata.load_pairs(DatasetSettings(path=str(tmp_path / "c.jsonl"), encoding="utf-8"))
-    assert df.values.tolist() == [["2+2?", "4"], ["and 3+3?", "6"]]
+    # each answer's prompt is the chat before it (the system message and earlier turns too)
+    assert df["response"].tolist() == ["4", "6"]
+    assert [messages_for(p) for p in df["prompt"]] == [chat[:2], chat[:4]]
+    (tmp_path / "one.jsonl").write_text(json.dumps({"messages": chat[1:3]}) + "\n")
+    one = gdata.load_pairs(DatasetSettings(path=str(tmp_path / "one.jsonl"), encoding="utf-8"))
+    assert one.values.tolist() == [["2+2?", "4"]]  # a single turn: the user's text itself
     pd.DataFrame({"messages": [json.dumps(chat)]}).to_parquet(tmp_path / "c.parquet")
     assert len(gdata.load_pairs(DatasetSettings(path=str(tmp_path / "c.parquet")))) == 2
     pd.DataFrame({"messages": [json.dumps(chat)]}).to_csv(tmp_path / "c.tsv", sep="\t", index=False)

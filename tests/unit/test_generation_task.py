@@ -73,6 +73,21 @@ def test_chat_formatting_masks_the_prompt_and_fits_long_prompts(tmp_path):
     assert tok.decode(long_ids).endswith("<|im_start|>assistant\n")
     ids, labels = chat.example_ids(tok, msgs, "fine " * 100, 128, 30)
     assert len(ids) == len(labels) == 30
+    # A chat's later answer: the earlier turns are the prompt, one string that reads back as
+    # them; too long, it loses its oldest turns first, the system message and question stay.
+    turns = [{"role": "system", "content": "be kind"},
+             {"role": "user", "content": "first question " * 10},
+             {"role": "assistant", "content": "first answer " * 10},
+             {"role": "user", "content": "and then?"}]
+    prompt_text = chat.conversation_prompt(turns)
+    assert prompt_text.startswith(chat.CONVERSATION_START)
+    assert chat.messages_for(prompt_text, "other system") == turns
+    assert chat.conversation_prompt(turns[-1:]) == "and then?"  # a plain prompt stays plain
+    assert chat.messages_for('[{"role": nope') == [{"role": "user", "content": '[{"role": nope'}]
+    fitted, fitted_ids = chat.fit_prompt(tok, chat.messages_for(prompt_text), 40)
+    assert fitted == [turns[0], turns[-1]] and len(fitted_ids) <= 40
+    full, _ = chat.fit_prompt(tok, chat.messages_for(prompt_text), 500)
+    assert full == turns
 
 
 def test_bundle_meta_and_wrong_family(tmp_path):
