@@ -58,7 +58,7 @@ def summary(report: dict) -> Optional[str]:
                f"{report['skipped_empty']} empty, {report['skipped_repeated']} repeated")
     in_tool = report.get("skipped_in_project")
     return (f"pool {report['pool_source']}: {report['pool_read']} texts read, "
-            f"{report['pool_texts']} unlabelled; skipped {skipped}"
+            f"{report['pool_texts']} usable; skipped {skipped}"
             + (f", {in_tool} already in the project" if in_tool else "")
             + (f"; {done} imported" if done is not None else ""))
 

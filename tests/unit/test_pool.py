@@ -41,7 +41,7 @@ def test_file_pool_is_cleaned_and_skips_labelled_texts(tmp_path):
     assert got.report()["skipped_already_labelled"] == 2
     # what `labelloop demo` prints after importing them
     line = pool.summary({**got.report(), "imported": 2, "skipped_in_project": 0})
-    assert line == (f"pool {got.source}: 6 texts read, 2 unlabelled; skipped 2 already "
+    assert line == (f"pool {got.source}: 6 texts read, 2 usable; skipped 2 already "
                     "labelled, 1 empty, 1 repeated; 2 imported")
     assert pool.summary({"imported": 3}) is None  # a report without a pool (generation prompts)
 
