@@ -23,7 +23,8 @@ def _print(obj) -> None:
 
 def import_all(settings, file=None) -> dict:
     """The same pool into every annotation tool that is on (`annotation.tools`): Label Studio
-    tasks, Argilla records. One tool: its report; several: a report per tool."""
+    tasks, Argilla records. One tool: its report; several: a report per tool. Each import's
+    pool line (where the texts came from, what was skipped) goes to stderr."""
     from annotation.tools import is_enabled
 
     reports = {}
@@ -35,6 +36,12 @@ def import_all(settings, file=None) -> dict:
         from annotation.argilla import log_pool
 
         reports["argilla"] = log_pool(settings, file=file)
+    from annotation.pool import summary
+
+    for tool, report in reports.items():
+        line = summary(report)
+        if line:  # for people, on stderr; the JSON report stays on stdout
+            print(f"{tool}: {line}", file=sys.stderr)
     return next(iter(reports.values())) if len(reports) == 1 else reports
 
 
@@ -54,15 +61,7 @@ def main(args) -> int:
             _print(setup(settings, progress=lambda m: print(m, file=sys.stderr)))
             return 0
         if action == "import":
-            from annotation.pool import summary
-
-            report = import_all(settings, getattr(args, "file", None))
-            for tool, one in (report.items() if "pool_read" not in report
-                              else [(settings.annotation.tools[0], report)]):
-                line = summary(one) if isinstance(one, dict) else None
-                if line:  # for people, on stderr; the JSON report stays on stdout
-                    print(f"{tool}: {line}", file=sys.stderr)
-            _print(report)
+            _print(import_all(settings, getattr(args, "file", None)))
             return 0
         if action == "sync":
             from annotation.agreement import log_agreement

@@ -40,21 +40,27 @@ def load(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     return train, test, meta
 
 
+def dataset_uri(settings: Settings, provenance: Optional[dict]) -> str:
+    """Where the training data came from, in words: the sources `load` read."""
+    return ", ".join(src["uri"] for src in (provenance or {}).get("sources", [])) \
+        or str(settings.dataset.path)
+
+
 def train_bundle(settings: Settings, train: pd.DataFrame,
                  on_log: Optional[Callable[[int, dict], None]] = None,
                  provenance: Optional[dict] = None) -> tuple[Path, training.SFTResult]:
-    """SFT, then the bundle; `provenance` (what `load` recorded) adds the sources it read."""
+    """SFT, then the bundle; `provenance` (what `load` recorded) adds the sources it read.
+    `settings.training` as the caller resolved it (training.resolve) is what the bundle records."""
     result = training.fine_tune(train, settings, on_log=on_log)
     out = scratch.make(settings, "bundle") / "bundle"
     g = settings.generation
     bundle.save_generation_bundle(result.model, result.tokenizer, out, {
         "task": task_from_settings(settings).to_dict(),
         "base_model": settings.model.base, "base_dir": result.base_dir,
-        "init": settings.model.init, "method": training.resolve(settings.training).method,
+        "init": settings.model.init, "method": settings.training.method,
         "max_length": settings.model.max_length, "max_prompt_tokens": g.max_prompt_tokens,
         "max_new_tokens": g.max_new_tokens, "system_prompt": g.system_prompt,
-        "dataset": ", ".join(src["uri"] for src in (provenance or {}).get("sources", []))
-        or settings.dataset.path, "dataset_digest": data.digest(train),
+        "dataset": dataset_uri(settings, provenance), "dataset_digest": data.digest(train),
         "train_rows": len(train),
         **{key: provenance[key] for key in ("sources", "source_digest", "test_digest")
            if provenance and provenance.get(key) is not None},

@@ -113,6 +113,7 @@ def _fine_tune_generation(settings, train: pd.DataFrame, provenance: dict) -> Pa
     from labelloop.generation.training import resolve
 
     cfg = resolve(settings.training)  # the family's `auto` method and learning rate
+    settings = settings.model_copy(update={"training": cfg})
     mlflow.log_params({
         "task_type": "generation", "base_model": settings.model.base, "init": settings.model.init,
         "method": cfg.method, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
@@ -120,8 +121,7 @@ def _fine_tune_generation(settings, train: pd.DataFrame, provenance: dict) -> Pa
         "max_length": settings.model.max_length,
         "max_prompt_tokens": settings.generation.max_prompt_tokens,
         "lora_r": cfg.lora.r if cfg.method == "lora" else None, "train_rows": len(train),
-        "dataset": ", ".join(src["uri"] for src in provenance.get("sources", []))[:500]
-        or settings.dataset.path,
+        "dataset": generation.dataset_uri(settings, provenance)[:500],
     })
     out, result = generation.train_bundle(
         settings, train, on_log=lambda step_no, values: mlflow.log_metrics(values, step=step_no),

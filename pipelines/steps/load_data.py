@@ -66,7 +66,6 @@ def load_data(
 
 def _generation_rows(settings, include_human_labels: bool):
     from labelloop.generation import steps as generation
-
     from labelloop.generation.base import cache_root, resolve_causal_base
 
     resolve_causal_base(settings.model.base, cache_root(settings))  # converted once if GGUF
