@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import labelloop  # noqa: F401  (offline switches)
 from annotation.argilla_records import (
-    LABEL_QUESTION, PREFERENCE_QUESTION, PROMPT_FIELD, RESPONSE_A, RESPONSE_B, RESPONSE_QUESTION,
-    SOURCE, TEXT_FIELD, records_from_response,
+    CONVERSATION_METADATA, LABEL_QUESTION, PREFERENCE_QUESTION, PROMPT_FIELD, RESPONSE_A,
+    RESPONSE_B, RESPONSE_QUESTION, SOURCE, TEXT_FIELD, record_prompt, records_from_response,
 )
 from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
@@ -278,8 +278,13 @@ def build_generation_record(prompt: str, response: str, version: str,
     none or it says the same. Metadata `uncertainty` = 1 - score, as for classification."""
     import argilla as rg
 
-    fields = {PROMPT_FIELD: prompt, RESPONSE_A: response}
+    from labelloop.generation.chat import shown_prompt
+
+    shown, kept = shown_prompt(prompt)  # a conversation reads as its turns, kept exactly beside
+    fields = {PROMPT_FIELD: shown, RESPONSE_A: response}
     metadata: dict[str, Any] = {"model_version": str(version), "suggested_label": response}
+    if kept is not None:
+        metadata[CONVERSATION_METADATA] = kept
     if score is not None:
         metadata.update(uncertainty=round(1.0 - float(score), 6),
                         suggested_score=round(float(score), 6))
@@ -465,13 +470,13 @@ def _push_generation(settings: Settings, client, ds, generator=None) -> dict[str
     todo = [r for r in pending(list_records(client, str(ds.id)), PROMPT_FIELD)
             if (r.get("metadata") or {}).get("model_version") != version]
     if todo:
-        prompts = [r["fields"][PROMPT_FIELD] for r in todo]
+        prompts = [record_prompt(r) for r in todo]
         greedy, _ = champion_responses(settings, generator, prompts)
         scores = response_scores(settings, generator, prompts, greedy)
         records = []
-        for r, response, score in zip(todo, greedy, scores):
+        for r, prompt, response, score in zip(todo, prompts, greedy, scores):
             meta = r.get("metadata") or {}
-            rec = build_generation_record(r["fields"][PROMPT_FIELD], response, version,
+            rec = build_generation_record(prompt, response, version,
                                           r["fields"].get(RESPONSE_A), meta.get("model_version"),
                                           meta.get("rank"), score)
             rec.id = r.get("external_id") or rec.id  # the record's own id: updated in place

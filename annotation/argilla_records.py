@@ -14,7 +14,9 @@ suggestions.
 Generation datasets (`task.type: generation`): the record's fields are `prompt`, `response_a`
 (the champion's response, also the suggestion of the `response` text question) and `response_b`
 (a second response to compare); its metadata `suggested_label` holds the response shown and
-`version_b` the model version of response B. `records_from_response` turns one response into
+`version_b` the model version of response B. A prompt holding earlier turns shows them as
+"Role: text" paragraphs in `prompt`, its exact text kept in metadata `conversation`
+(`record_prompt` reads it back). `records_from_response` turns one response into
 its rows (the family's conversion: labelloop/generation/answers.py).
 """
 
@@ -32,6 +34,7 @@ STATUSES = ("submitted", "discarded", "draft")
 # Generation datasets: the prompt, the two responses compared, and the two questions.
 PROMPT_FIELD, RESPONSE_A, RESPONSE_B = "prompt", "response_a", "response_b"
 RESPONSE_QUESTION, PREFERENCE_QUESTION = "response", "preference"
+CONVERSATION_METADATA = "conversation"  # the exact prompt, when `prompt` shows its turns
 # A generation response gives up to two labels-store rows: its edited response (the response's
 # id) and, when the annotator compared the two responses, its preference (this suffix).
 PREFERENCE_SUFFIX = ":preference"
@@ -48,6 +51,16 @@ def shown_suggestion(record: dict[str, Any]) -> dict[str, Any]:
             "shown_label": _str_or_none(meta.get("suggested_label")),
             "shown_score": float(score) if isinstance(score, (int, float))
             and not isinstance(score, bool) else None}
+
+
+def record_prompt(record: dict[str, Any]) -> Optional[str]:
+    """The exact prompt of a generation record (its `prompt` field, or the conversation it
+    shows; labelloop.generation.chat.shown_prompt), or None."""
+    from labelloop.generation.chat import prompt_from
+
+    fields = record.get("fields") if isinstance(record.get("fields"), dict) else {}
+    meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    return prompt_from(fields.get(PROMPT_FIELD), meta.get(CONVERSATION_METADATA))
 
 
 def answer_of(values: Any, question: str = LABEL_QUESTION) -> Any:
@@ -113,8 +126,7 @@ def generation_records(dataset_id: str, response: dict[str, Any], record: dict[s
     shown = shown_suggestion(record)
     base["model_version"] = shown["model_version"]
     fields = record.get("fields") if isinstance(record.get("fields"), dict) else {}
-    prompt = fields.get(PROMPT_FIELD)
-    prompt = prompt if isinstance(prompt, str) else None
+    prompt = record_prompt(record)
     not_submitted = _not_submitted(response, prompt, {**base, "kind": "response",
                                                       "shown_label": shown["shown_label"]})
     if not_submitted is not None:

@@ -32,7 +32,11 @@ HINT_KEY = "model_hint"  # task data key: "Model v3's guess: positive, 87% sure 
 
 # Generation projects. Edit tasks are {"data": {"prompt"}} with the response as a prediction;
 # compare tasks {"data": {"prompt", "response_a", "response_b", "version_a", "version_b"}}.
-PROMPT_KEY = "prompt"  # task data key and <Text name=...> of the prompt
+PROMPT_KEY = "prompt"  # task data key and <Text name=...> of the prompt, as annotators read it
+# Task data key of the exact prompt when it holds earlier turns (a compact-JSON conversation,
+# labelloop.generation.chat): $prompt then shows its turns readably. Not in the label config, so
+# tasks imported with a prompt alone (by hand, by other tools) are still valid.
+CONVERSATION_KEY = "conversation"
 RESPONSE_NAME = "response"  # edit: the <TextArea name=...> (from_name of its results)
 RATING_NAME = "rating"  # edit: the optional <Rating name=...> (stored, not trained on)
 RESPONSE_A, RESPONSE_B = "response_a", "response_b"  # compare: data keys and <Text> names
@@ -43,6 +47,24 @@ VERDICTS = (("tie", "Both equally good"), ("both_bad", "Both bad"))
 
 # The Label Studio projects of each task family, by kind.
 PROJECT_KINDS = {"classification": ("label",), "generation": ("edit", "compare")}
+
+
+def prompt_data(prompt: str) -> dict[str, str]:
+    """A generation task's prompt keys: $prompt as annotators read it, and the exact prompt
+    beside it when the two differ (labelloop.generation.chat.shown_prompt)."""
+    from labelloop.generation.chat import shown_prompt
+
+    shown, kept = shown_prompt(prompt)
+    return {PROMPT_KEY: shown, **({CONVERSATION_KEY: kept} if kept is not None else {})}
+
+
+def task_prompt(data: Any) -> Optional[str]:
+    """The exact prompt of a generation task's data (`prompt_data` read back), or None."""
+    from labelloop.generation.chat import prompt_from
+
+    if not isinstance(data, dict):
+        return None
+    return prompt_from(data.get(PROMPT_KEY), data.get(CONVERSATION_KEY))
 
 
 class LabelConfigError(ValueError):

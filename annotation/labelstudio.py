@@ -21,8 +21,8 @@ import numpy as np
 
 import labelloop  # noqa: F401  (offline switches)
 from annotation.config import (
-    CHOICES_NAME, HINT_KEY, PROMPT_KEY, TEXT_KEY, TEXT_NAME, LabelConfigError,
-    check_label_config, label_config_for,
+    CHOICES_NAME, HINT_KEY, TEXT_KEY, TEXT_NAME, LabelConfigError, check_label_config,
+    label_config_for, task_prompt,
 )
 from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
@@ -358,9 +358,9 @@ def existing_texts(client, project_id: int) -> set[str]:
     texts = set()
     for t in client.tasks.list(project=project_id, fields="all"):
         data = _get(t, "data") or {}
-        for key in (TEXT_KEY, PROMPT_KEY):
-            if isinstance(data, dict) and isinstance(data.get(key), str):
-                texts.add(data[key])
+        for text in (data.get(TEXT_KEY) if isinstance(data, dict) else None, task_prompt(data)):
+            if isinstance(text, str):
+                texts.add(text)
     return texts
 
 

@@ -10,6 +10,10 @@ configs from annotation/config.py, made or checked idempotently by `ensure_proje
   "rank"}}` show two responses: the champion's greedy one and a sampled one at import; after a
   promotion, pending tasks show the new champion's (A) against the one they showed before (B).
 
+A prompt holding earlier turns (a chat's later answer) shows them as "Role: text" paragraphs in
+$prompt, its exact text kept beside it in data `conversation` (annotation/config.py
+`prompt_data` / `task_prompt`): annotators read a conversation, not JSON.
+
 `import_prompts` puts a pool of prompts (annotation/pool.py) into both projects, skipping
 prompts a project already holds; `push_responses` gives every pending task of both the current
 champion's response (edit: a prediction of its version; compare: new task data). The answers
@@ -21,7 +25,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 from annotation.config import (
-    PROMPT_KEY, RESPONSE_A, RESPONSE_B, RESPONSE_NAME, VERSION_A, VERSION_B, check_label_config, label_config_for, project_kinds,
+    PROMPT_KEY, RESPONSE_A, RESPONSE_B, RESPONSE_NAME, VERSION_A, VERSION_B, check_label_config,
+    label_config_for, project_kinds, prompt_data, task_prompt,
 )
 from labelloop.settings import Settings
 from labelloop.tasks import task_from_settings
@@ -41,13 +46,13 @@ def response_prediction(response: str, version: str) -> dict[str, Any]:
 
 
 def edit_task(prompt: str, response: str, version: str, rank: int) -> dict[str, Any]:
-    return {"data": {PROMPT_KEY: prompt, "rank": int(rank)},
+    return {"data": {**prompt_data(prompt), "rank": int(rank)},
             "predictions": [response_prediction(response, version)]}
 
 
 def compare_data(prompt: str, a: str, version_a: str, b: str, version_b: str,
                  rank: Optional[int]) -> dict[str, Any]:
-    data = {PROMPT_KEY: prompt, RESPONSE_A: a, RESPONSE_B: b, VERSION_A: str(version_a),
+    data = {**prompt_data(prompt), RESPONSE_A: a, RESPONSE_B: b, VERSION_A: str(version_a),
             VERSION_B: str(version_b)}
     if rank is not None:
         data["rank"] = int(rank)
@@ -100,8 +105,8 @@ def project_ids(settings: Settings, client) -> dict[str, int]:
 def existing_prompts(client, project_id: int) -> set[str]:
     out = set()
     for t in client.tasks.list(project=project_id, fields="all"):
-        prompt = (_get(t, "data") or {}).get(PROMPT_KEY)
-        if isinstance(prompt, str):
+        prompt = task_prompt(_get(t, "data"))
+        if prompt is not None:
             out.add(prompt)
     return out
 
@@ -179,8 +184,8 @@ def push_responses(settings: Settings, client, generator=None) -> dict[str, Any]
         check_label_config(_get(client.projects.get(id=pid), "label_config") or "", task, kind)
         for t in pending_tasks(client, pid):
             data = _get(t, "data") or {}
-            prompt = data.get(PROMPT_KEY)
-            if not isinstance(prompt, str) or not prompt.strip():
+            prompt = task_prompt(data)
+            if prompt is None or not prompt.strip():
                 continue
             if kind == "edit":
                 versions = {str(_get(p, "model_version")) for p in (_get(t, "predictions") or [])}

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from annotation.config import (
     CHOICES_NAME, PAIRWISE_NAME, PROMPT_KEY, RATING_NAME, RESPONSE_A, RESPONSE_B, RESPONSE_NAME,
-    TEXT_KEY, VERDICT_NAME, VERSION_A, VERSION_B,
+    TEXT_KEY, VERDICT_NAME, VERSION_A, VERSION_B, task_prompt,
 )
 from labelloop.labels_store import LabelRecord
 from labelloop.tasks import LabelError
@@ -197,8 +197,8 @@ def _generation_record(annotation: dict[str, Any], task: dict[str, Any], data: d
     """An edit annotation as a `response` record, a compare annotation as a `preference`."""
     from labelloop.generation.answers import preference_record, response_record
 
-    prompt = data.get(PROMPT_KEY)
-    text = prompt if isinstance(prompt, str) else None
+    prompt = task_prompt(data)
+    text = prompt
     compare = RESPONSE_A in data or RESPONSE_B in data
     kind = "preference" if compare else "response"
     if not isinstance(prompt, str) or not prompt.strip():

@@ -16,7 +16,8 @@ gives `from_name`/`to_name`, and the `<Text value="$key">` it points at names th
 A config whose labels differ from the model's is refused with a 422 naming the difference.
 
 A generation champion fills `<TextArea>` configs (the *edit* project, annotation/config.py):
-each task's prompt (the `<Text value="$key">` the TextArea points at) goes through the service's
+each task's prompt (the `<Text value="$key">` the TextArea points at; for $prompt, the exact
+conversation in data `conversation` when the text shown is its transcript) goes through the service's
 generation path (services/generation_api.py: the engine batches them with whatever else is
 being generated), greedy, and comes back as one `textarea` result per task, in order. A config
 without a `<TextArea>` (a compare project, whose two responses are task data; a classification
@@ -35,6 +36,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from annotation.config import CONVERSATION_KEY, PROMPT_KEY
+from labelloop.generation.chat import prompt_from
 from services.runtime import BadRequest, LoadedModel, check_unicode, predict_with, secret_equals
 
 logger = logging.getLogger("labelloop.serving.ls")
@@ -423,6 +426,11 @@ def create_app(get_state: Callable[[], Any]) -> FastAPI:
             raise BadRequest(f"{len(tasks)} tasks in one call; the maximum for a generation model "
                              f"is {limit} (serving.generation.max_prompts_per_request)", status=413)
         texts = task_texts(tasks, control.data_key, cfg.max_text_chars)
+        if control.data_key == PROMPT_KEY:
+            # A conversation's $prompt is its transcript; its exact prompt is kept beside it.
+            texts = [prompt_from(text, t["data"].get(CONVERSATION_KEY)) for text, t in zip(texts, tasks)]
+            for i, text in enumerate(texts):
+                check_unicode(text, f"task {str(tasks[i].get('id', i))[:50]}: the prompt")
         for i, text in enumerate(texts):
             if not text.strip():
                 tid = tasks[i].get("id", i)

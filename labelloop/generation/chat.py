@@ -58,6 +58,31 @@ def conversation(prompt: str) -> Optional[Messages]:
     return [{"role": m["role"], "content": m["content"]} for m in value] if ok else None
 
 
+# How annotators read a conversation prompt: one "Role: text" paragraph a turn.
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+def transcript(messages: Sequence[dict[str, str]]) -> str:
+    return "\n\n".join(f"{ROLE_NAMES.get(m['role'], m['role'].capitalize())}: {m['content']}"
+                       for m in messages)
+
+
+def shown_prompt(prompt: str) -> tuple[str, Optional[str]]:
+    """(what annotators read, the exact prompt to keep beside it): a conversation prompt reads as
+    its turns (`transcript`) and is kept as it is, since the transcript cannot be read back
+    exactly; a plain prompt is shown as it is, with nothing kept beside it (None)."""
+    messages = conversation(prompt)
+    return (prompt, None) if messages is None else (transcript(messages), prompt)
+
+
+def prompt_from(shown: Any, kept: Any) -> Optional[str]:
+    """The exact prompt of an annotation tool's item, back from `shown_prompt`'s two values
+    (items made without the kept value, e.g. imported by hand, are what they show)."""
+    if isinstance(kept, str) and conversation(kept) is not None:
+        return kept
+    return shown if isinstance(shown, str) else None
+
+
 def messages_for(prompt: str | Sequence[dict[str, str]], system_prompt: str | None = None) -> Messages:
     """A prompt (text, a `conversation_prompt` string, or chat messages ending with a user turn)
     as chat messages."""

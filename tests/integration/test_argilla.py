@@ -398,7 +398,12 @@ def test_bad_input_unreachable_wrong_key_mismatching_dataset(argilla_server, tmp
 
 
 # -- generation ---------------------------------------------------------------------------------
-GEN_PROMPTS = [f"tell me about topic number {i}" for i in range(8)]
+# The last one is a chat's later answer: its prompt holds the earlier turns.
+GEN_CHAT = ('[{"role":"user","content":"tell me about topic number 7"},{"role":"assistant",'
+            '"content":"It is a topic."},{"role":"user","content":"tell me more"}]')
+GEN_CHAT_SHOWN = ("User: tell me about topic number 7\n\nAssistant: It is a topic.\n\n"
+                  "User: tell me more")
+GEN_PROMPTS = [f"tell me about topic number {i}" for i in range(7)] + [GEN_CHAT]
 
 
 @pytest.fixture(scope="module")
@@ -478,10 +483,15 @@ def test_generation_answers_through_argilla_webhooks_sync_and_a_new_champion(gen
         assert r["metadata"]["uncertainty"] == pytest.approx(1 - sug["score"], abs=1e-5)
     with_b = [r for r in records if r["fields"].get("response_b")]
     assert len(with_b) >= 4  # wide random weights: the sampled response mostly differs
+    # The conversation reads as its turns; its exact prompt is kept beside them.
+    (chat,) = [r for r in records if r["metadata"].get("conversation")]
+    assert chat["fields"]["prompt"] == GEN_CHAT_SHOWN and chat["metadata"]["conversation"] == GEN_CHAT
 
     name, ui = annotator(s, client)
-    # Records with two responses first: the first four answers compare them.
-    todo = sorted(queue(ui, dataset_id), key=lambda r: not r["fields"].get("response_b"))
+    # Records with two responses first, the conversation first among them when it has two: the
+    # first four answers compare them.
+    todo = sorted(queue(ui, dataset_id), key=lambda r: (not r["fields"].get("response_b"),
+                                                        r["fields"]["prompt"] != GEN_CHAT_SHOWN))
     assert len(todo) == len(GEN_PROMPTS)
     accept, rewrite, update, both_bad, discard, draft, delete, *rest = todo
     shown = {r["id"]: r["suggestions"][0]["value"] for r in todo}
@@ -526,6 +536,9 @@ def test_generation_answers_through_argilla_webhooks_sync_and_a_new_champion(gen
     act = rows[rows["status"] == "active"]
     resp = act[act["kind"] == "response"].set_index("task_id")
     assert set(resp["annotator"]) == {name} and set(resp["model_version"]) == {v1}
+    assert set(act["text"]) <= set(GEN_PROMPTS)  # exact prompts, the conversation's included
+    if accept["fields"]["prompt"] == GEN_CHAT_SHOWN:
+        assert resp.loc[accept["id"], "text"] == GEN_CHAT
     assert resp.loc[accept["id"], "changed"] == 0 and resp.loc[rewrite["id"], "changed"] == 1
     pref = act[act["kind"] == "preference"].set_index("task_id")
     assert pref.loc[rewrite["id"], "label"] == rewrite["fields"]["response_b"]

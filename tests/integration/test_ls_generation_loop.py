@@ -48,6 +48,11 @@ ADMIN = "gen-ls-admin-token"
 # What every prompt of the test's data is answered with, and what annotators rewrite into.
 PHRASE = "I am fine, thank you."
 HOLDOUT = 0.25  # feedback.holdout_fraction of the loop fixture
+# A chat's later answer: its prompt holds the earlier turns (labelloop.generation.chat). Imported
+# by hand below, answered by the service from its exact prompt, shown to the browser as turns.
+CONV = ('[{"role":"user","content":"hi"},{"role":"assistant","content":"' + PHRASE + '"},'
+        '{"role":"user","content":"how was your day"}]')
+CONV_LAST_TURNS = f"Assistant: {PHRASE}\n\nUser: how was your day"
 
 
 def phrase_dataset(path: Path) -> Path:
@@ -132,7 +137,10 @@ def loop(label_studio, tmp_path_factory):
 
 
 def _tasks(client, pid):
-    return {t.data["prompt"]: t for t in client.tasks.list(project=pid, fields="all")}
+    """prompt -> task: the exact prompt (a conversation's is kept beside the turns shown)."""
+    from annotation.config import task_prompt
+
+    return {task_prompt(t.data): t for t in client.tasks.list(project=pid, fields="all")}
 
 
 def _preds(task):
@@ -190,9 +198,12 @@ def test_generation_loop_with_label_studio(loop):
         assert d["response_a"].strip() != d["response_b"].strip()
         assert d["version_a"] == d["version_b"] == v1
 
-    # Two prompts imported without a response: Label Studio asks the service (/ls/predict).
-    extra = ["hello how are you", "tell me a joke"]
-    client.projects.import_tasks(id=edit_pid, request=[{"data": {"prompt": p}} for p in extra])
+    # Three prompts imported without a response: Label Studio asks the service (/ls/predict);
+    # the conversation's task shows its turns and keeps its exact prompt beside them.
+    from annotation.config import prompt_data
+
+    extra = ["hello how are you", "tell me a joke", CONV]
+    client.projects.import_tasks(id=edit_pid, request=[{"data": prompt_data(p)} for p in extra])
     L.retrieve_predictions(s, edit_pid)
     edit = _tasks(client, edit_pid)
     for p in extra:
@@ -200,14 +211,18 @@ def test_generation_loop_with_label_studio(loop):
         assert str(pred["model_version"]) == v1 and isinstance(
             pred["result"][0]["value"]["text"][0], str)
 
-    # Annotators at work, through the API. The accepted one: a task with a non-empty response
-    # on a prompt the turn trains on (the champion's noise, held out, would favour the
-    # champion); rewrites first on held-out prompts, where the turn compares the two versions.
-    held = {p: is_holdout(p, HOLDOUT) for p in edit}
-    shown = {p: _preds(edit[p])[0] for p in edit}
-    accepted = next(p for p in edit
+    assert edit[CONV].data["prompt"] == "User: hi\n\n" + CONV_LAST_TURNS
+
+    # Annotators at work, through the API (the conversation is left for the browser). The
+    # accepted one: a task with a non-empty response on a prompt the turn trains on (the
+    # champion's noise, held out, would favour the champion); rewrites first on held-out
+    # prompts, where the turn compares the two versions.
+    api = [p for p in edit if p != CONV]
+    held = {p: is_holdout(p, HOLDOUT) for p in api}
+    shown = {p: _preds(edit[p])[0] for p in api}
+    accepted = next(p for p in api
                     if shown[p]["result"][0]["value"]["text"][0].strip() and not held[p])
-    prompts = [accepted] + sorted((p for p in edit if p != accepted), key=lambda p: not held[p])
+    prompts = [accepted] + sorted((p for p in api if p != accepted), key=lambda p: not held[p])
     assert held[prompts[1]] and held[prompts[2]], ("the data should put two edit prompts in "
                                                    "the held-out share", held)
     ann = client.annotations.create
@@ -360,7 +375,7 @@ def test_annotator_rewrites_and_compares_in_the_browser(loop, browser_page, labe
     s = loop["settings"]
     client = L.connect(s)
     edit = _tasks(client, loop["edit_pid"])
-    prompt = next(p for p in edit if p not in loop["answered"])
+    prompt = CONV  # pending: the API annotations left it; the page shows its turns
     compare = _tasks(client, loop["compare_pid"])
     pair = next((p for p in compare if p not in loop["compared"]), None)
     page = browser_page
@@ -373,7 +388,7 @@ def test_annotator_rewrites_and_compares_in_the_browser(loop, browser_page, labe
     # Edit: the response is pre-filled; rewrite it and submit.
     rewrite = "Thank you for asking, I am well."
     page.goto(f"{label_studio.url}/projects/{loop['edit_pid']}/data?task={edit[prompt].id}")
-    page.get_by_text(prompt).first.wait_for()
+    page.get_by_text(CONV_LAST_TURNS).first.wait_for()
 
     # The prediction pre-fills the response (an editable region): pencil, rewrite, save; again
     # from the pencil if the panel renders anew meanwhile (CI: Save detached, a minute lost).

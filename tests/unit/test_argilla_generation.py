@@ -163,3 +163,22 @@ def test_dataset_check_refuses_a_dataset_of_the_other_family():
              LabelQuestion(name="preference", labels=["left", "right"]))
     with pytest.raises(A.DatasetMismatch, match="'preference' question"):
         A.check_dataset(odd, TASK)
+
+
+def test_a_conversation_record_shows_its_turns_and_is_read_back_exactly():
+    from annotation.argilla import build_generation_record
+    from annotation.argilla_records import record_prompt
+
+    chat = ('[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},'
+            '{"role":"user","content":"how are you?"}]')
+    rec = build_generation_record(chat, SHOWN, "4", OTHER, "4")
+    assert rec.fields["prompt"] == "User: hi\n\nAssistant: hello\n\nUser: how are you?"
+    assert rec.metadata["conversation"] == chat
+    plain = build_generation_record("how are you?", SHOWN, "4")
+    assert plain.fields["prompt"] == "how are you?" and "conversation" not in plain.metadata
+    r = response({"response": {"value": "Fine."}, "preference": {"value": "a"}})
+    r["record"]["fields"]["prompt"] = rec.fields["prompt"]
+    r["record"]["metadata"]["conversation"] = chat
+    assert record_prompt(r["record"]) == chat
+    rows = records_from_response(TASK, DATASET, r, r["record"], r["user"], via="sync")
+    assert [x.text for x in rows] == [chat, chat]

@@ -426,3 +426,45 @@ def test_a_malformed_rating_makes_the_answer_invalid_with_the_reason(value):
 
 def test_a_whole_float_rating_is_a_whole_number():
     assert edit(textarea("Hey.") + rating(3.0)).rating == 3
+
+
+# -- a conversation prompt reads as its turns ------------------------------------------------------
+CHAT = ('[{"role":"system","content":"Answer briefly."},{"role":"user","content":"My printer is '
+        'offline."},{"role":"assistant","content":"Did you restart it?"},{"role":"user",'
+        '"content":"Yes, twice."}]')
+CHAT_SHOWN = ("System: Answer briefly.\n\nUser: My printer is offline.\n\n"
+              "Assistant: Did you restart it?\n\nUser: Yes, twice.")
+
+
+def test_a_conversation_task_shows_its_turns_and_keeps_the_exact_prompt():
+    from annotation.config import task_prompt
+    from annotation.ls_generation import compare_data, edit_task
+
+    task = edit_task(CHAT, "Try unplugging it.", "3", 0)
+    assert task["data"]["prompt"] == CHAT_SHOWN and task["data"]["conversation"] == CHAT
+    assert task_prompt(task["data"]) == CHAT
+    data = compare_data(CHAT, "a", "3", "b", "3", 1)
+    assert data["prompt"] == CHAT_SHOWN and task_prompt(data) == CHAT
+    # a plain prompt is shown as it is, nothing beside it; a task imported by hand is its text
+    assert edit_task("Hello?", "Hi.", "3", 0)["data"] == {"prompt": "Hello?", "rank": 0}
+    assert task_prompt({"prompt": "Hello?"}) == "Hello?"
+    assert task_prompt({"prompt": "x", "conversation": "not a conversation"}) == "x"
+    # annotations of such tasks are stored under the exact prompt, which training reads back
+    ann = {"id": 300, "task": 9, "result": textarea("Unplug it."), "parent_prediction": 55}
+    rec = record_from_annotation(TASK, 4, ann, {**EDIT_TASK, "data": {
+        "prompt": CHAT_SHOWN, "conversation": CHAT}}, via="sync")
+    assert (rec.status, rec.text, rec.label) == ("active", CHAT, "Unplug it.")
+    pref = compare(pairwise("left"), {"prompt": CHAT_SHOWN, "conversation": CHAT})
+    assert pref.status == "active" and pref.text == CHAT
+
+
+def test_predict_answers_a_conversation_task_from_its_exact_prompt(backend):
+    client, auth, gen, logged = backend
+    from annotation.config import prompt_data
+
+    chat = '[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"},{"role":"user","content":"ok"}]'
+    r = client.post("/predict", headers=auth, json={
+        "tasks": [{"id": 1, "data": prompt_data(chat)}],
+        "label_config": label_config_for(TASK, "edit")})
+    assert r.status_code == 200, r.text
+    assert logged[-1][0] == [chat]  # the conversation was answered, not its transcript
