@@ -608,17 +608,18 @@ class Generator:
                                  **engine_args)
 
     def encode(self, prompt: Optional[str] = None, messages: Optional[list[dict]] = None,
-               raw: bool = False) -> list[int]:
+               raw: bool = False, max_tokens: Optional[int] = None) -> list[int]:
         """Token ids of a prompt: chat `messages`, or `prompt` as one user turn, through the
-        chat template with the bundle's system prompt (exactly as in training; never cut:
-        the caller checks the length), or `prompt` verbatim when `raw`."""
+        chat template with the bundle's system prompt (exactly as in training), or `prompt`
+        verbatim when `raw`. Never cut unless `max_tokens` is given (the caller checks the
+        length); then fitted as training fits it (chat.fit_prompt)."""
         from labelloop.generation import chat
 
         if messages is None and raw:
             return self.tokenizer(prompt)["input_ids"]
         turns = chat.messages_for(messages if messages is not None else prompt,
                                   self.system_prompt)
-        return chat.prompt_ids(self.tokenizer, turns, 10**9)
+        return chat.prompt_ids(self.tokenizer, turns, max_tokens or 10**9)
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)

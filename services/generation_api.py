@@ -53,6 +53,10 @@ class Job:
     raw: bool = False   # prompts verbatim (no chat template)
     single: bool = True
     include_usage: bool = False  # OpenAI stream_options: a last chunk with the token counts
+    # Too long a prompt is fitted as in training (oldest turns first, then the start of the last
+    # message) instead of refused: the annotation path, where one long task must not cost the
+    # whole batch its responses. The APIs refuse it (413), as API users expect.
+    fit: bool = False
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -228,6 +232,9 @@ def _encode(gen, job: Job) -> list[list[int]]:
     out = []
     for i, p in enumerate(job.prompts):
         ids = gen.encode(messages=p) if isinstance(p, list) else gen.encode(p, raw=job.raw)
+        if len(ids) > limit and job.fit and not job.raw:
+            ids = gen.encode(messages=p, max_tokens=limit) if isinstance(p, list) else \
+                gen.encode(p, max_tokens=limit)
         if len(ids) > limit:
             what = "the prompt" if len(job.prompts) == 1 else f"prompts[{i}]"
             raise Rejected(413, f"{what} has {len(ids)} tokens; the maximum is {limit} "

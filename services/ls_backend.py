@@ -195,7 +195,9 @@ async def generate_for_tasks(state: Any, texts: list[str]) -> tuple[Any, list[st
     # what the served model can give.
     longest = min(state.settings.generation.max_new_tokens,
                   state.holder.current.generator.max_new_tokens)
-    job = Job(list(texts), Sampling(max_new_tokens=longest), single=False)
+    # A prompt too long for the engine is fitted as training fits it, as the pool import does
+    # (labelloop.generation.feedback), not refused: one long task would fail the whole call.
+    job = Job(list(texts), Sampling(max_new_tokens=longest), single=False, fit=True)
     try:
         model, reqs = await submit(lambda: state.holder.current, job)
         await wait_all(reqs)

@@ -459,12 +459,23 @@ def test_a_conversation_task_shows_its_turns_and_keeps_the_exact_prompt():
 
 
 def test_predict_answers_a_conversation_task_from_its_exact_prompt(backend):
-    client, auth, gen, logged = backend
+    """The conversation, not its transcript, is answered; too long for the engine (86 tokens,
+    the engine takes 64), it is fitted as training fits it (oldest turns first) rather than
+    refused, which would cost every task of the call its response."""
     from annotation.config import prompt_data
+    from labelloop.generation_engine import GenRequest, Sampling
+    from services.generation_api import result_of
 
-    chat = '[{"role":"user","content":"hi"},{"role":"assistant","content":"yo"},{"role":"user","content":"ok"}]'
+    client, auth, gen, logged = backend
+    assert len(gen.encode(CHAT)) > gen.max_prompt_tokens
     r = client.post("/predict", headers=auth, json={
-        "tasks": [{"id": 1, "data": prompt_data(chat)}],
+        "tasks": [{"id": 1, "data": prompt_data(CHAT)}, {"id": 2, "data": {"prompt": "hi"}}],
         "label_config": label_config_for(TASK, "edit")})
     assert r.status_code == 200, r.text
-    assert logged[-1][0] == [chat]  # the conversation was answered, not its transcript
+    assert logged[-1][0] == [CHAT, "hi"]
+    fitted = gen.encode(CHAT, max_tokens=gen.max_prompt_tokens)
+    assert len(fitted) <= gen.max_prompt_tokens
+    req = GenRequest(fitted, Sampling(max_new_tokens=8))
+    gen.engine.submit([req])
+    req.wait(30)
+    assert r.json()["results"][0]["result"][0]["value"]["text"] == [result_of(gen, req)["text"]]
