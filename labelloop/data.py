@@ -277,8 +277,8 @@ class Splits:
 def _load(src: SourceSettings, role: str, settings: DatasetSettings, task: ClassificationTask,
           cleaning: Cleaning) -> tuple[pd.DataFrame, SourceInfo, Report]:
     raw, info = read_source(src, role, settings.encoding)
-    where = f"{role} source {info.uri}" if role != "train" or settings.test is not None \
-        else info.uri
+    where = f"{role} source {info.name}" if role != "train" or settings.test is not None \
+        else info.name
     # Weights are read from the training source only: test and validation rows are unweighted.
     df, report = prepare(raw, settings, task, where, cleaning,
                          weight_column=settings.weight_column if role == "train" else None)
@@ -324,7 +324,7 @@ def load_splits(settings: DatasetSettings, task: ClassificationTask) -> Splits:
         test, tinfo, treport = _load(settings.test, "test", settings, task, cleaning)
         sources.append(tinfo)
         reports.append(treport)
-        train, note = drop_test_overlap(train_all, test, "text", tinfo.uri,
+        train, note = drop_test_overlap(train_all, test, "text", tinfo.name,
                                         settings.test_overlap)
         notes.extend([note] if note else [])
     else:
@@ -335,7 +335,7 @@ def load_splits(settings: DatasetSettings, task: ClassificationTask) -> Splits:
         sources.append(vinfo)
         reports.append(vreport)
         if validation["text"].isin(set(test["text"])).any():
-            raise DataError(f"the validation source {vinfo.uri} shares texts with the test "
+            raise DataError(f"the validation source {vinfo.name} shares texts with the test "
                             "split; they must be disjoint")
         train = train[~train["text"].isin(set(validation["text"]))].reset_index(drop=True)
     elif settings.validation_fraction > 0:

@@ -22,7 +22,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pandas as pd
 
@@ -46,6 +46,11 @@ class SourceInfo:
     kind: str       # file | zip | sql | hf
     digest: str     # sha256 of the bytes (files) or of the rows (sql, hf)
     rows: int
+    shown: str = ""  # how summaries and errors name it, when not `uri` (a `package:` path)
+
+    @property
+    def name(self) -> str:
+        return self.shown or self.uri
 
     def to_dict(self) -> dict:
         return {"role": self.role, "uri": self.uri, "kind": self.kind, "digest": self.digest,
@@ -251,7 +256,17 @@ def read_source(src: SourceSettings, role: str, encoding: str) -> tuple[pd.DataF
         digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
     uri = ", ".join(str(p) for p in paths)
     df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
-    return df, SourceInfo(role, uri, "+".join(sorted(kinds)), digest, len(df))
+    return df, SourceInfo(role, uri, "+".join(sorted(kinds)), digest, len(df),
+                          shown=package_spec(src.path))
+
+
+def package_spec(spec: Any) -> str:
+    """A path setting as written when it points into an installed package (`package:<pkg>/...`,
+    shorter than the site-packages path it resolves to), else ""."""
+    specs = [spec] if isinstance(spec, str) else list(spec or [])
+    if any(isinstance(x, str) and x.startswith("package:") for x in specs):
+        return ", ".join(str(x) for x in specs)
+    return ""
 
 
 def combined_digest(infos: list[SourceInfo]) -> str:

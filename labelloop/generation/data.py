@@ -31,7 +31,7 @@ from labelloop import data
 from labelloop.data import DataError
 from labelloop.generation import chat
 from labelloop.settings import ConfigError, DatasetSettings, SourceSettings, resolve_path
-from labelloop.sources import SourceInfo, _is_hf_dir, combined_digest, read_source
+from labelloop.sources import SourceInfo, _is_hf_dir, combined_digest, package_spec, read_source
 
 COLUMNS = ["prompt", "response"]
 CHATTERBOT_ENGLISH = "package:chatterbot_corpus/data/english"
@@ -153,15 +153,16 @@ def load_source(src: SourceSettings, role: str,
         raw_pairs = read_chatterbot(chatterbot)
         files = sorted(chatterbot.glob("*.y*ml")) if chatterbot.is_dir() else [chatterbot]
         digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
-        info = SourceInfo(role, str(chatterbot), "chatterbot", digest, len(raw_pairs))
+        info = SourceInfo(role, str(chatterbot), "chatterbot", digest, len(raw_pairs),
+                          shown=package_spec(src.path))
         rows_read = len(raw_pairs)
     else:
         raw, info = read_source(src, role, settings.encoding)
         rows_read = len(raw)
-        raw_pairs = _pairs_from_table(raw, settings, f"{role} source {info.uri}")
+        raw_pairs = _pairs_from_table(raw, settings, f"{role} source {info.name}")
     pairs, empty, repeated = _counted_clean(raw_pairs)
-    where = f"{role} source {info.uri}" if role != "train" or settings.test is not None \
-        else info.uri
+    where = f"{role} source {info.name}" if role != "train" or settings.test is not None \
+        else info.name
     report = PairsReport(where, rows_read, len(raw_pairs), empty, repeated, len(pairs))
     if pairs.empty:
         raise DataError(f"{where}: no usable prompt/response rows after cleaning "
@@ -201,7 +202,7 @@ def load_splits(settings: DatasetSettings) -> PairSplits:
         test, tinfo, treport = load_source(settings.test, "test", settings)
         sources.append(tinfo)
         reports.append(treport)
-        train, note = data.drop_test_overlap(train_all, test, "prompt", tinfo.uri,
+        train, note = data.drop_test_overlap(train_all, test, "prompt", tinfo.name,
                                              settings.test_overlap, rows="pairs")
         notes.extend([note] if note else [])
     else:

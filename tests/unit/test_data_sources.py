@@ -333,3 +333,18 @@ def test_a_row_without_text_is_not_judged_by_its_label():
     df = pd.DataFrame({"text": ["good", ""], "sentiment": ["positive", "http://t.co/x"]})
     got, report = data.prepare(df, ds(), TASK, "broken")
     assert list(got["text"]) == ["good"] and report.empty_text == 1
+
+
+def test_a_package_source_is_named_as_written_and_recorded_by_its_path():
+    """Summaries and errors name a `package:` source as the config does, not by its long
+    site-packages path; the model's record keeps the path it was read from."""
+    from pathlib import Path
+
+    from labelloop.settings import DEFAULT_DATASET
+    from labelloop.sources import read_source
+
+    raw, info = read_source(ds(path=DEFAULT_DATASET).train_source(), "train", "utf-8")
+    assert info.name == DEFAULT_DATASET and "site-packages" not in info.name
+    assert Path(info.to_dict()["uri"]).is_file() and len(raw) == info.rows
+    _, plain = read_source(ds(path=str(Path(info.uri))).train_source(), "train", "utf-8")
+    assert plain.name == plain.uri == info.uri and plain.digest == info.digest
