@@ -271,10 +271,13 @@ class _Background:
         return self._out["value"]
 
 
-def _studio_progress(msg: str) -> None:
-    # The periodic "waiting for /health" lines would cut through the training output.
-    if not msg.startswith("waiting for"):
-        print(f"[studio] {msg}", file=sys.stderr, flush=True)
+def _tool_progress(tool: str):
+    """A tool's start-up lines, tagged with its name ([studio], [argilla]), without the
+    periodic "waiting for /health" lines, which would cut through the training output."""
+    def say(msg: str) -> None:
+        if not msg.startswith("waiting for"):
+            print(f"[{tool}] {msg}", file=sys.stderr, flush=True)
+    return say
 
 
 def command_hint(args: str, make_target: Optional[str] = None) -> str:
@@ -319,10 +322,10 @@ def up(config: Optional[str], tools: Optional[list[str]] = None,
     servers = {}
     if "label-studio" in tools:
         servers["label-studio"] = _Background(lambda: studio.start(
-            settings, timeout=600, progress=_studio_progress))
+            settings, timeout=600, progress=_tool_progress("studio")))
     if "argilla" in tools:
         servers["argilla"] = _Background(lambda: argilla_server.start(
-            settings, progress=_studio_progress))
+            settings, progress=_tool_progress("argilla")))
     for server in servers.values():
         server.check_early()
     champion = registry.get_champion(settings)

@@ -50,3 +50,13 @@ def test_demo_with_argilla_prints_its_url_and_login(monkeypatch, tmp_path, capsy
     assert "login        labelloop / pw-for-test" in out and "Label Studio" not in out
     written = yaml.safe_load((tmp_path / "data" / demo.SETTINGS_FILE).read_text())
     assert written["annotation"]["tools"] == ["argilla"]
+
+
+def test_each_tools_start_up_lines_carry_its_own_name(capsys):
+    from pipelines.demo import _tool_progress
+
+    _tool_progress("argilla")("starting noida-db (search :9200, redis :6379)")
+    _tool_progress("argilla")("waiting for /api/_status")
+    _tool_progress("studio")("starting Label Studio")
+    assert capsys.readouterr().err.splitlines() == [
+        "[argilla] starting noida-db (search :9200, redis :6379)", "[studio] starting Label Studio"]
