@@ -53,7 +53,12 @@ class LineProgress:
         self._last = time.perf_counter()
         elapsed = self._last - self._start
         share = f" ({100 * self.n // self.total}%)" if self.total else ""
-        rate = f", {self.n / elapsed:.1f} {self.unit}/s" if elapsed > 0 and self.n else ""
+        rate = ""
+        if elapsed > 0 and self.n:
+            per_second = self.n / elapsed
+            # Slow steps (a CPU fine-tune of an LM) read as seconds per step, not "0.0 step/s".
+            rate = f", {per_second:.1f} {self.unit}/s" if per_second >= 0.5 else \
+                f", {elapsed / self.n:.1f} s/{self.unit}"
         took = f" in {elapsed:.1f}s" if final else ""
         post = "".join(f", {key}={value}" for key, value in self._postfix.items())
         print(f"{self.desc}: {self.n}/{self.total} {self.unit}s{share}{took}{rate}{post}",

@@ -90,3 +90,20 @@ def test_fine_tune_progress_in_a_log_is_lines_not_carriage_returns(tiny_base, on
     assert len(lines) == 11, err[-2000:]
     assert lines[-1].startswith("fine-tune (full, cpu): 20/20 steps (100%) in ") \
         and "loss=" in lines[-1]
+
+
+def test_slow_steps_read_as_seconds_per_step(monkeypatch):
+    import labelloop.progress as progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    out = io.StringIO()
+    bar = LineProgress(4, "fine-tune (SFT, lora, cpu)", out)
+    now[0] = 33.0
+    bar.update(1)
+    now[0] = 130.0
+    bar.update(3)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert lines[1] == "fine-tune (SFT, lora, cpu): 1/4 steps (25%), 33.0 s/step", lines
+    assert lines[-1].endswith("in 130.0s, 32.5 s/step"), lines
