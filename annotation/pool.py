@@ -41,9 +41,11 @@ class Pool:
     repeated: int = 0
     labelled: int = 0          # already in the training or test data
     skipped: dict[str, int] = field(default_factory=dict)
+    unit: str = "texts"        # what the pool holds, as people say it: texts | prompts
 
     def report(self) -> dict:
         return {"pool_source": self.source, "pool_read": self.read, "pool_texts": len(self.texts),
+                "pool_unit": self.unit,
                 "skipped_empty": self.empty, "skipped_repeated": self.repeated,
                 "skipped_already_labelled": self.labelled}
 
@@ -57,7 +59,8 @@ def summary(report: dict) -> Optional[str]:
     skipped = (f"{report['skipped_already_labelled']} already labelled, "
                f"{report['skipped_empty']} empty, {report['skipped_repeated']} repeated")
     in_tool = report.get("skipped_in_project")
-    return (f"pool {report['pool_source']}: {report['pool_read']} texts read, "
+    return (f"pool {report['pool_source']}: {report['pool_read']} "
+            f"{report.get('pool_unit', 'texts')} read, "
             f"{report['pool_texts']} usable; skipped {skipped}"
             + (f", {in_tool} already in the project" if in_tool else "")
             + (f"; {done} imported" if done is not None else ""))
@@ -133,7 +136,8 @@ def build_pool(settings: Settings, cleaning: Cleaning, texts: Optional[Iterable]
         raw, where = raw_pool(settings, file)
     training_split = where.startswith("the labelled training split")
     labelled = set() if training_split else labelled_texts(settings)
-    pool = Pool(texts=[], source=where, read=len(raw))
+    pool = Pool(texts=[], source=where, read=len(raw),
+                unit="prompts" if settings.task.type == "generation" else "texts")
     seen: set[str] = set()
     for value in raw:
         text = text_value(value)
@@ -149,7 +153,7 @@ def build_pool(settings: Settings, cleaning: Cleaning, texts: Optional[Iterable]
             pool.texts.append(text)
     if not pool.texts:
         raise PoolError(
-            f"the pool ({where}) has no texts to import: {pool.read} read, {pool.empty} empty, "
+            f"the pool ({where}) has no {pool.unit} to import: {pool.read} read, {pool.empty} empty, "
             f"{pool.repeated} repeated, {pool.labelled} already in the labelled data")
     return pool
 

@@ -232,8 +232,11 @@ def setup_argilla(settings: Settings) -> dict[str, Any]:
     out = A.setup(settings, client=client, progress=say)
     have = len(A.list_records(client, out["dataset"], include=""))
     if have == 0:
+        # Generation records are ranked by how sure the model is of its response
+        # (annotation.argilla._log_prompts); classification's by studio.ordering.
+        order = "least certain" if settings.task.type == "generation" else settings.studio.ordering
         say(f"logging up to {settings.argilla.pool_size} records with the champion's suggestions "
-            f"({settings.studio.ordering} first)")
+            f"({order} first)")
         out["log"] = A.log_pool(settings, client=client)
         _say_pool(out["log"])
     else:

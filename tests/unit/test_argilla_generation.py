@@ -96,6 +96,7 @@ def test_generation_pool_reads_prompts_of_the_family_data(tmp_path):
     assert pool.labelled_texts(s) == {p for p, _ in rows}
     built = pool.build_pool(s, Cleaning(), texts=["a new prompt", rows[0][0]])
     assert built.texts == ["a new prompt"] and built.labelled == 1
+    assert pool.summary(built.report()).startswith("pool the given texts: 2 prompts read, 1 usable")
     split = Settings(**cfg, pool={"from_training_split": True})
     texts, where = pool.raw_pool(split)
     assert where.startswith("the labelled training split")
