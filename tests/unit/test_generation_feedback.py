@@ -307,4 +307,4 @@ def test_the_default_method_and_learning_rate_train_a_generation_model(tmp_path,
     assert sft.steps == 1
     assert "fine-tune (SFT, lora, cpu)" in capsys.readouterr().err
     resolved = training.resolve(settings.training.model_copy(update={"method": "full"}))
-    assert (resolved.method, resolved.learning_rate) == ("full", 5e-5)
+    assert (resolved.method, resolved.learning_rate) == ("full", 1e-4)
