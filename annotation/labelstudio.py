@@ -357,10 +357,9 @@ def existing_texts(client, project_id: int) -> set[str]:
     """The texts (or, in a generation project, the prompts) the project's tasks show."""
     texts = set()
     for t in client.tasks.list(project=project_id, fields="all"):
-        data = _get(t, "data") or {}
-        for text in (data.get(TEXT_KEY) if isinstance(data, dict) else None, task_prompt(data)):
-            if isinstance(text, str):
-                texts.add(text)
+        data = _get(t, "data")
+        text = data.get(TEXT_KEY) if isinstance(data, dict) else None
+        texts.update(x for x in (text, task_prompt(data)) if isinstance(x, str))
     return texts
 
 

@@ -197,11 +197,10 @@ def _generation_record(annotation: dict[str, Any], task: dict[str, Any], data: d
     """An edit annotation as a `response` record, a compare annotation as a `preference`."""
     from labelloop.generation.answers import preference_record, response_record
 
-    prompt = task_prompt(data)
-    text = prompt
+    prompt = text = task_prompt(data)
     compare = RESPONSE_A in data or RESPONSE_B in data
     kind = "preference" if compare else "response"
-    if not isinstance(prompt, str) or not prompt.strip():
+    if prompt is None or not prompt.strip():
         return LabelRecord.invalid(
             f"task {base['task_id']} has no '{PROMPT_KEY}' in its data (not a task of an edit or "
             "compare project)", kind=kind, **base)

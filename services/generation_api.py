@@ -231,10 +231,9 @@ def _encode(gen, job: Job) -> list[list[int]]:
     limit = gen.max_prompt_tokens
     out = []
     for i, p in enumerate(job.prompts):
-        ids = gen.encode(messages=p) if isinstance(p, list) else gen.encode(p, raw=job.raw)
-        if len(ids) > limit and job.fit and not job.raw:
-            ids = gen.encode(messages=p, max_tokens=limit) if isinstance(p, list) else \
-                gen.encode(p, max_tokens=limit)
+        fit = limit if job.fit else None  # a raw prompt is never fitted: the check below
+        ids = gen.encode(messages=p, max_tokens=fit) if isinstance(p, list) else \
+            gen.encode(p, raw=job.raw, max_tokens=fit)
         if len(ids) > limit:
             what = "the prompt" if len(job.prompts) == 1 else f"prompts[{i}]"
             raise Rejected(413, f"{what} has {len(ids)} tokens; the maximum is {limit} "
